@@ -1,0 +1,26 @@
+"""llm-policy-engine: declarative reliability policies for LLM calls.
+
+Load a policy set with :func:`load_policies` (or ``validate-policies`` on the
+command line); every problem comes back located as ``file:line:col: code``.
+"""
+
+from __future__ import annotations
+
+from engine.errors import NoModelAvailable, PolicyEngineError, PolicyError, StorageError
+from engine.loader import check, load_policies
+from engine.policy import PolicySet
+from engine.problems import CODES, Problem
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CODES",
+    "NoModelAvailable",
+    "PolicyEngineError",
+    "PolicyError",
+    "PolicySet",
+    "Problem",
+    "StorageError",
+    "check",
+    "load_policies",
+]

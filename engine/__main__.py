@@ -1,0 +1,3 @@
+from engine.cli import main_entry
+
+main_entry()

@@ -1,0 +1,67 @@
+"""Exceptions raised by the policy engine.
+
+The tree::
+
+    PolicyEngineError                 root of everything the engine raises
+    ├── PolicyError                   a policy set failed to load or validate
+    │                                 (.problems: every Problem found, located)
+    ├── NoModelAvailable              no candidate could serve a decision
+    │                                 (.candidates: each model and its reason,
+    │                                  .retry_at: earliest recovery, or None)
+    └── StorageError                  a storage backend failed
+
+``record`` raises the built-in ``ValueError`` for a bad outcome or a decision
+it does not know, leaving all state untouched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from engine.problems import Problem
+
+
+class PolicyEngineError(Exception):
+    """Root of every exception the engine raises on purpose."""
+
+
+class PolicyError(PolicyEngineError):
+    """A policy set failed to load or validate.
+
+    ``problems`` holds every problem found, not only the first; ``str()``
+    shows them one a line as ``file:line:col: code: message``.
+    """
+
+    def __init__(self, problems: Iterable[Problem]) -> None:
+        self.problems: tuple[Problem, ...] = tuple(problems)
+        lines = [p.format() for p in self.problems]
+        head = f"{len(lines)} policy problem{'s' if len(lines) != 1 else ''}"
+        super().__init__(head + (":\n" + "\n".join(lines) if lines else ""))
+
+
+class NoModelAvailable(PolicyEngineError):
+    """Every candidate of a tier (and the tiers it degrades to) was skipped.
+
+    ``candidates`` lists ``(model, reason)`` pairs in the order they were
+    considered; ``retry_at`` is the clock time at which the earliest of them
+    may become available again, or ``None`` when none will by itself.
+    """
+
+    def __init__(
+        self,
+        tier: str,
+        candidates: Sequence[tuple[str, str]],
+        retry_at: float | None = None,
+    ) -> None:
+        self.tier = tier
+        self.candidates = tuple(candidates)
+        self.retry_at = retry_at
+        detail = "; ".join(f"{m}: {r}" for m, r in self.candidates) or "no candidates"
+        when = f" (earliest recovery at t={retry_at:.3f})" if retry_at is not None else ""
+        super().__init__(f"no model available for tier {tier}: {detail}{when}")
+
+
+class StorageError(PolicyEngineError):
+    """A storage backend failed; the original exception is ``__cause__``."""

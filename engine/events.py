@@ -1,0 +1,105 @@
+"""Events the engine emits to its subscribers.
+
+Every event is a frozen, past-tense dataclass carrying the time it happened
+(engine clock seconds), the model or tier it concerns, the rule that fired
+and a snapshot of the metrics behind it. Listeners receive them
+synchronously; a listener that raises is logged and never breaks a decision.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+_EMPTY: Mapping[str, Any] = MappingProxyType({})
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class CircuitOpened(Event):
+    model: str
+    reason: str  # "failure_rate", "slow_call_rate", "half_open_failed", "probe_expired", "forced"
+    open_until: float
+    failure_rate: float = 0.0
+    slow_call_rate: float = 0.0
+    metrics: Mapping[str, Any] = field(default=_EMPTY, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class CircuitHalfOpened(Event):
+    model: str
+    permits: int
+
+
+@dataclass(frozen=True, slots=True)
+class CircuitClosed(Event):
+    model: str
+    reason: str  # "probes_succeeded", "released"
+    failure_rate: float = 0.0
+    slow_call_rate: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetWarning(Event):
+    budget: str
+    used_fraction: float
+    tokens_used: int
+    tokens_limit: int | None
+    cost_used: float
+    cost_limit: float | None
+    period_start: float
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetExhausted(Event):
+    budget: str
+    used_fraction: float
+    tokens_used: int
+    tokens_limit: int | None
+    cost_used: float
+    cost_limit: float | None
+    period_start: float
+    resets_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetReset(Event):
+    budget: str
+    period_start: float
+
+
+@dataclass(frozen=True, slots=True)
+class FallbackTriggered(Event):
+    tier: str
+    from_model: str | None
+    to_model: str
+    to_tier: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class AnomalyDetected(Event):
+    rule: str
+    scope: str
+    target: str
+    severity: str
+    expression: str
+    metrics: Mapping[str, Any] = field(default=_EMPTY, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class AnomalyResolved(Event):
+    rule: str
+    scope: str
+    target: str
+    severity: str
+    metrics: Mapping[str, Any] = field(default=_EMPTY, compare=False)
+
+
+Listener = Callable[[Event], None]
