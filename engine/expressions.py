@@ -223,6 +223,8 @@ class _Checker:
                             f"expected one of {', '.join(sorted(FUNCTIONS))}")
         if node.keywords:
             raise self.fail(node, "expr-forbidden", "keyword arguments are not allowed")
+        if any(isinstance(a, ast.Starred) for a in node.args):
+            raise self.fail(node, "expr-forbidden", "star arguments are not allowed")
         lo, hi = _ARITY[name]
         if not lo <= len(node.args) <= hi:
             raise self.fail(node, "expr-type", f"{name}() takes {lo} to {hi} arguments, got {len(node.args)}")

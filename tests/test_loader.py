@@ -1,0 +1,138 @@
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from engine import PolicyError, check, load_policies
+from engine.policy import BreakerSpec
+from tests.conftest import POLICIES
+
+
+def test_default_set_is_valid_and_complete() -> None:
+    policy = load_policies(POLICIES)
+    assert policy.tier_order == ("L1", "L2", "L3", "L4")
+    assert len(policy.tiers["L2"].candidates) == 4
+    assert policy.tiers["L3"].strategy == "score" and policy.tiers["L3"].score is not None
+    assert policy.models["o3"].breaker.slow_call_ms == 180_000  # the reasoning profile
+    assert policy.models["mistral-small-latest"].breaker.failure_rate == 40  # an override
+    assert policy.models["gpt-4.1"].breaker == BreakerSpec(
+        window="time", window_size=50, window_s=60, window_buckets=12, minimum_calls=10,
+        failure_rate=50, slow_call_rate=80, slow_call_ms=30000, open_for_s=30, backoff=2.0,
+        max_open_for_s=600, half_open_permits=3, half_open_max_wait_s=120)
+    assert policy.error_classes["overloaded"].breaker == "failure"
+    assert policy.error_classes["context_window"].fallback == "larger_context"
+    names = {b.name for b in policy.budgets_for("claude-sonnet-4-5")}
+    assert names == {"sonnet-rolling", "l3-daily-cost", "everything-monthly"}
+    assert policy.monitoring.anomalies[1].for_s == 30.0
+    assert policy.models["gpt-5"].price.cost(1_000_000, 100_000) == pytest.approx(2.25)
+
+
+def test_compiled_score_uses_metrics() -> None:
+    score = load_policies(POLICIES).tiers["L3"].score
+    assert score is not None
+    assert score({"success_rate": 1.0, "p95_ms": 2000, "error_rate": 0.0}) == pytest.approx(98.0)
+
+
+def test_policy_set_is_immutable() -> None:
+    policy = load_policies(POLICIES)
+    with pytest.raises(TypeError):
+        policy.models["x"] = policy.models["o3"]  # type: ignore[index]
+    with pytest.raises(AttributeError):
+        policy.revision = "x"  # type: ignore[misc]
+
+
+def test_revision_tracks_content(policy_dir: Path) -> None:
+    first = load_policies(policy_dir).revision
+    assert load_policies(policy_dir).revision == first
+    path = policy_dir / "report.yaml"
+    path.write_text(path.read_text().replace("top_models: 10", "top_models: 11"))
+    assert load_policies(policy_dir).revision != first
+
+
+def test_every_problem_is_reported_across_files(policy_dir: Path) -> None:
+    models = policy_dir / "models.yaml"
+    models.write_text(models.read_text().replace("context_window: 128000", "context_window: big", 1))
+    report = policy_dir / "report.yaml"
+    report.write_text(report.read_text().replace("top_models: 10", "top_modles: 10"))
+    with pytest.raises(PolicyError) as info:
+        load_policies(policy_dir)
+    found = [(Path(p.file).name, p.code) for p in info.value.problems]
+    assert found == [("models.yaml", "wrong-type"), ("report.yaml", "unknown-key")]
+    assert "did you mean 'top_models'" in str(info.value)
+
+
+def test_semantic_problems_point_at_the_reference(policy_dir: Path) -> None:
+    routing = policy_dir / "routing.yaml"
+    text = routing.read_text().replace("[gpt-5, claude-opus-4-1, o3]", "[gpt5, claude-opus-4-1, o3]")
+    routing.write_text(text)
+    _, problems = check(policy_dir)
+    lines = text.splitlines()
+    row = next(i for i, line in enumerate(lines) if "gpt5" in line) + 1
+    got = [(Path(p.file).name, p.line, p.code) for p in problems]
+    assert ("routing.yaml", row, "unknown-model") in got
+    gpt5 = (policy_dir / "models.yaml").read_text().splitlines().index("  gpt-5:") + 1
+    assert ("models.yaml", gpt5, "unreachable-model") in got  # gpt-5 is now in no tier
+    assert any("did you mean 'gpt-5'" in p.message for p in problems)
+
+
+def test_missing_path_and_empty_directory(tmp_path: Path) -> None:
+    _, problems = check(tmp_path / "nope")
+    assert [p.code for p in problems] == ["file-unreadable"]
+    _, problems = check(tmp_path)
+    assert [p.code for p in problems] == ["no-policy-files"]
+
+
+def test_single_files_form_one_set(policy_dir: Path) -> None:
+    files = sorted(policy_dir.glob("*.yaml"))
+    assert check(files)[1] == []
+    _, problems = check([policy_dir / "models.yaml"])
+    # without breakers.yaml the 'reasoning' profile of the L4 models is unknown
+    assert sorted(p.code for p in problems) == ["missing-routing"] + ["unknown-profile"] * 3
+
+
+# -- hostile input: the loader only ever raises PolicyError, and quickly -----
+
+_yaml_atoms = st.sampled_from(
+    ["kind: models", "kind: routing", "version: 1", "version: 2", "models:", "tiers:", "  L1:",
+     "    candidates: [a, b]", "  gpt-5:", "    tier: L1", "    price: {input_per_1m: 1}", "- x",
+     "&a [1, 2]", "*a", "<<: *a", "!!python/object:os.system x", "{", "]", "'", '"', "\t", "%YAML 1.1",
+     "---", "...", "? x", ": y", "a: &b {c: *b}", "when: '1 +'", "score: __import__('os')"]
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(lines=st.lists(_yaml_atoms, max_size=12), noise=st.binary(max_size=64), which=st.sampled_from(
+    ["models.yaml", "routing.yaml", "extra.yaml"]))
+def test_mutated_documents_only_raise_policy_error(
+    policy_dir: Path, lines: list[str], noise: bytes, which: str
+) -> None:
+    (policy_dir / which).write_bytes("\n".join(lines).encode() + noise)
+    start = time.perf_counter()
+    try:
+        load_policies(policy_dir)
+    except PolicyError as exc:
+        assert exc.problems and all(p.line >= 1 and p.col >= 1 for p in exc.problems)
+    assert time.perf_counter() - start < 1.0
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=True), st.text(max_size=20)),
+    lambda c: st.one_of(st.lists(c, max_size=4), st.dictionaries(st.text(max_size=10), c, max_size=4)),
+    max_leaves=30,
+), kind=st.sampled_from(["models", "routing", "budgets", "breakers", "monitoring", "recommendations"]))
+def test_random_documents_only_raise_policy_error(policy_dir: Path, data: object, kind: str) -> None:
+    import yaml
+
+    body = {"kind": kind, "version": 1, "models": data, "tiers": data, "budgets": data, "rules": data}
+    (policy_dir / f"{kind}.yaml").write_text(yaml.safe_dump(body))
+    start = time.perf_counter()
+    try:
+        load_policies(policy_dir)
+    except PolicyError as exc:
+        assert exc.problems
+    assert time.perf_counter() - start < 1.0
