@@ -9,3 +9,12 @@ def test_all_is_sorted_and_complete() -> None:
         assert hasattr(engine, name), name
     public = {n for n in vars(engine) if not n.startswith("_") and n[0].isupper()}
     assert public <= set(engine.__all__)
+
+
+def test_every_code_is_documented() -> None:
+    import re
+
+    from tests.conftest import ROOT
+
+    documented = re.findall(r"^\| `([a-z0-9-]+)` \|", (ROOT / "docs" / "codes.md").read_text(), re.M)
+    assert documented == list(engine.CODES)
