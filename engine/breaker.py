@@ -38,7 +38,7 @@ from typing import Any, Literal
 
 from engine.events import CircuitClosed, CircuitHalfOpened, CircuitOpened, Event
 from engine.policy import BreakerSpec
-from engine.window import CountWindow, OutcomeWindow, TimeWindow
+from engine.window import window_for
 
 __all__ = ["CALL", "REFUSED", "BreakerState", "CircuitBreaker", "ForceTarget"]
 
@@ -57,13 +57,6 @@ _FORCED: dict[str | None, BreakerState] = {
     "disabled": "disabled",
     "metrics_only": "metrics_only",
 }
-
-
-def make_window(spec: BreakerSpec) -> OutcomeWindow:
-    """The closed-state window a spec asks for."""
-    if spec.window == "time":
-        return TimeWindow(spec.window_s, spec.window_buckets)
-    return CountWindow(spec.window_size)
 
 
 class CircuitBreaker:
@@ -100,7 +93,7 @@ class CircuitBreaker:
         self.spec = spec
         self._lock = threading.Lock()
         self._events: list[Event] = []
-        self._window = make_window(spec)
+        self._window = window_for(spec)
         minimum = spec.minimum_calls
         if spec.window == "count":
             minimum = min(minimum, spec.window_size)  # as Resilience4j: a full window suffices
@@ -141,28 +134,28 @@ class CircuitBreaker:
                 self._free_slot(slot)
                 self._used -= 1
 
-    def on_result(
-        self, now: float, failed: bool | None, latency_ms: float, *, ticket: int
-    ) -> None:
+    def on_result(self, now: float, failed: bool | None, latency_ms: float, *, ticket: int) -> None:
         """Record a call's outcome; ``failed=None`` is an ignored error class (not counted).
 
         A call is slow when ``latency_ms > spec.slow_call_ms``; a slow failure
         counts in both rates. ``latency_ms`` is trusted (validated upstream).
         """
-        if self._state == "disabled":
-            return
+        slow = latency_ms > self.spec.slow_call_ms
         with self._lock:
-            self._tick(now)
-            slot = self._probe_slot(ticket)
-            if slot >= 0:
-                self._probe_result(now, slot, failed, latency_ms > self.spec.slow_call_ms)
-                return
             state = self._state
-            if failed is None or state == "disabled":
-                return
-            self._window.record(now, failed, latency_ms > self.spec.slow_call_ms)
-            if state == "closed":
-                self._check_trip(now)
+            if state != "closed":
+                self._tick(now)
+                slot = self._probe_slot(ticket)
+                if slot >= 0:
+                    self._probe_result(now, slot, failed, slow)
+                    return
+                state = self._state
+                if state == "disabled":
+                    return
+            if failed is not None:
+                self._window.record(now, failed, slow)
+                if state == "closed":
+                    self._check_trip(now)
 
     # -- manual control and queries ------------------------------------------
 
@@ -183,7 +176,7 @@ class CircuitBreaker:
         target = _FORCED[state]
         with self._lock:
             old = self._state
-            fr, sr = self._rates(now)
+            fr, sr = self._window.failure_rate(now), self._window.slow_call_rate(now)
             self._window.reset()
             self._clear_episode()
             self._consecutive_opens = 0
@@ -256,9 +249,6 @@ class CircuitBreaker:
         if self._state == "half_open" and now > self._next_deadline:
             self._expire(now)
 
-    def _rates(self, now: float) -> tuple[float, float]:
-        return self._window.failure_rate(now), self._window.slow_call_rate(now)
-
     def _check_trip(self, now: float) -> None:
         w = self._window
         calls = w.calls(now)
@@ -284,9 +274,7 @@ class CircuitBreaker:
         metrics = {"calls": calls, "failures": failures, "slow_calls": slow}
         self._emit_opened(now, reason, fr, sr, metrics)
 
-    def _emit_opened(
-        self, now: float, reason: str, fr: float, sr: float, metrics: dict[str, int]
-    ) -> None:
+    def _emit_opened(self, now: float, reason: str, fr: float, sr: float, metrics: dict[str, int]) -> None:
         metrics["consecutive_opens"] = self._consecutive_opens
         self._events.append(
             CircuitOpened(

@@ -3,8 +3,8 @@
 Pure logic: every method takes ``now``, wall-clock UNIX epoch seconds (the
 engine converts its own clock). Periods, in ``spec.timezone``:
 
-- ``hourly``: 60 minutes from a local top of the hour (Asia/Kolkata hours
-  start at :30 UTC); a repeated DST hour is two distinct periods.
+- ``hourly``: the clock hour in ``spec.timezone`` (Asia/Kolkata hours start
+  at :30 UTC); a repeated DST hour is two periods.
 - ``daily``: local midnight to local midnight, so 23 or 25 hours on DST days.
 - ``monthly``: the 1st, 00:00 local, to the next 1st.
 - ``rolling``: no fixed period. Settled usage goes into one of
@@ -61,8 +61,10 @@ def period_bounds(spec: BudgetSpec, now: float) -> tuple[float, float | None]:
         return now - _rolling_s(spec), None
     tz = ZoneInfo(spec.timezone)
     local = datetime.fromtimestamp(now, tz)
-    if spec.period == "hourly":
-        start = local.replace(minute=0, second=0, microsecond=0).timestamp()
+    if spec.period == "hourly":  # by the offset in force at ``now``: right in repeated hours
+        offset = local.utcoffset()
+        shift = offset.total_seconds() if offset is not None else 0.0
+        start = (now + shift) // 3600.0 * 3600.0 - shift
         return start, start + 3600.0
     day = local.date()
     first = day if spec.period == "daily" else day.replace(day=1)
@@ -97,8 +99,8 @@ class BudgetLedger:
     """
 
     __slots__ = (
-        "_bucket", "_cost_limit", "_cost_res", "_cost_used", "_end", "_events",
-        "_exhausted_fired", "_exhaust_at", "_next_expiry", "_next_id", "_res",
+        "_alarm", "_bucket", "_cost_limit", "_cost_res", "_cost_used", "_end", "_events",
+        "_exhaust_at", "_exhausted_fired", "_next_expiry", "_next_id", "_res",
         "_ring_cost", "_ring_tok", "_rolling", "_start", "_tok_limit", "_tok_res",
         "_tok_used", "_touched", "_ttl", "_warn_at", "_warned", "_width", "spec",
     )  # fmt: skip
@@ -110,7 +112,9 @@ class BudgetLedger:
             if limit is not None and not limit > 0:
                 raise ValueError(f"expected a limit > 0 on budget {spec.name!r}, got {limit!r}")
         self.spec = spec
-        self._tok_limit, self._cost_limit = spec.tokens, spec.cost_usd
+        # a missing limit divides by infinity: that share of the fraction is 0.0
+        self._tok_limit = _INF if spec.tokens is None else float(spec.tokens)
+        self._cost_limit = _INF if spec.cost_usd is None else float(spec.cost_usd)
         self._warn_at, self._exhaust_at = spec.warn_at, spec.exhaust_at
         self._ttl = spec.reservation_ttl_s
         self._rolling = spec.period == "rolling"
@@ -125,20 +129,22 @@ class BudgetLedger:
         self._res: dict[int, tuple[float, int, float]] = {}
         self._tok_res, self._cost_res, self._next_expiry = 0, 0.0, _INF
         self._next_id = 1
-        self._warned = self._exhausted_fired = self._touched = False
+        self._touched = False
+        self._arm(False, False)
         self._events: list[BudgetEvent] = []
-
-    # -- hot path ---------------------------------------------------------
 
     def available(self, now: float) -> bool:
         """True while the budget is not exhausted (a reservation would be admitted)."""
-        self._advance(now)
+        if now >= self._next_expiry or now >= self._end:
+            self._advance(now)
         return self._fraction() < self._exhaust_at
 
     def reserve(self, now: float, tokens: int, cost: float) -> int:
         """Reserve an estimate; returns its id (> 0), or 0 when exhausted (nothing reserved)."""
-        _check_amounts(tokens, cost)
-        self._advance(now)
+        if tokens < 0 or not cost >= 0.0:
+            _bad_amounts(tokens, cost)
+        if now >= self._next_expiry or now >= self._end:
+            self._advance(now)
         if self._fraction() >= self._exhaust_at:
             return 0
         rid = self._next_id
@@ -150,13 +156,16 @@ class BudgetLedger:
         self._tok_res += tokens
         self._cost_res += cost
         self._touched = True
-        self._check(now)
+        if self._fraction() >= self._alarm:
+            self._check(now)
         return rid
 
     def settle(self, now: float, reservation_id: int | None, tokens: int, cost: float) -> bool:
         """Record real usage, replacing the reservation if still outstanding (then True)."""
-        _check_amounts(tokens, cost)
-        self._advance(now)
+        if tokens < 0 or not cost >= 0.0:
+            _bad_amounts(tokens, cost)
+        if now >= self._next_expiry or now >= self._end:
+            self._advance(now)
         found = reservation_id is not None and self._drop(reservation_id)
         self._tok_used += tokens
         self._cost_used += cost
@@ -165,7 +174,8 @@ class BudgetLedger:
             self._ring_tok[slot] += tokens
             self._ring_cost[slot] += cost
         self._touched = True
-        self._check(now)
+        if self._fraction() >= self._alarm:
+            self._check(now)
         return found
 
     def drain_events(self) -> tuple[BudgetEvent, ...]:
@@ -175,8 +185,6 @@ class BudgetLedger:
         out = tuple(self._events)
         self._events.clear()
         return out
-
-    # -- queries ----------------------------------------------------------
 
     def used_fraction(self, now: float) -> float:
         """Max over the configured limits of (settled + reserved) / limit."""
@@ -220,8 +228,6 @@ class BudgetLedger:
             "reservations": len(self._res), "used_fraction": fraction,
             "warned": self._warned, "exhausted": fraction >= self._exhaust_at,
         }  # fmt: skip
-
-    # -- persistence ------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
         """The persistent state as plain JSON-able data (queued events excluded)."""
@@ -276,10 +282,8 @@ class BudgetLedger:
             self._tok_res += int(tok)
             self._cost_res += float(cost)
             self._next_expiry = min(self._next_expiry, float(expires))
-        self._warned, self._exhausted_fired = bool(data["warned"]), bool(data["exhausted_fired"])
+        self._arm(bool(data["warned"]), bool(data["exhausted_fired"]))
         self._touched, self._next_id = bool(data["touched"]), int(data["next_id"])
-
-    # -- internals --------------------------------------------------------
 
     def _advance(self, now: float) -> None:
         if now >= self._next_expiry:
@@ -291,27 +295,25 @@ class BudgetLedger:
                 self._roll(now)
 
     def _fraction(self, tokens: int = 0, cost: float = 0.0) -> float:
-        f = 0.0
-        if self._tok_limit is not None:
-            f = (self._tok_used + self._tok_res + tokens) / self._tok_limit
-        if self._cost_limit is not None:
-            c = (self._cost_used + self._cost_res + cost) / self._cost_limit
-            if c > f:
-                f = c
-        return f
+        f = (self._tok_used + self._tok_res + tokens) / self._tok_limit
+        c = (self._cost_used + self._cost_res + cost) / self._cost_limit
+        return f if f >= c else c
+
+    def _arm(self, warned: bool, exhausted: bool) -> None:
+        """Set the event flags and ``_alarm``, the fraction at which ``_check`` has work."""
+        self._warned, self._exhausted_fired = warned, exhausted
+        self._alarm = min(_INF if warned else self._warn_at, _INF if exhausted else self._exhaust_at)
 
     def _check(self, now: float) -> None:
         f = self._fraction()
-        if f < self._warn_at and f < self._exhaust_at:
-            return
-        usage = (self.spec.name, f, self._tok_used + self._tok_res, self._tok_limit,
-                 self._cost_used + self._cost_res, self._cost_limit, self._start)  # fmt: skip
-        if f >= self._warn_at and not self._warned:
-            self._warned = True
+        spec, warn, exhaust = self.spec, f >= self._warn_at, f >= self._exhaust_at
+        usage = (spec.name, f, self._tok_used + self._tok_res, spec.tokens,
+                 self._cost_used + self._cost_res, spec.cost_usd, self._start)  # fmt: skip
+        if warn and not self._warned:
             self._events.append(BudgetWarning(now, *usage))
-        if f >= self._exhaust_at and not self._exhausted_fired:
-            self._exhausted_fired = True
+        if exhaust and not self._exhausted_fired:
             self._events.append(BudgetExhausted(now, *usage, self._resets_at()))
+        self._arm(self._warned or warn, self._exhausted_fired or exhaust)
 
     def _drop(self, rid: int) -> bool:
         r = self._res.pop(rid, None)
@@ -343,7 +345,8 @@ class BudgetLedger:
         self._tok_used, self._cost_used = 0, 0.0
         self._res.clear()
         self._tok_res, self._cost_res, self._next_expiry = 0, 0.0, _INF
-        self._warned = self._exhausted_fired = self._touched = False
+        self._touched = False
+        self._arm(False, False)
 
     def _rotate(self, now: float) -> None:
         k, cur = math.floor(now / self._width), self._bucket
@@ -354,12 +357,9 @@ class BudgetLedger:
             self._tok_used, self._cost_used = sum(self._ring_tok), math.fsum(self._ring_cost)
             self._bucket = cur = k
             self._start = (k - ROLLING_BUCKETS) * self._width
-            f, rearmed = self._fraction(), False
-            if self._warned and f < self._warn_at:
-                self._warned, rearmed = False, True
-            if self._exhausted_fired and f < self._exhaust_at:
-                self._exhausted_fired, rearmed = False, True
-            if rearmed:
+            f, warned, exhausted = self._fraction(), self._warned, self._exhausted_fired
+            self._arm(warned and f >= self._warn_at, exhausted and f >= self._exhaust_at)
+            if (warned, exhausted) != (self._warned, self._exhausted_fired):
                 self._events.append(BudgetReset(now, self.spec.name, self._start))
         self._end = (cur + 1) * self._width
 
@@ -377,6 +377,5 @@ class BudgetLedger:
         return None
 
 
-def _check_amounts(tokens: int, cost: float) -> None:
-    if tokens < 0 or not cost >= 0.0:
-        raise ValueError(f"expected tokens >= 0 and cost >= 0, got {tokens!r} and {cost!r}")
+def _bad_amounts(tokens: int, cost: float) -> None:
+    raise ValueError(f"expected tokens >= 0 and cost >= 0, got {tokens!r} and {cost!r}")

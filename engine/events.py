@@ -1,7 +1,7 @@
 """Events the engine emits to its subscribers.
 
 Every event is a frozen, past-tense dataclass carrying the time it happened
-(engine clock seconds), the model or tier it concerns, the rule that fired
+(the engine clock for breaker, fallback and anomaly events; wall-clock epoch seconds for budget events, whose periods follow the calendar), the model or tier it concerns, the rule that fired
 and a snapshot of the metrics behind it. Listeners receive them
 synchronously; a listener that raises is logged and never breaks a decision.
 """
@@ -28,7 +28,7 @@ class CircuitOpened(Event):
     open_until: float
     failure_rate: float = 0.0
     slow_call_rate: float = 0.0
-    metrics: Mapping[str, Any] = field(default=_EMPTY, compare=False)
+    metrics: Mapping[str, Any] = field(default_factory=lambda: _EMPTY, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,7 +90,7 @@ class AnomalyDetected(Event):
     target: str
     severity: str
     expression: str
-    metrics: Mapping[str, Any] = field(default=_EMPTY, compare=False)
+    metrics: Mapping[str, Any] = field(default_factory=lambda: _EMPTY, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,7 +99,7 @@ class AnomalyResolved(Event):
     scope: str
     target: str
     severity: str
-    metrics: Mapping[str, Any] = field(default=_EMPTY, compare=False)
+    metrics: Mapping[str, Any] = field(default_factory=lambda: _EMPTY, compare=False)
 
 
 Listener = Callable[[Event], None]

@@ -111,8 +111,7 @@ class LatencyHistogram:
         """Add every value of ``other`` (same accuracy required) to this histogram."""
         if other.relative_accuracy != self.relative_accuracy:
             raise ValueError(
-                f"expected relative accuracy {self.relative_accuracy!r}, "
-                f"got {other.relative_accuracy!r}"
+                f"expected relative accuracy {self.relative_accuracy!r}, got {other.relative_accuracy!r}"
             )
         buckets = self._buckets
         for key, n in list(other._buckets.items()):

@@ -27,7 +27,9 @@ from __future__ import annotations
 import math
 from typing import Protocol
 
-__all__ = ["CountWindow", "OutcomeWindow", "TimeWindow"]
+from engine.policy import BreakerSpec
+
+__all__ = ["CountWindow", "OutcomeWindow", "TimeWindow", "window_for"]
 
 _NEVER = -(2**62)  # epoch before any real bucket
 
@@ -111,6 +113,7 @@ class TimeWindow:
         "_calls",
         "_epoch",
         "_failures",
+        "_latest",
         "_slow",
         "buckets",
         "seconds",
@@ -136,9 +139,12 @@ class TimeWindow:
             self._b_calls[i] = self._b_failures[i] = self._b_slow[i] = 0
         self._calls = self._failures = self._slow = 0
         self._epoch = _NEVER
+        self._latest = math.nan  # a ``now`` known to lie in the head bucket
 
     def _advance(self, now: float) -> int:
         """Age out buckets up to ``now``'s bucket; return that bucket's epoch."""
+        if now == self._latest:
+            return self._epoch
         epoch = math.floor(now / self.width)
         head = self._epoch
         if epoch > head:
@@ -155,6 +161,8 @@ class TimeWindow:
                     self._slow -= self._b_slow[slot]
                     self._b_calls[slot] = self._b_failures[slot] = self._b_slow[slot] = 0
             self._epoch = epoch
+        if epoch == self._epoch:
+            self._latest = now
         return epoch
 
     def record(self, now: float, failed: bool, slow: bool) -> None:
@@ -197,3 +205,10 @@ class TimeWindow:
             f"TimeWindow(seconds={self.seconds!r}, buckets={self.buckets}, "
             f"calls={self._calls}, failures={self._failures})"
         )
+
+
+def window_for(spec: BreakerSpec) -> CountWindow | TimeWindow:
+    """The window a breaker spec asks for: ``window_size`` calls or ``window_s`` in buckets."""
+    if spec.window == "time":
+        return TimeWindow(spec.window_s, spec.window_buckets)
+    return CountWindow(spec.window_size)

@@ -3,7 +3,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -19,7 +19,7 @@ DAY = 86400.0
 
 
 def utc(y: int, mo: int, d: int, h: int = 0, mi: int = 0, s: float = 0.0) -> float:
-    return datetime(y, mo, d, h, mi, tzinfo=timezone.utc).timestamp() + s
+    return datetime(y, mo, d, h, mi, tzinfo=UTC).timestamp() + s
 
 
 def spec(**kw: Any) -> BudgetSpec:
@@ -88,6 +88,31 @@ def test_hourly_repeated_dst_hour_is_two_periods() -> None:
     assert period_bounds(ny, utc(2024, 11, 3, 6, 30)) == (utc(2024, 11, 3, 6), utc(2024, 11, 3, 7))
 
 
+ZONES = ["UTC", "Europe/Berlin", "America/New_York", "Asia/Kolkata", "Asia/Kathmandu", "Pacific/Chatham",
+         "America/Santiago", "America/Havana", "America/St_Johns", "Africa/Casablanca"]  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    zone=st.sampled_from(ZONES),
+    period=st.sampled_from(["hourly", "daily", "monthly"]),
+    now=st.floats(utc(2000, 1, 1), utc(2037, 12, 1)),
+)
+def test_property_periods_contain_now_and_tile(zone: str, period: str, now: float) -> None:
+    s = spec(period=period, timezone=zone)
+    start, end = period_bounds(s, now)
+    assert end is not None and start <= now < end
+    assert period_bounds(s, end)[0] == end  # the next period starts where this one ends
+    assert period_bounds(s, start) == (start, end)
+    hours = (end - start) / HOUR
+    if period == "hourly":
+        assert hours == 1
+    elif period == "daily":
+        assert hours in (23, 24, 25)
+    else:
+        assert 28 * 24 - 1 <= hours <= 31 * 24 + 1
+
+
 def test_monthly_december_to_january() -> None:
     monthly = spec(period="monthly")
     assert period_bounds(monthly, utc(2024, 12, 31, 23, 59)) == (utc(2024, 12, 1), utc(2025, 1, 1))
@@ -97,7 +122,7 @@ def test_monthly_december_to_january() -> None:
 def test_monthly_february_of_leap_year_2028() -> None:
     start, end = period_bounds(spec(period="monthly"), utc(2028, 2, 29, 12))
     assert (start, end) == (utc(2028, 2, 1), utc(2028, 3, 1))
-    assert end - start == 29 * DAY
+    assert end is not None and end - start == 29 * DAY
     start, end = period_bounds(spec(period="monthly"), utc(2027, 2, 10))
     assert end is not None and end - start == 28 * DAY
 
@@ -191,6 +216,15 @@ def test_daily_ledger_resets_at_berlin_midnight_after_25_hour_day() -> None:
     assert led.used_fraction(utc(2024, 10, 27, 22, 59)) == 0.1  # 23:59 CET, same day
     assert led.used_fraction(utc(2024, 10, 27, 23)) == 0.0
     assert led.drain_events() == (BudgetReset(utc(2024, 10, 27, 23), "b", utc(2024, 10, 27, 23)),)
+
+
+def test_daily_ledger_on_new_york_23_hour_day() -> None:
+    led = BudgetLedger(spec(timezone="America/New_York"))
+    led.settle(utc(2024, 3, 10, 5), None, 100, 0.0)  # 00:00 EST, first instant of the day
+    assert led.resets_at(utc(2024, 3, 10, 12)) == utc(2024, 3, 11, 4)
+    assert led.used_fraction(utc(2024, 3, 11, 3, 59)) == 0.1  # 23:59 EDT
+    assert led.used_fraction(utc(2024, 3, 11, 4)) == 0.0
+    assert led.drain_events() == (BudgetReset(utc(2024, 3, 11, 4), "b", utc(2024, 3, 11, 4)),)
 
 
 def test_hourly_ledger_in_kolkata_resets_at_half_past_utc() -> None:
@@ -510,7 +544,7 @@ def test_property_no_admission_once_exhausted_and_totals_match(ops: list[Op], tt
                 unsettled[rid] = tokens
                 bound_extra = sum(unsettled.values())
         elif op == "settle" and made:
-            rid, _, size, size_c = made[arg % len(made)]
+            rid, _, _, size_c = made[arg % len(made)]
             if rid in unsettled:  # real usage never above the estimate here
                 real = min(tokens, unsettled.pop(rid))
                 led.settle(now, rid, real, min(cost, size_c))

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import math
 import threading
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
@@ -16,7 +16,7 @@ def test_exports() -> None:
 
 def test_default_start_is_2026_01_01_utc() -> None:
     clock = FakeClock()
-    assert datetime.fromtimestamp(clock(), timezone.utc) == datetime(2026, 1, 1, tzinfo=timezone.utc)
+    assert datetime.fromtimestamp(clock(), UTC) == datetime(2026, 1, 1, tzinfo=UTC)
 
 
 def test_call_returns_current_time_and_advance_moves_it() -> None:

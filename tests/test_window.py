@@ -7,7 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.window import CountWindow, OutcomeWindow, TimeWindow
+from engine.policy import BreakerSpec
+from engine.window import CountWindow, OutcomeWindow, TimeWindow, window_for
 
 T0 = 1_767_225_600.0
 
@@ -98,7 +99,7 @@ def test_time_window_late_record_lands_in_its_bucket_or_is_dropped() -> None:
     w = TimeWindow(10.0, 5)  # width 2 s
     w.record(T0 + 20.0, False, False)
     w.record(T0 + 13.0, True, False)  # stale but its bucket [T0+12, T0+14) is in the window
-    w.record(T0 + 9.0, True, True)  # its bucket left the window at T0 + 18: dropped
+    w.record(T0 + 11.0, True, True)  # its bucket [T0+10, T0+12) left at T0 + 20: dropped
     assert metrics(w, T0 + 20.0) == (2, 1, 0, 50.0, 0.0)
     assert w.calls(T0 + 5.0) == 2  # a stale read is served from the latest state
     assert w.calls(T0 + 22.0) == 1  # the late call ages out with its bucket at T0 + 22
@@ -106,7 +107,12 @@ def test_time_window_late_record_lands_in_its_bucket_or_is_dropped() -> None:
 
 @pytest.mark.parametrize(
     "make",
-    [lambda: CountWindow(0), lambda: TimeWindow(0.0, 3), lambda: TimeWindow(math.inf, 3), lambda: TimeWindow(10.0, 0)],
+    [
+        lambda: CountWindow(0),
+        lambda: TimeWindow(0.0, 3),
+        lambda: TimeWindow(math.inf, 3),
+        lambda: TimeWindow(10.0, 0),
+    ],
 )
 def test_invalid_sizes_are_refused(make: Callable[[], object]) -> None:
     with pytest.raises(ValueError):
@@ -120,7 +126,9 @@ steps = st.lists(
         st.tuples(st.just("record"), st.booleans(), st.booleans()),
         st.tuples(
             st.just("advance"),
-            st.one_of(st.floats(min_value=0.0, max_value=40.0), st.sampled_from([0.0, 0.5, 1.0, 2.5, 5.0, 60.0])),
+            st.one_of(
+                st.floats(min_value=0.0, max_value=40.0), st.sampled_from([0.0, 0.5, 1.0, 2.5, 5.0, 60.0])
+            ),
             st.just(False),
         ),
     ),
@@ -156,7 +164,9 @@ def test_count_window_matches_reference(size: int, ops: list[tuple[str, object, 
     st.integers(min_value=1, max_value=12),
     steps,
 )
-def test_time_window_matches_reference(seconds: float, buckets: int, ops: list[tuple[str, object, object]]) -> None:
+def test_time_window_matches_reference(
+    seconds: float, buckets: int, ops: list[tuple[str, object, object]]
+) -> None:
     w, log, now = TimeWindow(seconds, buckets), [], T0
     width = seconds / buckets
 
@@ -170,3 +180,10 @@ def test_time_window_matches_reference(seconds: float, buckets: int, ops: list[t
         else:
             now += float(a)  # type: ignore[arg-type]
         assert metrics(w, now) == reference_rates([e for e in log if in_window(e[0])])
+
+
+def test_window_for_follows_the_breaker_spec() -> None:
+    count = window_for(BreakerSpec(window="count", window_size=7))
+    assert isinstance(count, CountWindow) and count.size == 7
+    timed = window_for(BreakerSpec(window="time", window_s=30.0, window_buckets=6))
+    assert isinstance(timed, TimeWindow) and (timed.seconds, timed.buckets, timed.width) == (30.0, 6, 5.0)

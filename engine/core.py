@@ -1,0 +1,440 @@
+"""The engine inside the executor: decide which model to call, record how it went.
+
+One :class:`PolicyEngine` holds, per model, a circuit breaker, the budget
+ledgers it spends from, its in-flight count and rolling metrics, and per tier
+rolling metrics. ``decide`` walks a tier's candidates (in priority order or
+ranked by the tier's score), then the tiers it degrades to, and picks the
+first that its breaker admits, whose budgets are not exhausted and that is
+below ``max_in_flight``. ``record`` settles the call into every one of those.
+All state changes happen under one lock, so counts are exact under threads;
+listeners run after the lock is released.
+
+Clocks: ``clock`` gives monotonic seconds (default ``time.monotonic``).
+Budget periods follow the calendar, so the engine also needs wall time: with
+the default clock it is ``time.time()``; a custom clock (``FakeClock``) is
+taken to return UNIX epoch seconds.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Collection, Mapping, Sequence
+from typing import Any
+
+from engine.breaker import REFUSED, CircuitBreaker
+from engine.budget import BudgetLedger
+from engine.errors import NoModelAvailable
+from engine.events import Event, FallbackTriggered
+from engine.loader import load_policies
+from engine.metrics import RollingMetrics
+from engine.monitor import Monitor, health
+from engine.outcome import Decision, Outcome
+from engine.policy import ModelSpec, PolicySet
+from engine.storage import Store, open_store
+
+log = logging.getLogger("engine")
+
+Clock = Callable[[], float]
+Listener = Callable[[Event], None]
+
+#: How often a score-ranked tier re-ranks its candidates (clock seconds).
+SCORE_REFRESH_S = 1.0
+#: A decision never recorded is forgotten (and its in-flight slot freed) after this long.
+DECISION_TTL_S = 3600.0
+_METRIC_BUCKETS = 30
+
+
+class _Model:
+    __slots__ = ("spec", "breaker", "ledgers", "in_flight", "limit", "metrics")
+
+    def __init__(self, spec: ModelSpec, ledgers: tuple[BudgetLedger, ...], window_s: float) -> None:
+        self.spec = spec
+        self.breaker = CircuitBreaker(spec.name, spec.breaker)
+        self.ledgers = ledgers
+        self.in_flight = 0
+        self.limit = spec.max_in_flight or 1 << 62
+        self.metrics = RollingMetrics(window_s, _METRIC_BUCKETS)
+
+
+class _Pending:
+    __slots__ = ("decision", "ticket", "reservations", "at")
+
+    def __init__(self, decision: Decision, ticket: int, reservations: tuple[tuple[BudgetLedger, int], ...],
+                 at: float) -> None:
+        self.decision, self.ticket, self.reservations, self.at = decision, ticket, reservations, at
+
+
+class PolicyEngine:
+    """Decides which model to call now, from a checked :class:`PolicySet`."""
+
+    def __init__(self, policy: PolicySet, *, clock: Clock | None = None, store: str | Store = "memory://",
+                 paths: Sequence[str | os.PathLike[str]] = ()) -> None:
+        self._clock: Clock = clock or time.monotonic
+        self._wall_offset = time.time() - time.monotonic() if clock is None else 0.0
+        self._lock = threading.Lock()
+        self._listeners: list[Listener] = []
+        self._ids = itertools.count(1)
+        self._pending: dict[int, _Pending] = {}
+        self._paths = tuple(paths)
+        self.store: Store = open_store(store) if isinstance(store, str) else store
+        self._install(policy, {})
+
+    @classmethod
+    def from_path(cls, path: str | os.PathLike[str] | Sequence[str | os.PathLike[str]], *,
+                  clock: Clock | None = None, store: str | Store = "memory://") -> PolicyEngine:
+        """Load, check and run the policy set at ``path``; raises PolicyError."""
+        paths = [path] if isinstance(path, (str, os.PathLike)) else list(path)
+        return cls(load_policies(paths), clock=clock, store=store, paths=paths)
+
+    # -- policy installation -------------------------------------------------
+    def _install(self, policy: PolicySet, old: Mapping[str, _Model]) -> None:
+        now = self._clock()
+        ledgers = {b.name: BudgetLedger(b) for b in policy.budgets}
+        window = policy.monitoring.window_s
+        models: dict[str, _Model] = {}
+        for name, spec in policy.models.items():
+            own = tuple(ledgers[b.name] for b in policy.budgets_for(name))
+            models[name] = _Model(spec, own, window)
+        self.policy = policy
+        self._models = models
+        self._ledgers = ledgers
+        self._tier_metrics = {t: RollingMetrics(window, _METRIC_BUCKETS) for t in policy.tiers}
+        self._chains = {t: self._chain(policy, t) for t in policy.tiers}
+        self._ranked: dict[str, tuple[float, tuple[str, ...]]] = {}
+        self._monitor = Monitor(policy.monitoring, now)
+
+    @staticmethod
+    def _chain(policy: PolicySet, tier: str) -> tuple[tuple[str, str], ...]:
+        """``(tier, model)`` for the tier and then every tier it degrades to, breadth first."""
+        order, queue, seen = [], [tier], {tier}
+        while queue:
+            t = queue.pop(0)
+            order.append(t)
+            for nxt in policy.tiers[t].degrade_to:
+                if nxt not in seen:
+                    seen.add(nxt)
+                    queue.append(nxt)
+        out: list[tuple[str, str]] = []
+        used: set[str] = set()
+        for t in order:
+            for m in policy.tiers[t].candidates:
+                if m not in used and policy.models[m].enabled:
+                    used.add(m)
+                    out.append((t, m))
+        return tuple(out)
+
+    # -- deciding ------------------------------------------------------------
+    def _order(self, tier: str, now: float) -> Sequence[tuple[str, str]]:
+        chain = self._chains[tier]
+        spec = self.policy.tiers[tier]
+        if spec.strategy != "score":
+            return chain
+        cached = self._ranked.get(tier)
+        if cached is None or now - cached[0] >= SCORE_REFRESH_S:
+            ranked = self._rank(tier, spec.candidates, now)
+            cached = (now, ranked)
+            self._ranked[tier] = cached
+        ranked_set = set(cached[1])
+        return [(tier, m) for m in cached[1]] + [c for c in chain if c[1] not in ranked_set]
+
+    def _rank(self, tier: str, candidates: Sequence[str], now: float) -> tuple[str, ...]:
+        score = self.policy.tiers[tier].score
+        scored = []
+        for priority, name in enumerate(candidates):
+            if not self.policy.models[name].enabled:
+                continue
+            names = self._model_names(name, now)
+            names["priority"] = priority
+            try:
+                value = float(score(names)) if score is not None else 0.0
+            except (ArithmeticError, TypeError, ValueError):
+                value = float("-inf")
+            scored.append((-value, priority, name))
+        return tuple(name for _, _, name in sorted(scored))
+
+    def decide(self, tier: str, *, model: str | None = None, estimated_tokens: int | None = None,
+               exclude: Collection[str] = (), min_context: int | None = None,
+               reason: str | None = None) -> Decision:
+        """Choose a model for ``tier`` now; raises NoModelAvailable when none can serve.
+
+        ``model`` pins one model (its breaker, budgets and in-flight limit still
+        apply). ``exclude`` skips models already tried; ``min_context`` skips
+        models whose context window is not larger; ``reason`` names why a
+        fallback is being made (for the FallbackTriggered event).
+        """
+        if tier not in self._chains:
+            raise KeyError(f"unknown tier {tier!r}; expected one of {', '.join(self.policy.tier_order)}")
+        if estimated_tokens is not None and (isinstance(estimated_tokens, bool) or not isinstance(
+                estimated_tokens, int) or estimated_tokens < 0):
+            raise ValueError(f"estimated_tokens must be an integer >= 0, got {estimated_tokens!r}")
+        events: list[Event] = []
+        with self._lock:
+            now = self._clock()
+            wall = now + self._wall_offset
+            if model is not None:
+                if model not in self._models:
+                    raise KeyError(f"unknown model {model!r}")
+                order: Sequence[tuple[str, str]] = ((self._models[model].spec.tier, model),)
+            else:
+                order = self._order(tier, now)
+            skipped: list[tuple[str, str]] = []
+            retry_at: float | None = None
+            for t, name in order:
+                st = self._models[name]
+                why = self._skip(st, name, exclude, min_context)
+                ticket = 0
+                if why is None:
+                    ticket = st.breaker.try_acquire(now)
+                    if ticket == REFUSED:
+                        until = st.breaker.retry_at(now)
+                        why = f"breaker {st.breaker.state(now)}" + (f" until t={until:.3f}" if until else "")
+                        retry_at = until if retry_at is None or (until and until < retry_at) else retry_at
+                reservations: list[tuple[BudgetLedger, int]] = []
+                if why is None and st.ledgers:
+                    why = self._reserve(st, wall, estimated_tokens, reservations)
+                    if why is not None:
+                        st.breaker.release(now, ticket)
+                        for ledger in st.ledgers:
+                            at = ledger.resets_at(wall)
+                            if at is not None and ledger.exhausted(wall):
+                                at -= self._wall_offset
+                                retry_at = at if retry_at is None or at < retry_at else retry_at
+                    self._drain(st, events)
+                if why is not None:
+                    skipped.append((name, why))
+                    continue
+                st.in_flight += 1
+                is_fallback = bool(skipped) or t != tier or reason is not None
+                decision = Decision(name, t, is_fallback, tuple(skipped), next(self._ids), now,
+                                    self.policy.revision, tier, estimated_tokens, self)
+                self._pending[decision.id] = _Pending(decision, ticket, tuple(reservations), now)
+                if is_fallback:
+                    events.append(FallbackTriggered(now, tier, skipped[0][0] if skipped else None, name, t,
+                                                    reason or (skipped[0][1] if skipped else "degraded")))
+                self._drain(st, events)
+                if self._monitor.due(now):
+                    events.extend(self._tick(now))
+                break
+            else:
+                self._drain_all(events)
+                self._emit(events)
+                raise NoModelAvailable(tier, skipped, retry_at)
+        self._emit(events)
+        return decision
+
+    @staticmethod
+    def _skip(st: _Model, name: str, exclude: Collection[str], min_context: int | None) -> str | None:
+        if name in exclude:
+            return "already tried in this call"
+        if min_context is not None and st.spec.context_window <= min_context:
+            return f"context window {st.spec.context_window} is not larger than {min_context}"
+        if st.in_flight >= st.limit:
+            return f"at max_in_flight ({st.limit})"
+        return None
+
+    @staticmethod
+    def _reserve(st: _Model, wall: float, estimated: int | None,
+                 out: list[tuple[BudgetLedger, int]]) -> str | None:
+        for ledger in st.ledgers:
+            if not ledger.available(wall):
+                for done, rid in out:
+                    done.settle(wall, rid, 0, 0.0)
+                out.clear()
+                return f"budget {ledger.spec.name} exhausted"
+        if estimated:
+            cost = st.spec.price.cost(0, estimated)  # priced as output: an upper bound
+            for ledger in st.ledgers:
+                out.append((ledger, ledger.reserve(wall, estimated, cost)))
+        return None
+
+    # -- recording -----------------------------------------------------------
+    def record(self, decision: Decision, outcome: Outcome) -> None:
+        """Settle one decision with the call's outcome; raises ValueError on bad input."""
+        if not isinstance(decision, Decision) or decision.owner is not self:
+            raise ValueError("decision was not made by this engine")
+        if not isinstance(outcome, Outcome):
+            raise ValueError(f"expected an Outcome, got {type(outcome).__name__}")
+        classes = self.policy.error_classes
+        problem = outcome.problem(classes)
+        if problem is not None:
+            raise ValueError(problem)
+        events: list[Event] = []
+        with self._lock:
+            pending = self._pending.pop(decision.id, None)
+            if pending is None:
+                raise ValueError(f"decision {decision.id} ({decision.model}) was already recorded or has expired")
+            now = self._clock()
+            st = self._models.get(decision.model)
+            if st is None:  # the model left the policy set in a reload
+                return
+            st.in_flight -= 1
+            error = outcome.error
+            verdict = classes[error].breaker if error is not None else "success"
+            failed = None if verdict == "ignore" else verdict == "failure"
+            st.breaker.on_result(now, failed, outcome.latency_ms, ticket=pending.ticket)
+            tin, tout = outcome.input_tokens, outcome.output_tokens
+            cost = st.spec.price.cost(tin, tout)
+            if st.ledgers:
+                wall = now + self._wall_offset
+                reserved = dict((id(led), rid) for led, rid in pending.reservations)
+                for ledger in st.ledgers:
+                    ledger.settle(wall, reserved.get(id(ledger)), tin + tout, cost)
+            slow = outcome.latency_ms > st.spec.breaker.slow_call_ms
+            st.metrics.record(now, outcome.latency_ms, error, bool(failed), slow, tin, tout, cost,
+                              decision.is_fallback)
+            tm = self._tier_metrics.get(decision.requested_tier)
+            if tm is not None:
+                tm.record(now, outcome.latency_ms, error, bool(failed), slow, tin, tout, cost,
+                          decision.is_fallback)
+            self._drain(st, events)
+            if self._monitor.due(now):
+                events.extend(self._tick(now))
+        self._emit(events)
+
+    # -- events --------------------------------------------------------------
+    def subscribe(self, listener: Listener) -> Callable[[], None]:
+        """Call ``listener(event)`` for every event; returns a function that unsubscribes."""
+        self._listeners.append(listener)
+        return lambda: self._listeners.remove(listener) if listener in self._listeners else None
+
+    def _drain(self, st: _Model, events: list[Event]) -> None:
+        events.extend(st.breaker.drain_events())
+        for ledger in st.ledgers:
+            events.extend(ledger.drain_events())
+
+    def _drain_all(self, events: list[Event]) -> None:
+        for st in self._models.values():
+            events.extend(st.breaker.drain_events())
+        for ledger in self._ledgers.values():
+            events.extend(ledger.drain_events())
+
+    def _emit(self, events: Sequence[Event]) -> None:
+        if not events:
+            return
+        seen: set[int] = set()
+        for event in events:
+            if id(event) in seen:
+                continue
+            seen.add(id(event))
+            self.store.append_event(event)
+            for listener in tuple(self._listeners):
+                try:
+                    listener(event)
+                except Exception:  # a listener never breaks a decision
+                    log.exception("event listener %r raised on %r", listener, event)
+
+    # -- monitoring ----------------------------------------------------------
+    def tick(self) -> list[Event]:
+        """Run what is due now: anomaly rules and expiry of decisions never recorded."""
+        events: list[Event] = []
+        with self._lock:
+            now = self._clock()
+            events.extend(self._tick(now))
+            self._drain_all(events)
+        self._emit(events)
+        return events
+
+    def _tick(self, now: float) -> list[Event]:
+        stale = [p for p in self._pending.values() if now - p.at > DECISION_TTL_S]
+        for p in stale:
+            del self._pending[p.decision.id]
+            st = self._models.get(p.decision.model)
+            if st is not None:
+                st.in_flight -= 1
+        if not self._monitor.due(now):
+            return []
+        return self._monitor.evaluate(now, lambda: self._all_model_names(now), lambda: self._all_tier_names(now))
+
+    def _model_names(self, name: str, now: float) -> dict[str, Any]:
+        st = self._models[name]
+        names = st.metrics.snapshot(now, self.policy.error_classes)
+        wall = now + self._wall_offset
+        state = st.breaker.state(now)
+        names.update(model=name, tier=st.spec.tier, provider=st.spec.provider, in_flight=st.in_flight,
+                     budget_used=max((led.used_fraction(wall) for led in st.ledgers), default=0.0),
+                     breaker_open=1 if state in ("open", "forced_open") else 0,
+                     context_window=st.spec.context_window, price_in=st.spec.price.input_per_1m,
+                     price_out=st.spec.price.output_per_1m)
+        return names
+
+    def _all_model_names(self, now: float) -> dict[str, dict[str, Any]]:
+        return {name: self._model_names(name, now) for name in self._models}
+
+    def _all_tier_names(self, now: float) -> dict[str, dict[str, Any]]:
+        out = {}
+        for tier, spec in self.policy.tiers.items():
+            names = self._tier_metrics[tier].snapshot(now, self.policy.error_classes)
+            names.update(tier=tier, models=len(spec.candidates), open_breakers=sum(
+                1 for m in spec.candidates if self._models[m].breaker.state(now) in ("open", "forced_open")))
+            out[tier] = names
+        return out
+
+    # -- inspection and manual control -----------------------------------------
+    def state(self, model: str) -> dict[str, Any]:
+        """Breaker state, budgets (used/limit) and rolling metrics of ``model``."""
+        with self._lock:
+            if model not in self._models:
+                raise KeyError(f"unknown model {model!r}")
+            now = self._clock()
+            st = self._models[model]
+            wall = now + self._wall_offset
+            metrics = self._model_names(model, now)
+            out = {
+                "model": model,
+                "tier": st.spec.tier,
+                "breaker": st.breaker.snapshot(now),
+                "budgets": [led.snapshot(wall) for led in st.ledgers],
+                "in_flight": st.in_flight,
+                "max_in_flight": st.spec.max_in_flight,
+                "metrics": metrics,
+                "health": health(self.policy.monitoring.health, metrics),
+            }
+            events: list[Event] = []
+            self._drain(st, events)
+        self._emit(events)
+        return out
+
+    def force(self, model: str, state: str | None) -> None:
+        """Manual breaker state: "open", "closed", "disabled", "metrics_only", or None to release."""
+        if model not in self._models:
+            raise KeyError(f"unknown model {model!r}")
+        events: list[Event] = []
+        with self._lock:
+            st = self._models[model]
+            st.breaker.force(state, self._clock())  # type: ignore[arg-type]
+            self._drain(st, events)
+        self._emit(events)
+
+    def performance_report(self) -> dict[str, Any]:
+        """Per-tier and per-model health (healthy / degraded / unhealthy) with the metrics behind it."""
+        with self._lock:
+            now = self._clock()
+            models = self._all_model_names(now)
+            tiers = self._all_tier_names(now)
+        spec = self.policy.monitoring.health
+        grades = {m: health(spec, names) for m, names in models.items()}
+        rank = {"healthy": 0, "degraded": 1, "unhealthy": 2}
+        out: dict[str, Any] = {"revision": self.policy.revision, "window_s": self.policy.monitoring.window_s,
+                               "tiers": {}, "models": {}}
+        for t in self.policy.tier_order:
+            members = [m for m in self.policy.tiers[t].candidates if self.policy.models[m].enabled]
+            # a tier is as healthy as its healthiest candidate: fallback covers the rest
+            best = min((grades[m] for m in members), key=rank.__getitem__, default="unhealthy")
+            out["tiers"][t] = {"health": best, "models": members, "metrics": tiers[t]}
+        for m, names in models.items():
+            out["models"][m] = {"health": grades[m], "tier": names["tier"], "metrics": names}
+        return out
+
+    def close(self) -> None:
+        """Flush and release the store; the engine must not be used afterwards."""
+        self.store.close()
+
+    def __enter__(self) -> PolicyEngine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

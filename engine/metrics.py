@@ -1,0 +1,130 @@
+"""Rolling per-model and per-tier call metrics in time buckets.
+
+A :class:`RollingMetrics` keeps the last ``window_s`` seconds in ``buckets``
+fixed buckets (memory is bounded however many calls are recorded). Recording
+is O(1); :meth:`RollingMetrics.snapshot` merges the live buckets into the
+names rule expressions use (see :mod:`engine.contexts`), and is meant for the
+monitoring schedule, ``state()`` and reports, not for every call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from engine.histogram import LatencyHistogram
+
+
+class _Bucket:
+    __slots__ = ("index", "calls", "successes", "errors", "failures", "slow", "latency",
+                 "tokens_in", "tokens_out", "cost", "fallbacks")
+
+    def __init__(self) -> None:
+        self.index = -1
+        self.latency = LatencyHistogram()
+        self.errors: dict[str, int] = {}
+        self.clear(-1)
+
+    def clear(self, index: int) -> None:
+        self.index = index
+        self.calls = self.successes = self.failures = self.slow = 0
+        self.tokens_in = self.tokens_out = self.fallbacks = 0
+        self.cost = 0.0
+        self.errors.clear()
+        self.latency.reset()
+
+
+class RollingMetrics:
+    """Calls, outcomes, latency, tokens and cost over a sliding time window."""
+
+    __slots__ = ("window_s", "width", "buckets", "total_calls", "total_errors")
+
+    def __init__(self, window_s: float = 300.0, buckets: int = 30) -> None:
+        if window_s <= 0 or buckets < 1:
+            raise ValueError("window_s must be > 0 and buckets >= 1")
+        self.window_s = window_s
+        self.width = window_s / buckets
+        self.buckets = [_Bucket() for _ in range(buckets)]
+        self.total_calls = 0  # since creation, never reset by the window
+        self.total_errors = 0
+
+    def _bucket(self, now: float) -> _Bucket:
+        index = int(now // self.width)
+        bucket = self.buckets[index % len(self.buckets)]
+        if bucket.index != index:
+            bucket.clear(index)
+        return bucket
+
+    def record(self, now: float, latency_ms: float, error: str | None, failed: bool, slow: bool,
+               tokens_in: int, tokens_out: int, cost: float, fallback: bool) -> None:
+        b = self._bucket(now)
+        b.calls += 1
+        self.total_calls += 1
+        if error is None:
+            b.successes += 1
+        else:
+            b.errors[error] = b.errors.get(error, 0) + 1
+            self.total_errors += 1
+        if failed:
+            b.failures += 1
+        if slow:
+            b.slow += 1
+        b.latency.add(latency_ms)
+        b.tokens_in += tokens_in
+        b.tokens_out += tokens_out
+        b.cost += cost
+        if fallback:
+            b.fallbacks += 1
+
+    def live(self, now: float) -> list[_Bucket]:
+        """The buckets inside the window at ``now`` (the current one included)."""
+        current = int(now // self.width)
+        oldest = current - len(self.buckets) + 1
+        return [b for b in self.buckets if oldest <= b.index <= current]
+
+    def snapshot(self, now: float, error_classes: Iterable[str] = ()) -> dict[str, Any]:
+        return summarize(self.live(now), error_classes)
+
+
+def summarize(buckets: Iterable[_Bucket], error_classes: Iterable[str] = ()) -> dict[str, Any]:
+    """Merge buckets (of one or many models) into rule-expression names."""
+    hist = LatencyHistogram()
+    calls = successes = failures = slow = tokens_in = tokens_out = fallbacks = 0
+    cost = 0.0
+    errors: dict[str, int] = dict.fromkeys(error_classes, 0)
+    for b in buckets:
+        calls += b.calls
+        successes += b.successes
+        failures += b.failures
+        slow += b.slow
+        tokens_in += b.tokens_in
+        tokens_out += b.tokens_out
+        fallbacks += b.fallbacks
+        cost += b.cost
+        for name, n in b.errors.items():
+            errors[name] = errors.get(name, 0) + n
+        hist.merge(b.latency)
+    n_errors = sum(errors.values())
+    p50, p95, p99 = hist.quantiles((0.5, 0.95, 0.99))
+    out: dict[str, Any] = {
+        "calls": calls,
+        "successes": successes,
+        "errors": n_errors,
+        "failures": failures,
+        "success_rate": successes / calls if calls else 1.0,
+        "error_rate": n_errors / calls if calls else 0.0,
+        "slow_calls": slow,
+        "slow_rate": slow / calls if calls else 0.0,
+        "p50_ms": p50 or 0.0,
+        "p95_ms": p95 or 0.0,
+        "p99_ms": p99 or 0.0,
+        "mean_ms": hist.mean or 0.0,
+        "tokens_in": tokens_in,
+        "tokens_out": tokens_out,
+        "cost_usd": cost,
+        "fallbacks": fallbacks,
+        "fallback_rate": fallbacks / calls if calls else 0.0,
+    }
+    for name, n in errors.items():
+        out[f"errors_{name}"] = n
+    return out
