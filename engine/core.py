@@ -23,14 +23,14 @@ import os
 import threading
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from engine.breaker import REFUSED, CircuitBreaker
 from engine.budget import BudgetLedger
 from engine.errors import NoModelAvailable
 from engine.events import Event, FallbackTriggered
 from engine.loader import load_policies
-from engine.metrics import RollingMetrics
+from engine.metrics import RollingMetrics, summarize
 from engine.monitor import Monitor, health
 from engine.outcome import Decision, Outcome
 from engine.policy import ModelSpec, PolicySet
@@ -49,23 +49,21 @@ _METRIC_BUCKETS = 30
 
 
 class _Model:
-    __slots__ = ("spec", "breaker", "ledgers", "in_flight", "limit", "metrics")
+    __slots__ = ("spec", "breaker", "ledgers", "in_flight", "limit")
 
-    def __init__(self, spec: ModelSpec, ledgers: tuple[BudgetLedger, ...], window_s: float) -> None:
+    def __init__(self, spec: ModelSpec, ledgers: tuple[BudgetLedger, ...]) -> None:
         self.spec = spec
         self.breaker = CircuitBreaker(spec.name, spec.breaker)
         self.ledgers = ledgers
         self.in_flight = 0
         self.limit = spec.max_in_flight or 1 << 62
-        self.metrics = RollingMetrics(window_s, _METRIC_BUCKETS)
 
 
-class _Pending:
-    __slots__ = ("decision", "ticket", "reservations", "at")
-
-    def __init__(self, decision: Decision, ticket: int, reservations: tuple[tuple[BudgetLedger, int], ...],
-                 at: float) -> None:
-        self.decision, self.ticket, self.reservations, self.at = decision, ticket, reservations, at
+class _Pending(NamedTuple):
+    decision: Decision
+    ticket: int
+    reservations: tuple[tuple[BudgetLedger, int], ...]
+    at: float
 
 
 class PolicyEngine:
@@ -94,15 +92,15 @@ class PolicyEngine:
     def _install(self, policy: PolicySet, old: Mapping[str, _Model]) -> None:
         now = self._clock()
         ledgers = {b.name: BudgetLedger(b) for b in policy.budgets}
-        window = policy.monitoring.window_s
         models: dict[str, _Model] = {}
         for name, spec in policy.models.items():
             own = tuple(ledgers[b.name] for b in policy.budgets_for(name))
-            models[name] = _Model(spec, own, window)
+            models[name] = _Model(spec, own)
         self.policy = policy
         self._models = models
         self._ledgers = ledgers
-        self._tier_metrics = {t: RollingMetrics(window, _METRIC_BUCKETS) for t in policy.tiers}
+        # rolling metrics per (requested tier, model): one record per call serves both views
+        self._metrics: dict[tuple[str, str], RollingMetrics] = {}
         self._chains = {t: self._chain(policy, t) for t in policy.tiers}
         self._ranked: dict[str, tuple[float, tuple[str, ...]]] = {}
         self._monitor = Monitor(policy.monitoring, now)
@@ -216,14 +214,15 @@ class PolicyEngine:
                     events.append(FallbackTriggered(now, tier, skipped[0][0] if skipped else None, name, t,
                                                     reason or (skipped[0][1] if skipped else "degraded")))
                 self._drain(st, events)
-                if self._monitor.due(now):
+                if now >= self._monitor.next_at:
                     events.extend(self._tick(now))
                 break
-            else:
+            else:  # every candidate was skipped
                 self._drain_all(events)
                 self._emit(events)
                 raise NoModelAvailable(tier, skipped, retry_at)
-        self._emit(events)
+        if events:
+            self._emit(events)
         return decision
 
     @staticmethod
@@ -280,20 +279,45 @@ class PolicyEngine:
             cost = st.spec.price.cost(tin, tout)
             if st.ledgers:
                 wall = now + self._wall_offset
-                reserved = dict((id(led), rid) for led, rid in pending.reservations)
-                for ledger in st.ledgers:
-                    ledger.settle(wall, reserved.get(id(ledger)), tin + tout, cost)
+                if pending.reservations:
+                    for ledger, rid in pending.reservations:
+                        ledger.settle(wall, rid, tin + tout, cost)
+                else:
+                    for ledger in st.ledgers:
+                        ledger.settle(wall, None, tin + tout, cost)
             slow = outcome.latency_ms > st.spec.breaker.slow_call_ms
-            st.metrics.record(now, outcome.latency_ms, error, bool(failed), slow, tin, tout, cost,
-                              decision.is_fallback)
-            tm = self._tier_metrics.get(decision.requested_tier)
-            if tm is not None:
-                tm.record(now, outcome.latency_ms, error, bool(failed), slow, tin, tout, cost,
-                          decision.is_fallback)
+            key = (decision.requested_tier, decision.model)
+            metrics = self._metrics.get(key)
+            if metrics is None:
+                metrics = self._metrics[key] = RollingMetrics(self.policy.monitoring.window_s, _METRIC_BUCKETS)
+            metrics.record(now, outcome.latency_ms, error, bool(failed), slow, tin, tout, cost,
+                           decision.is_fallback)
             self._drain(st, events)
-            if self._monitor.due(now):
+            if now >= self._monitor.next_at:
                 events.extend(self._tick(now))
-        self._emit(events)
+        if events:
+            self._emit(events)
+
+    # -- the decide / call / record loop ----------------------------------------
+    def call(self, tier: str, fn: Callable[[str], Any], *, estimated_tokens: int | None = None,
+             classifier: Any = None, tokens: Any = None, sleep: Any = None, rng: Any = None) -> Any:
+        """Call ``fn(model)`` through decide/record, retrying and falling back per policy.
+
+        See :mod:`engine.calling` for the loop and :mod:`engine.classify` for
+        how exceptions map to error classes.
+        """
+        from engine import calling
+
+        return calling.call(self, tier, fn, estimated_tokens=estimated_tokens, classifier=classifier,
+                            tokens=tokens, sleep=sleep, rng=rng)
+
+    async def acall(self, tier: str, fn: Callable[[str], Any], *, estimated_tokens: int | None = None,
+                    classifier: Any = None, tokens: Any = None, sleep: Any = None, rng: Any = None) -> Any:
+        """``call`` for coroutine functions: ``await fn(model)``."""
+        from engine import calling
+
+        return await calling.acall(self, tier, fn, estimated_tokens=estimated_tokens, classifier=classifier,
+                                   tokens=tokens, sleep=sleep, rng=rng)
 
     # -- events --------------------------------------------------------------
     def subscribe(self, listener: Listener) -> Callable[[], None]:
@@ -301,10 +325,15 @@ class PolicyEngine:
         self._listeners.append(listener)
         return lambda: self._listeners.remove(listener) if listener in self._listeners else None
 
-    def _drain(self, st: _Model, events: list[Event]) -> None:
-        events.extend(st.breaker.drain_events())
+    @staticmethod
+    def _drain(st: _Model, events: list[Event]) -> None:
+        got = st.breaker.drain_events()
+        if got:
+            events.extend(got)
         for ledger in st.ledgers:
-            events.extend(ledger.drain_events())
+            got = ledger.drain_events()
+            if got:
+                events.extend(got)
 
     def _drain_all(self, events: list[Event]) -> None:
         for st in self._models.values():
@@ -351,7 +380,7 @@ class PolicyEngine:
 
     def _model_names(self, name: str, now: float) -> dict[str, Any]:
         st = self._models[name]
-        names = st.metrics.snapshot(now, self.policy.error_classes)
+        names = self._summary(now, lambda key: key[1] == name)
         wall = now + self._wall_offset
         state = st.breaker.state(now)
         names.update(model=name, tier=st.spec.tier, provider=st.spec.provider, in_flight=st.in_flight,
@@ -361,13 +390,17 @@ class PolicyEngine:
                      price_out=st.spec.price.output_per_1m)
         return names
 
+    def _summary(self, now: float, which: Callable[[tuple[str, str]], bool]) -> dict[str, Any]:
+        buckets = [b for key, m in self._metrics.items() if which(key) for b in m.live(now)]
+        return summarize(buckets, self.policy.error_classes)
+
     def _all_model_names(self, now: float) -> dict[str, dict[str, Any]]:
         return {name: self._model_names(name, now) for name in self._models}
 
     def _all_tier_names(self, now: float) -> dict[str, dict[str, Any]]:
         out = {}
         for tier, spec in self.policy.tiers.items():
-            names = self._tier_metrics[tier].snapshot(now, self.policy.error_classes)
+            names = self._summary(now, lambda key, tier=tier: key[0] == tier)  # type: ignore[misc]
             names.update(tier=tier, models=len(spec.candidates), open_breakers=sum(
                 1 for m in spec.candidates if self._models[m].breaker.state(now) in ("open", "forced_open")))
             out[tier] = names

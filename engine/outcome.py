@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+_INF = math.inf
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,6 +27,11 @@ class Outcome:
 
     def problem(self, error_classes: Mapping[str, Any]) -> str | None:
         """Why this outcome cannot be recorded, or ``None`` when it is sound."""
+        lat, tin, tout = self.latency_ms, self.input_tokens, self.output_tokens
+        if (type(lat) is float and 0.0 <= lat < _INF and type(tin) is int and tin >= 0
+                and type(tout) is int and tout >= 0 and self.retry_after_s is None
+                and (self.error is None or self.error in error_classes)):
+            return None  # the common case, checked without a call per field
         lat = self.latency_ms
         if isinstance(lat, bool) or not isinstance(lat, (int, float)) or not math.isfinite(lat) or lat < 0:
             return f"latency_ms must be a finite number >= 0, got {lat!r}"
@@ -44,13 +51,12 @@ class Outcome:
         return None
 
 
-@dataclass(frozen=True, slots=True, eq=False)
-class Decision:
+class Decision(NamedTuple):
     """Which model to call now, and why each better candidate was skipped.
 
     ``reasons`` lists ``(model, reason)`` for every candidate ranked above
     ``model`` that was not chosen. Hand the decision back to ``record``
-    exactly once.
+    exactly once. Immutable (a named tuple: cheap to make on the hot path).
     """
 
     model: str
@@ -62,4 +68,8 @@ class Decision:
     revision: str
     requested_tier: str
     estimated_tokens: int | None = None
-    owner: Any = field(default=None, repr=False)
+    owner: Any = None
+
+    def __repr__(self) -> str:
+        return (f"Decision(model={self.model!r}, tier={self.tier!r}, is_fallback={self.is_fallback}, "
+                f"reasons={self.reasons!r}, id={self.id})")
