@@ -18,6 +18,7 @@ taken to return UNIX epoch seconds.
 from __future__ import annotations
 
 import itertools
+import math
 import logging
 import os
 import threading
@@ -189,8 +190,11 @@ class PolicyEngine:
                     ticket = st.breaker.try_acquire(now)
                     if ticket == REFUSED:
                         until = st.breaker.retry_at(now)
+                        if until is not None and not math.isfinite(until):
+                            until = None  # forced open: recovers only when released
                         why = f"breaker {st.breaker.state(now)}" + (f" until t={until:.3f}" if until else "")
-                        retry_at = until if retry_at is None or (until and until < retry_at) else retry_at
+                        if until is not None and (retry_at is None or until < retry_at):
+                            retry_at = until
                 reservations: list[tuple[BudgetLedger, int]] = []
                 if why is None and st.ledgers:
                     why = self._reserve(st, wall, estimated_tokens, reservations)

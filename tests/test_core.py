@@ -1,0 +1,314 @@
+"""PolicyEngine.decide / record: selection, fallback, budgets, validation, events, threads."""
+
+from __future__ import annotations
+
+import math
+import threading
+from pathlib import Path
+
+import pytest
+
+from engine import (
+    BudgetExhausted,
+    BudgetWarning,
+    CircuitHalfOpened,
+    CircuitOpened,
+    Decision,
+    FallbackTriggered,
+    NoModelAvailable,
+    Outcome,
+    PolicyEngine,
+)
+from engine.events import AnomalyDetected, AnomalyResolved, Event
+from engine.testing import FakeClock
+from tests.conftest import POLICIES
+
+OK = Outcome(latency_ms=800.0, input_tokens=1000, output_tokens=200)
+L2 = ["gpt-4.1-mini", "gemini-2.5-flash", "claude-haiku-4-5", "mistral-small-latest"]
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def eng(clock: FakeClock) -> PolicyEngine:
+    return PolicyEngine.from_path(POLICIES, clock=clock)
+
+
+def trip(eng: PolicyEngine, clock: FakeClock, model: str, n: int = 10) -> None:
+    for _ in range(n):
+        d = eng.decide("L2", model=model)
+        eng.record(d, Outcome(100.0, error="server_error"))
+        clock.advance(0.1)
+
+
+def test_first_candidate_in_priority_order(eng: PolicyEngine) -> None:
+    d = eng.decide("L2")
+    assert (d.model, d.tier, d.is_fallback, d.reasons) == ("gpt-4.1-mini", "L2", False, ())
+    eng.record(d, OK)
+    state = eng.state("gpt-4.1-mini")
+    assert state["metrics"]["calls"] == 1 and state["metrics"]["tokens_in"] == 1000
+    assert state["metrics"]["cost_usd"] == pytest.approx((1000 * 0.40 + 200 * 1.60) / 1e6)
+    assert state["in_flight"] == 0 and state["breaker"]["state"] == "closed"
+
+
+def test_open_breaker_falls_back_with_reasons_and_event(eng: PolicyEngine, clock: FakeClock) -> None:
+    events: list[Event] = []
+    eng.subscribe(events.append)
+    trip(eng, clock, "gpt-4.1-mini")
+    opened = [e for e in events if isinstance(e, CircuitOpened)]
+    assert [(e.model, e.reason, e.failure_rate) for e in opened] == [("gpt-4.1-mini", "failure_rate", 100.0)]
+    d = eng.decide("L2")
+    assert d.model == "gemini-2.5-flash" and d.is_fallback
+    assert d.reasons[0][0] == "gpt-4.1-mini" and d.reasons[0][1].startswith("breaker open until")
+    assert isinstance(events[-1], FallbackTriggered)
+    assert (events[-1].from_model, events[-1].to_model) == ("gpt-4.1-mini", "gemini-2.5-flash")
+
+
+def test_no_call_reaches_an_open_model_until_half_open(eng: PolicyEngine, clock: FakeClock) -> None:
+    trip(eng, clock, "gpt-4.1-mini")
+    chosen = []
+    for _ in range(290):  # 29 s of traffic while open (open_for_s: 30)
+        d = eng.decide("L2")
+        chosen.append(d.model)
+        eng.record(d, OK)
+        clock.advance(0.1)
+    assert "gpt-4.1-mini" not in chosen
+    clock.advance(1.1)
+    events: list[Event] = []
+    eng.subscribe(events.append)
+    probes = [eng.decide("L2") for _ in range(5)]
+    assert [p.model for p in probes] == ["gpt-4.1-mini"] * 3 + ["gemini-2.5-flash"] * 2  # 3 permits
+    assert isinstance(events[0], CircuitHalfOpened)
+
+
+def test_degrades_across_tiers_and_never_repeats_a_model(eng: PolicyEngine) -> None:
+    for m in L2:
+        eng.force(m, "open")
+    d = eng.decide("L2")
+    assert (d.model, d.tier, d.is_fallback) == ("claude-sonnet-4-5", "L3", True)  # L3 ranks by score
+    assert [m for m, _ in d.reasons] == L2
+
+
+def test_no_model_available_lists_every_candidate(eng: PolicyEngine, clock: FakeClock) -> None:
+    for m in ["claude-sonnet-4-5", "gpt-4.1", "gemini-2.5-pro"]:
+        eng.force(m, "open")
+    trip_models = ["gpt-5", "claude-opus-4-1", "o3"]
+    for m in trip_models:
+        for _ in range(5):
+            d = eng.decide("L4", model=m)
+            eng.record(d, Outcome(50.0, error="timeout"))
+    with pytest.raises(NoModelAvailable) as info:
+        eng.decide("L4")
+    names = [m for m, _ in info.value.candidates]
+    assert names == trip_models + ["claude-sonnet-4-5", "gpt-4.1", "gemini-2.5-pro"]
+    assert info.value.retry_at == pytest.approx(clock() + 30.0)
+    assert "forced_open" in info.value.candidates[-1][1]
+
+
+def test_max_in_flight(tmp_path: Path, policy_dir: Path, clock: FakeClock) -> None:
+    models = policy_dir / "models.yaml"
+    models.write_text(models.read_text().replace("max_in_flight: 128", "max_in_flight: 2", 1))
+    eng = PolicyEngine.from_path(policy_dir, clock=clock)
+    held = [eng.decide("L2") for _ in range(3)]
+    assert [d.model for d in held] == ["gpt-4.1-mini", "gpt-4.1-mini", "gemini-2.5-flash"]
+    assert held[2].reasons == (("gpt-4.1-mini", "at max_in_flight (2)"),)
+    eng.record(held[0], OK)
+    assert eng.decide("L2").model == "gpt-4.1-mini"
+
+
+def test_budget_warns_then_exhausts_then_falls_back(policy_dir: Path, clock: FakeClock) -> None:
+    budgets = policy_dir / "budgets.yaml"
+    budgets.write_text(budgets.read_text().replace("tokens: 8000000", "tokens: 10000"))
+    eng = PolicyEngine.from_path(policy_dir, clock=clock)
+    events: list[Event] = []
+    eng.subscribe(events.append)
+    for _ in range(9):
+        eng.record(eng.decide("L4"), Outcome(1000.0, 900, 100))
+    assert [type(e) for e in events] == [BudgetWarning]
+    eng.record(eng.decide("L4"), Outcome(1000.0, 900, 100))
+    assert [type(e) for e in events] == [BudgetWarning, BudgetExhausted]
+    d = eng.decide("L4")
+    assert d.model == "claude-opus-4-1" and d.reasons == (("gpt-5", "budget gpt-5-daily exhausted"),)
+
+
+def test_reservations_stop_concurrent_overshoot(policy_dir: Path, clock: FakeClock) -> None:
+    budgets = policy_dir / "budgets.yaml"
+    budgets.write_text(budgets.read_text().replace("tokens: 8000000", "tokens: 10000"))
+    eng = PolicyEngine.from_path(policy_dir, clock=clock)
+    held = [eng.decide("L4", estimated_tokens=4000) for _ in range(4)]
+    assert [d.model for d in held] == ["gpt-5", "gpt-5", "gpt-5", "claude-opus-4-1"]
+    snap = eng.state("gpt-5")["budgets"][0]
+    assert snap["tokens_reserved"] == 12000
+
+
+@pytest.mark.parametrize(
+    ("outcome", "message"),
+    [
+        (Outcome(-1.0), "latency_ms must be a finite number >= 0"),
+        (Outcome(math.nan), "latency_ms must be a finite number >= 0"),
+        (Outcome(math.inf), "latency_ms must be a finite number >= 0"),
+        (Outcome(10.0, input_tokens=-5), "input_tokens must be an integer >= 0"),
+        (Outcome(10.0, output_tokens=1.5), "output_tokens must be an integer >= 0"),  # type: ignore[arg-type]
+        (Outcome(10.0, error="timout"), "unknown error class 'timout' (did you mean 'timeout'?)"),
+        (Outcome(10.0, retry_after_s=-1), "retry_after_s must be None or a finite number >= 0"),
+    ],
+)
+def test_bad_outcome_is_refused_and_state_untouched(eng: PolicyEngine, outcome: Outcome, message: str) -> None:
+    d = eng.decide("L2")
+    before = eng.state(d.model)
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)").replace("?", r"\?")):
+        eng.record(d, outcome)
+    assert eng.state(d.model) == before
+    eng.record(d, OK)  # the decision is still open and can be recorded properly
+
+
+def test_double_and_foreign_records(eng: PolicyEngine, clock: FakeClock) -> None:
+    d = eng.decide("L2")
+    eng.record(d, OK)
+    with pytest.raises(ValueError, match="already recorded"):
+        eng.record(d, OK)
+    other = PolicyEngine.from_path(POLICIES, clock=clock)
+    with pytest.raises(ValueError, match="not made by this engine"):
+        other.record(d, OK)
+    forged = Decision("gpt-5", "L4", False, (), 999, 0.0, "x", "L4")
+    with pytest.raises(ValueError, match="not made by this engine"):
+        eng.record(forged, OK)
+    assert eng.state("gpt-4.1-mini")["metrics"]["calls"] == 1
+
+
+def test_unknown_tier_and_model(eng: PolicyEngine) -> None:
+    with pytest.raises(KeyError, match="unknown tier 'L9'"):
+        eng.decide("L9")
+    with pytest.raises(KeyError, match="unknown model"):
+        eng.state("gpt-9")
+    with pytest.raises(ValueError, match="estimated_tokens"):
+        eng.decide("L2", estimated_tokens=-1)
+
+
+def test_listener_that_raises_never_breaks_a_decision(eng: PolicyEngine, clock: FakeClock,
+                                                      caplog: pytest.LogCaptureFixture) -> None:
+    seen: list[Event] = []
+
+    def bad(event: Event) -> None:
+        raise RuntimeError("listener bug")
+
+    eng.subscribe(bad)
+    eng.subscribe(seen.append)
+    trip(eng, clock, "gpt-4.1-mini")
+    assert eng.decide("L2").model == "gemini-2.5-flash"
+    assert any(isinstance(e, CircuitOpened) for e in seen)
+    assert "listener bug" in caplog.text
+
+
+def test_unsubscribe(eng: PolicyEngine, clock: FakeClock) -> None:
+    seen: list[Event] = []
+    stop = eng.subscribe(seen.append)
+    stop()
+    trip(eng, clock, "gpt-4.1-mini")
+    assert seen == []
+
+
+def test_anomaly_rules_run_on_schedule_with_for_duration(eng: PolicyEngine, clock: FakeClock) -> None:
+    events: list[Event] = []
+    eng.subscribe(events.append)
+    eng.force("gpt-4.1-mini", "metrics_only")  # keep the failing model in use
+    start = clock()
+    for _ in range(450):  # 45 s of failing calls, 10 per second
+        eng.record(eng.decide("L2"), Outcome(100.0, error="rate_limit"))
+        clock.advance(0.1)
+    detected = [e for e in events if isinstance(e, AnomalyDetected)]
+    # rate-limit-storm (for: 30s) fires once; error-spike (for: 1m) not yet
+    assert [(e.rule, e.target, e.severity) for e in detected] == [
+        ("rate-limit-storm", "gpt-4.1-mini", "critical")]
+    # rules first run at +10 s (evaluate_every_s); the condition must then hold for 30 s
+    assert 40.0 <= detected[0].at - start <= 50.0
+    for _ in range(3000):  # healthy traffic until the 5-minute window forgets the storm
+        eng.record(eng.decide("L2"), OK)
+        clock.advance(0.1)
+    resolved = [e.rule for e in events if isinstance(e, AnomalyResolved)]
+    assert "rate-limit-storm" in resolved
+
+
+def test_performance_report_grades_health(eng: PolicyEngine, clock: FakeClock) -> None:
+    eng.force("gpt-4.1-mini", "metrics_only")
+    for i in range(100):
+        eng.record(eng.decide("L2"), Outcome(100.0, error="timeout") if i % 2 else OK)
+    report = eng.performance_report()
+    assert report["models"]["gpt-4.1-mini"]["health"] == "unhealthy"  # error_rate 0.5 > 0.25
+    assert report["models"]["gpt-4.1-mini"]["metrics"]["errors_timeout"] == 50
+    assert report["tiers"]["L2"]["health"] == "healthy"  # other candidates are healthy
+    assert report["tiers"]["L2"]["metrics"]["calls"] == 100
+    eng.force("gpt-4.1-mini", "open")
+    assert eng.performance_report()["models"]["gpt-4.1-mini"]["health"] == "unhealthy"
+
+
+def test_score_strategy_prefers_the_healthier_model(eng: PolicyEngine, clock: FakeClock) -> None:
+    assert eng.decide("L3").model == "claude-sonnet-4-5"
+    eng.force("claude-sonnet-4-5", "metrics_only")
+    for _ in range(20):
+        eng.record(eng.decide("L3", model="claude-sonnet-4-5"), Outcome(9000.0, error="timeout"))
+    clock.advance(1.0)  # the ranking refreshes once a second
+    d = eng.decide("L3")
+    assert d.model == "gpt-4.1"
+
+
+def test_threads_keep_every_count_exact(eng: PolicyEngine) -> None:
+    threads, per = 8, 5000
+    errors: list[BaseException] = []
+
+    def work(i: int) -> None:
+        try:
+            for n in range(per):
+                d = eng.decide("L2", estimated_tokens=100)
+                eng.record(d, Outcome(50.0, 80, 20, error="timeout" if (n + i) % 97 == 0 else None))
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    pool = [threading.Thread(target=work, args=(i,)) for i in range(threads)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+    assert errors == []
+    report = eng.performance_report()
+    assert report["tiers"]["L2"]["metrics"]["calls"] == threads * per
+    assert sum(report["models"][m]["metrics"]["calls"] for m in L2) == threads * per
+    assert all(eng.state(m)["in_flight"] == 0 for m in L2)
+    assert report["tiers"]["L2"]["metrics"]["tokens_in"] == threads * per * 80
+
+
+def test_half_open_never_admits_more_than_its_permits_under_threads(eng: PolicyEngine,
+                                                                    clock: FakeClock) -> None:
+    trip(eng, clock, "gpt-4.1-mini")
+    clock.advance(31)
+    admitted: list[Decision] = []
+    lock = threading.Lock()
+    barrier = threading.Barrier(8)
+
+    def work() -> None:
+        barrier.wait()
+        for _ in range(30):  # 240 decisions in all: within the other candidates' max_in_flight
+            d = eng.decide("L2")
+            if d.model == "gpt-4.1-mini":
+                with lock:
+                    admitted.append(d)
+
+    pool = [threading.Thread(target=work) for _ in range(8)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+    assert len(admitted) == 3
+
+
+def test_forced_open_everywhere_has_no_recovery_time(eng: PolicyEngine) -> None:
+    for tier in ("L3", "L4"):
+        for m in eng.policy.tiers[tier].candidates:
+            eng.force(m, "open")
+    with pytest.raises(NoModelAvailable) as info:
+        eng.decide("L4")
+    assert info.value.retry_at is None
+    assert len(info.value.candidates) == 6
