@@ -1,0 +1,84 @@
+"""decide + record against pybreaker, in the same run.
+
+pybreaker's peer is one breaker-protected call of a no-op function: the
+least a breaker library does per call. The engine's pair picks among four
+L2 candidates (breaker, in-flight limit and budgets checked for each one it
+considers), records latency, tokens and cost into rolling metrics and settles
+budgets.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pybreaker
+import pytest
+
+from benchmarks.conftest import ROOT
+from engine import Outcome, PolicyEngine
+
+OK = Outcome(latency_ms=812.0, input_tokens=1200, output_tokens=310)
+THREADS, PER_THREAD = 8, 25_000
+
+
+def _engine() -> PolicyEngine:
+    return PolicyEngine.from_path(ROOT / "policies")
+
+
+def test_engine_decide_record_l2(benchmark: pytest.FixtureRequest) -> None:
+    eng = _engine()
+
+    def pair() -> None:
+        eng.record(eng.decide("L2"), OK)
+
+    benchmark(pair)
+
+
+def test_engine_decide_record_l4_with_budgets(benchmark: pytest.FixtureRequest) -> None:
+    """L4's first model spends from three budgets; reservations on."""
+    eng = _engine()
+
+    def pair() -> None:
+        eng.record(eng.decide("L4", estimated_tokens=1500), OK)
+
+    benchmark(pair)
+
+
+def test_pybreaker_call(benchmark: pytest.FixtureRequest) -> None:
+    breaker = pybreaker.CircuitBreaker(fail_max=5, reset_timeout=60)
+
+    def work() -> int:
+        return 1
+
+    benchmark(breaker.call, work)
+
+
+def _threaded(pair: object) -> float:
+    barrier = threading.Barrier(THREADS + 1)
+
+    def run() -> None:
+        barrier.wait()
+        for _ in range(PER_THREAD):
+            pair()  # type: ignore[operator]
+
+    pool = [threading.Thread(target=run) for _ in range(THREADS)]
+    for t in pool:
+        t.start()
+    barrier.wait()
+    start = time.perf_counter()
+    for t in pool:
+        t.join()
+    return THREADS * PER_THREAD / (time.perf_counter() - start)
+
+
+def test_engine_8_threads(benchmark: pytest.FixtureRequest) -> None:
+    eng = _engine()
+    rate = benchmark.pedantic(lambda: _threaded(lambda: eng.record(eng.decide("L2"), OK)), rounds=3)
+    benchmark.extra_info["pairs_per_s"] = round(rate)
+
+
+def test_pybreaker_8_threads(benchmark: pytest.FixtureRequest) -> None:
+    breaker = pybreaker.CircuitBreaker(fail_max=5, reset_timeout=60)
+    rate = benchmark.pedantic(lambda: _threaded(lambda: breaker.call(int)), rounds=3)
+    benchmark.extra_info["calls_per_s"] = round(rate)
