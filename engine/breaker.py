@@ -25,8 +25,8 @@ list; the caller collects them with :meth:`~CircuitBreaker.drain_events`
 (``()`` without allocating when there are none).
 
 **Threads.** Every state change runs under the breaker's lock, so no
-interleaving admits more than ``half_open_permits`` probes per episode. The
-closed-state ``try_acquire`` is a lock-free read.
+interleaving admits more than ``half_open_permits`` probes per episode;
+``try_acquire`` in an always-admitting state is a lock-free read.
 """
 
 from __future__ import annotations
@@ -212,7 +212,8 @@ class CircuitBreaker:
             if state == "open" or state == "forced_open":
                 return self._open_until
             if state == "half_open" and self._used >= self._permits:
-                return min(self._slot_deadline[i] for i, t in enumerate(self._slot_ticket) if t)
+                deadlines = (self._slot_deadline[i] for i, t in enumerate(self._slot_ticket) if t)
+                return min(deadlines, default=None)
             return None
 
     def snapshot(self, now: float) -> dict[str, Any]:

@@ -60,7 +60,11 @@ def period_bounds(spec: BudgetSpec, now: float) -> tuple[float, float | None]:
     if spec.period == "rolling":
         return now - _rolling_s(spec), None
     tz = ZoneInfo(spec.timezone)
-    local = datetime.fromtimestamp(now, tz)
+    # fromtimestamp rounds to whole microseconds, which can carry a time just
+    # before a boundary over it: take the date of the microsecond at or before now
+    local = datetime.fromtimestamp(math.floor(now * 1e6) / 1e6, tz)
+    if local.timestamp() > now:
+        local -= timedelta(microseconds=1)
     if spec.period == "hourly":  # by the offset in force at ``now``: right in repeated hours
         offset = local.utcoffset()
         shift = offset.total_seconds() if offset is not None else 0.0

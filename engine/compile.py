@@ -145,11 +145,12 @@ class Compiler:
                      f"expected an IANA time zone such as UTC or Europe/Berlin, got {name!r}")
         return name
 
-    def ref(self, entry: _Entry, path: Path, name: str, known: Mapping[str, Any], what: str) -> bool:
+    def ref(self, entry: _Entry, path: Path, name: str, known: Mapping[str, Any], what: str,
+            *, key: bool = False) -> bool:
         if name in known:
             return True
         self.add(entry.doc, entry.path + path, f"unknown-{what}",
-                 f"unknown {what} {name!r}{did_you_mean(name, known)}")
+                 f"unknown {what} {name!r}{did_you_mean(name, known)}", key=key)
         return False
 
     # -- compiling -------------------------------------------------------
@@ -163,12 +164,13 @@ class Compiler:
 
     def breaker_spec(self, entry: _Entry | None, base: BreakerSpec, over: Mapping[str, Any]) -> BreakerSpec:
         spec = dataclasses.replace(base, **over)
-        if entry is not None:
-            if spec.open_for_s > spec.max_open_for_s:
+        if entry is not None:  # judged only where this entry sets one of the two values
+            if spec.open_for_s > spec.max_open_for_s and ("open_for_s" in over or "max_open_for_s" in over):
                 key = "open_for_s" if "open_for_s" in over else "max_open_for_s"
                 self.add(entry.doc, entry.path + (key,) if key in over else entry.path, "threshold-order",
                          f"expected open_for_s <= max_open_for_s, got {spec.open_for_s} > {spec.max_open_for_s}")
-            if spec.window == "count" and spec.minimum_calls > spec.window_size:
+            if (spec.window == "count" and spec.minimum_calls > spec.window_size
+                    and ("minimum_calls" in over or "window_size" in over)):
                 key = "minimum_calls" if "minimum_calls" in over else "window_size"
                 self.add(entry.doc, entry.path + (key,) if key in over else entry.path, "threshold-order",
                          f"expected minimum_calls <= window_size, got {spec.minimum_calls} > "
@@ -199,7 +201,7 @@ class Compiler:
             models[name] = ModelSpec(name, v["tier"], v["provider"], v["context_window"], price, spec,
                                      profile, v.get("max_in_flight"), v.get("enabled", True))
         for name, e in overrides.items():
-            self.ref(e, (), name, models, "model")
+            self.ref(e, (), name, models, "model", key=True)
         return models
 
     def tiers(self, models: Mapping[str, ModelSpec], classes: Mapping[str, Any]) -> dict[str, TierSpec]:
@@ -266,7 +268,8 @@ class Compiler:
             if scope == "model":
                 self.ref(e, ("applies_to", "model"), target, models, "model")
             elif scope == "tier":
-                self.ref(e, ("applies_to", "tier"), target, tiers, "tier")
+                if "routing" in self.kinds:  # without routing, missing-routing says it all
+                    self.ref(e, ("applies_to", "tier"), target, tiers, "tier")
             else:
                 target = None
             if "tokens" not in v and "cost_usd" not in v:

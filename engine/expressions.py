@@ -181,6 +181,9 @@ class _Checker:
                 raise self.fail(comp, "expr-forbidden", _FORBIDDEN_OPS[type(op)])
             if isinstance(op, _MEMBER):
                 right = self._container(comp, depth)
+                if right == {STR} and left != {STR}:
+                    raise self.fail(comp, "expr-type", f"'in' a string needs a string on its left, got "
+                                    f"{'/'.join(sorted(left))}")
             else:
                 right = self.check(comp, depth)
                 if isinstance(op, _ORDER) and not (left == right and len(left) == 1 and NONE not in left):
@@ -230,6 +233,9 @@ class _Checker:
             raise self.fail(node, "expr-type", f"{name}() takes {lo} to {hi} arguments, got {len(node.args)}")
         for arg in node.args:
             self.numeric(arg, depth, f"argument of {name}()")
+        if name == "round" and len(node.args) == 2 and not (
+                isinstance(node.args[1], ast.Constant) and type(node.args[1].value) is int):
+            raise self.fail(node.args[1], "expr-type", "round()'s digits must be a whole-number literal")
         return frozenset({NUM})
 
     def _Tuple(self, node: ast.Tuple, depth: int) -> frozenset[str]:

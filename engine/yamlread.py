@@ -77,15 +77,17 @@ def decode(file: str, raw: bytes) -> str:
             Problem(file, 1, 1, "file-too-large",
                     f"expected at most {MAX_BYTES} bytes, got {len(raw)}")
         )
+    body = raw[3:] if raw.startswith(b"\xef\xbb\xbf") else raw  # a BOM is not text
     try:
-        return raw.decode("utf-8-sig")
+        return body.decode("utf-8")
     except UnicodeDecodeError as exc:
-        before = raw[: exc.start]
+        before = body[: exc.start]
         line = before.count(b"\n") + 1
-        col = exc.start - (before.rfind(b"\n") + 1) + 1
+        line_start = body[before.rfind(b"\n") + 1: exc.start]
+        col = len(line_start.decode("utf-8", "replace")) + 1  # columns count characters
         raise YamlProblem(
             Problem(file, line, col, "not-utf8",
-                    f"expected UTF-8 text, got byte 0x{raw[exc.start]:02x}")
+                    f"expected UTF-8 text, got byte 0x{body[exc.start]:02x}")
         ) from None
 
 
@@ -163,8 +165,10 @@ class _Builder:
         top.key, top.key_pos = key, pos
         self.doc.keys[path] = pos
 
-    def add(self, value: Any, pos: tuple[int, int], size: int, anchor: str | None) -> None:
-        self.nodes += size
+    def add(self, value: Any, pos: tuple[int, int], size: int, anchor: str | None, *, new: int = -1) -> None:
+        """Attach a finished node; ``new`` is how many nodes it adds (``size`` unless its children
+        were counted already, as a closing container's were)."""
+        self.nodes += size if new < 0 else new
         if self.nodes > MAX_NODES:
             self.fail(pos, "too-many-nodes",
                       f"expected at most {MAX_NODES} nodes with aliases expanded")
@@ -212,7 +216,7 @@ class _Builder:
                               frame.path)
                 for k, v in src.items():
                     frame.value.setdefault(k, v)
-        self.add(frame.value, frame.pos, frame.size, frame.anchor)
+        self.add(frame.value, frame.pos, frame.size, frame.anchor, new=1)
 
     def alias(self, ev: yaml.AliasEvent) -> None:
         pos = _pos(ev.start_mark)
@@ -254,6 +258,11 @@ def parse(file: str, text: str) -> Document:
                 builder.alias(ev)
             elif isinstance(ev, yaml.StreamEndEvent):
                 break
+    except yaml.reader.ReaderError as exc:  # a character YAML does not allow (NUL, ...)
+        head = text[: exc.position]
+        line, col = head.count("\n") + 1, exc.position - (head.rfind("\n") + 1) + 1
+        raise YamlProblem(Problem(file, line, col, "yaml-syntax",
+                                  f"expected printable text, got character {exc.character!r}")) from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         what = " ".join(s for s in (exc.context, exc.problem) if s)

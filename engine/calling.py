@@ -1,0 +1,345 @@
+"""The decide / call / record loop behind ``PolicyEngine.call`` and ``acall``.
+
+One :func:`call` (or :func:`acall`) asks the engine for a model, calls
+``fn(model)``, records how it went and, when ``fn`` raises, does what the
+exception's error class says in ``errors.yaml``, within the ``retry`` block of
+``routing.yaml``:
+
+* ``retry: true`` and the model has same-model retries left
+  (``same_model_retries`` per model and call): wait :func:`backoff_delay` —
+  or the retry-after hint if longer, when ``honour_retry_after``, capped at
+  ``max_retry_after_s`` — and call the same model again;
+* else by ``fallback``: ``none`` re-raises the exception; ``any`` asks for the
+  best candidate not yet tried in this call; ``larger_context`` for one whose
+  context window is larger than the failed model's (a floor kept for the rest
+  of the call);
+* ``fn`` runs at most ``max_attempts`` times per call; then the last exception
+  is re-raised.
+
+Nothing available: if the earliest recovery (``NoModelAvailable.retry_at``)
+is within what is left of ``max_wait_s`` (a total per call), sleep until then
+and ask again; else raise ``NoModelAvailable``, chained (``__cause__``) to the
+last exception ``fn`` raised, if any. A same-model retry the engine refuses
+(the failure opened the breaker, say) moves on as if no retries were left.
+
+Every decision is recorded exactly once. Success records latency and token
+usage (``tokens(result)``, else :func:`usage_tokens`). An exception that is
+not an ``Exception`` (``KeyboardInterrupt``, ``asyncio.CancelledError``) is
+recorded as the class ``cancelled`` if the policy defines one, else as
+``bad_request`` (ignored by the default breakers, so it neither counts against
+the model nor uses up a half-open probe), then re-raised. A classifier that
+raises or returns a class the policy does not know is recorded as
+``server_error``.
+
+Time is the engine's clock; every wait goes through ``sleep`` (``time.sleep``,
+``asyncio.sleep`` for :func:`acall`), so tests pass one that advances a
+``FakeClock``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import math
+import random
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Protocol
+
+from engine.classify import Classifier, classify
+from engine.errors import NoModelAvailable
+from engine.outcome import Decision, Outcome
+from engine.policy import ErrorClassSpec, RetrySpec
+
+if TYPE_CHECKING:
+    from engine.core import PolicyEngine
+
+__all__ = ["CANCELLED", "MIN_WAIT_S", "acall", "backoff_delay", "call", "usage_tokens"]
+
+log = logging.getLogger(__name__)
+
+#: The error class an abandoned call (KeyboardInterrupt, CancelledError) is recorded as, if defined.
+CANCELLED = "cancelled"
+#: Shortest wait for a recovery, so a ``retry_at`` that is already due cannot spin.
+MIN_WAIT_S = 0.01
+
+Tokens = Callable[[Any], tuple[int, int]]
+
+
+class RandomSource(Protocol):
+    def random(self) -> float: ...
+
+
+_RNG = random.Random()  # noqa: S311 - jitter, not cryptography
+
+
+def backoff_delay(spec: RetrySpec, retry_number: int, rng: RandomSource | None = None) -> float:
+    """Seconds to wait before retry ``retry_number`` (0 for the first) of one model.
+
+    ``initial_backoff_s * backoff_multiplier ** retry_number`` capped at
+    ``max_backoff_s``, then jittered: ``none`` keeps it, ``full`` draws from
+    [0, delay), ``equal`` from [delay/2, delay).
+    """
+    if retry_number < 0:
+        raise ValueError(f"expected retry_number >= 0, got {retry_number}")
+    delay = 0.0
+    if spec.initial_backoff_s > 0:
+        try:
+            delay = spec.initial_backoff_s * spec.backoff_multiplier**retry_number
+        except OverflowError:
+            delay = math.inf
+    delay = min(delay, spec.max_backoff_s)
+    if spec.jitter == "none":
+        return delay
+    r = (rng or _RNG).random()
+    return delay * r if spec.jitter == "full" else delay / 2 + delay / 2 * r
+
+
+def _count(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value if value >= 0 else None
+    if isinstance(value, float) and value.is_integer() and value >= 0:
+        return int(value)
+    return None
+
+
+def usage_tokens(result: Any) -> tuple[int, int]:
+    """``(input, output)`` tokens of an OpenAI- or Anthropic-shaped response, else ``(0, 0)``.
+
+    Reads ``result.usage`` (or ``result["usage"]``) for ``prompt_tokens`` /
+    ``completion_tokens`` (OpenAI chat) or ``input_tokens`` / ``output_tokens``
+    (Anthropic, OpenAI responses).
+    """
+    usage = result.get("usage") if isinstance(result, Mapping) else getattr(result, "usage", None)
+    if usage is None:
+        return 0, 0
+    for pair in (("prompt_tokens", "completion_tokens"), ("input_tokens", "output_tokens")):
+        if isinstance(usage, Mapping):
+            tin, tout = (_count(usage.get(k)) for k in pair)
+        else:
+            tin, tout = (_count(getattr(usage, k, None)) for k in pair)
+        if tin is not None or tout is not None:
+            return tin or 0, tout or 0
+    return 0, 0
+
+
+def _seconds(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if math.isfinite(value) and value >= 0 else None
+
+
+class _NotAwaitable(TypeError):
+    pass
+
+
+class _Call:
+    """The decide / record / retry state of one call; the drivers do the calling and sleeping."""
+
+    def __init__(self, engine: PolicyEngine, tier: str, estimated_tokens: int | None,
+                 classifier: Classifier | None, tokens: Tokens | None, rng: RandomSource | None) -> None:
+        self.engine = engine
+        self.clock = engine._clock
+        self.tier = tier
+        self.estimated = estimated_tokens
+        self.classifier = classifier or classify
+        self.tokens = tokens
+        self.rng = rng
+        self.spec = engine.policy.retry
+        self.tried: list[str] = []
+        self.retries: dict[str, int] = {}  # same-model retries used, per model
+        self.attempts = 0
+        self.waited = 0.0
+        self.pin: str | None = None  # the model a same-model retry is for
+        self.pin_class: ErrorClassSpec | None = None
+        self.min_context: int | None = None
+        self.reason: str | None = None
+        self.last_exc: BaseException | None = None
+
+    # -- deciding ------------------------------------------------------------
+    def next(self) -> Decision | float:
+        """The next decision, or seconds to sleep before asking again; raises when it is over."""
+        while True:
+            got = self._decide()
+            if isinstance(got, Decision):
+                if got.model not in self.tried:
+                    self.tried.append(got.model)
+                self.attempts += 1
+                return got
+            if self.pin is not None and self.pin_class is not None:  # the same model is refused now
+                if self._move_on(self.pin, self.pin_class):
+                    continue
+                raise self.last_exc or got
+            wait = self._wait_for(got)
+            if wait is None:
+                if self.last_exc is not None:
+                    raise got from self.last_exc
+                raise got
+            self.waited += wait
+            return wait
+
+    def _decide(self) -> Decision | NoModelAvailable:
+        try:
+            if self.pin is not None:
+                return self.engine.decide(self.tier, model=self.pin, estimated_tokens=self.estimated,
+                                          min_context=self.min_context)
+            return self.engine.decide(self.tier, estimated_tokens=self.estimated, exclude=self.tried,
+                                      min_context=self.min_context, reason=self.reason)
+        except NoModelAvailable as exc:
+            return exc
+
+    def _wait_for(self, exc: NoModelAvailable) -> float | None:
+        if exc.retry_at is None or self.spec.max_wait_s <= 0:
+            return None
+        wait = max(exc.retry_at - self.clock(), MIN_WAIT_S)
+        return wait if wait <= self.spec.max_wait_s - self.waited else None
+
+    def _move_on(self, model: str, cls: ErrorClassSpec) -> bool:
+        """Set up the fallback ``cls`` asks for after ``model`` failed; False when it asks for none."""
+        self.pin = self.pin_class = None
+        if cls.fallback == "none":
+            return False
+        if cls.fallback == "larger_context":
+            spec = self.engine.policy.models.get(model)
+            if spec is None:  # gone in a reload: its context window is unknown
+                return False
+            self.min_context = max(self.min_context or 0, spec.context_window)
+        self.reason = cls.name
+        return True
+
+    # -- recording -----------------------------------------------------------
+    def succeeded(self, d: Decision, result: Any, started: float) -> None:
+        latency = self._latency(started)
+        tin, tout = self._tokens(result)
+        self._record(d, Outcome(latency, tin, tout))
+
+    def failed(self, d: Decision, exc: Exception, started: float) -> float | None:
+        """Record the failure; seconds to sleep before the next attempt, or None to re-raise."""
+        latency = self._latency(started)
+        cls, hint = self._classify(exc)
+        self._record(d, Outcome(latency, error=cls.name, retry_after_s=hint))
+        self.last_exc = exc
+        if self.attempts >= self.spec.max_attempts:
+            return None
+        used = self.retries.get(d.model, 0)
+        if cls.retry and used < self.spec.same_model_retries:
+            self.retries[d.model] = used + 1
+            self.pin, self.pin_class = d.model, cls
+            delay = backoff_delay(self.spec, used, self.rng)
+            if hint is not None and self.spec.honour_retry_after:
+                delay = max(delay, min(hint, self.spec.max_retry_after_s))
+            return delay
+        return 0.0 if self._move_on(d.model, cls) else None
+
+    def abandoned(self, d: Decision, started: float) -> None:
+        """Record a call that ended without a result of its own (cancelled, interrupted, misused)."""
+        classes = self.engine.policy.error_classes
+        self._record(d, Outcome(self._latency(started), error=CANCELLED if CANCELLED in classes
+                                else "bad_request"))
+
+    def _latency(self, started: float) -> float:
+        return max(0.0, (self.clock() - started) * 1000.0)
+
+    def _classify(self, exc: Exception) -> tuple[ErrorClassSpec, float | None]:
+        classes = self.engine.policy.error_classes
+        try:
+            name, hint = self.classifier(exc)
+        except Exception:
+            log.exception("classifier %r failed on %r; recording server_error", self.classifier, exc)
+            name, hint = "server_error", None
+        if not isinstance(name, str) or name not in classes:
+            name = "server_error"
+        spec: ErrorClassSpec = classes[name]
+        return spec, _seconds(hint)
+
+    def _tokens(self, result: Any) -> tuple[int, int]:
+        if self.tokens is None:
+            return usage_tokens(result)
+        try:
+            tin, tout = self.tokens(result)
+        except Exception:
+            log.exception("tokens callback %r failed; recording 0 tokens", self.tokens)
+            return 0, 0
+        return _count(tin) or 0, _count(tout) or 0
+
+    def _record(self, d: Decision, outcome: Outcome) -> None:
+        try:
+            self.engine.record(d, outcome)
+        except ValueError as exc:  # expired after DECISION_TTL_S: never lose the call's own result
+            log.warning("could not record %s for %s: %s", outcome, d.model, exc)
+
+
+def call(engine: PolicyEngine, tier: str, fn: Callable[[str], Any], *, estimated_tokens: int | None = None,
+         classifier: Classifier | None = None, tokens: Tokens | None = None,
+         sleep: Callable[[float], object] | None = None, rng: RandomSource | None = None) -> Any:
+    """Return ``fn(model)`` for a model of ``tier``, retrying and falling back per policy.
+
+    Raises the last exception of ``fn`` when the policy gives up, or
+    ``NoModelAvailable`` when no model can be tried.
+    """
+    plan = _Call(engine, tier, estimated_tokens, classifier, tokens, rng)
+    pause = sleep or time.sleep
+    while True:
+        step = plan.next()
+        if not isinstance(step, Decision):
+            pause(step)
+            continue
+        started = plan.clock()
+        try:
+            result = fn(step.model)
+        except Exception as exc:
+            delay = plan.failed(step, exc, started)
+            if delay is None:
+                raise
+        except BaseException:
+            plan.abandoned(step, started)
+            raise
+        else:
+            if inspect.isawaitable(result):
+                plan.abandoned(step, started)
+                close = getattr(result, "close", None)
+                if callable(close):
+                    close()  # no "never awaited" warning
+                raise TypeError(f"fn returned {type(result).__name__}, an awaitable: use acall")
+            plan.succeeded(step, result, started)
+            return result
+        if delay > 0:
+            pause(delay)
+
+
+async def acall(engine: PolicyEngine, tier: str, async_fn: Callable[[str], Awaitable[Any]], *,
+                estimated_tokens: int | None = None, classifier: Classifier | None = None,
+                tokens: Tokens | None = None, sleep: Callable[[float], Awaitable[object]] | None = None,
+                rng: RandomSource | None = None) -> Any:
+    """:func:`call` for coroutine functions: ``await async_fn(model)`` and ``await sleep(s)``."""
+    plan = _Call(engine, tier, estimated_tokens, classifier, tokens, rng)
+    pause = sleep or asyncio.sleep
+    while True:
+        step = plan.next()
+        if not isinstance(step, Decision):
+            await pause(step)
+            continue
+        started = plan.clock()
+        try:
+            pending = async_fn(step.model)
+            if not inspect.isawaitable(pending):
+                raise _NotAwaitable(f"async_fn returned {type(pending).__name__}, not an awaitable: use call")
+            result = await pending
+        except _NotAwaitable:
+            plan.abandoned(step, started)
+            raise
+        except Exception as exc:
+            delay = plan.failed(step, exc, started)
+            if delay is None:
+                raise
+        except BaseException:
+            plan.abandoned(step, started)
+            raise
+        else:
+            plan.succeeded(step, result, started)
+            return result
+        if delay > 0:
+            await pause(delay)
