@@ -256,12 +256,11 @@ class _Call:
         return spec, _seconds(hint)
 
     def _tokens(self, result: Any) -> tuple[int, int]:
-        if self.tokens is None:
-            return usage_tokens(result)
+        read = self.tokens or usage_tokens
         try:
-            tin, tout = self.tokens(result)
-        except Exception:
-            log.exception("tokens callback %r failed; recording 0 tokens", self.tokens)
+            tin, tout = read(result)
+        except Exception:  # the call succeeded: keep its result, record no tokens
+            log.exception("reading token usage with %r failed; recording 0 tokens", read)
             return 0, 0
         return _count(tin) or 0, _count(tout) or 0
 
