@@ -3,8 +3,11 @@
 :func:`classify` is the default classifier of ``PolicyEngine.call``. It
 understands the common shapes without importing any SDK:
 
-* an HTTP status on the exception: ``status_code``, ``status``, ``http_status``
-  or ``response.status_code`` — 429 → ``rate_limit``, 408 → ``timeout``,
+* an HTTP status on the exception: ``status_code``, ``status``, ``http_status``,
+  ``code`` (google-genai) or ``response.status_code`` — a 400 or 413 whose
+  message says the context is too long → ``context_window`` (OpenAI's
+  ``context_length_exceeded``, Anthropic's "prompt is too long"), otherwise
+  429 → ``rate_limit``, 408 → ``timeout``,
   401/403 → ``auth``, 413 → ``context_window``, other 4xx → ``bad_request``,
   5xx → ``server_error`` (529 → ``overloaded`` when the policy defines it);
 * timeouts: ``TimeoutError`` (``asyncio.TimeoutError`` too) and any class
@@ -17,13 +20,17 @@ understands the common shapes without importing any SDK:
   ``content_policy``, ``Authentication``/``PermissionDenied`` → ``auth``;
 * anything else → ``server_error``.
 
-A retry-after hint is read from ``retry_after`` or the ``Retry-After``
-header of ``response.headers``. Pass your own ``classifier`` to ``call`` to
+A retry-after hint is read from ``retry_after`` or the headers of
+``response.headers`` (any casing): ``retry-after-ms`` (OpenAI), then
+``Retry-After`` as seconds or as an HTTP date. Pass your own ``classifier`` to ``call`` to
 replace it: a callable ``(exception) -> (error_class, retry_after_s)``.
 """
 
 from __future__ import annotations
 
+import email.utils
+import math
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -32,24 +39,53 @@ Classifier = Callable[[BaseException], tuple[str, float | None]]
 
 def _status(exc: BaseException) -> int | None:
     for obj in (exc, getattr(exc, "response", None)):
-        for attr in ("status_code", "status", "http_status"):
+        for attr in ("status_code", "status", "http_status", "code"):
             value = getattr(obj, attr, None)
             if isinstance(value, int) and not isinstance(value, bool) and 100 <= value <= 599:
                 return value
     return None
 
 
-def retry_after(exc: BaseException) -> float | None:
-    value: Any = getattr(exc, "retry_after", None)
-    if value is None:
-        headers = getattr(getattr(exc, "response", None), "headers", None)
-        if headers is not None and hasattr(headers, "get"):
-            value = headers.get("retry-after") or headers.get("Retry-After")
+def _header(headers: Any, name: str) -> Any:
+    """A header's value from any mapping-like object, whatever the key's casing."""
     try:
-        seconds = float(value) if value is not None else None
-    except (TypeError, ValueError):
+        value = headers.get(name)
+        if value is not None:
+            return value
+        for key in headers:
+            if isinstance(key, str) and key.lower() == name:
+                return headers[key]
+    except Exception:  # an odd headers object: no hint rather than a crash
         return None
-    return seconds if seconds is not None and 0 <= seconds < 86_400 else None
+    return None
+
+
+def _seconds(value: Any, scale: float = 1.0) -> float | None:
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        seconds = float(value) * scale
+    except (TypeError, ValueError):
+        if not isinstance(value, str):
+            return None
+        try:  # Retry-After may be an HTTP date (RFC 9110 10.2.3)
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        seconds = max(0.0, when.timestamp() - time.time())
+    return seconds if math.isfinite(seconds) and 0 <= seconds < 86_400 else None
+
+
+def retry_after(exc: BaseException) -> float | None:
+    """The retry-after hint of ``exc`` in seconds, or ``None``."""
+    hint = _seconds(getattr(exc, "retry_after", None))
+    if hint is not None:
+        return hint
+    headers = getattr(getattr(exc, "response", None), "headers", None)
+    if headers is None or not hasattr(headers, "get"):
+        return None
+    hint = _seconds(_header(headers, "retry-after-ms"), 0.001)
+    return hint if hint is not None else _seconds(_header(headers, "retry-after"))
 
 
 def _by_status(status: int) -> str:
@@ -66,10 +102,11 @@ def _by_status(status: int) -> str:
     return "bad_request" if status < 500 else "server_error"
 
 
+_CONTEXT_WORDS = ("context_length", "context length", "maximum context", "context window",
+                  "too many tokens", "prompt is too long")
 _WORDS = (
     (("ratelimit", "rate_limit", "rate limit", "too many requests"), "rate_limit"),
-    (("context_length", "context length", "maximum context", "context window", "too many tokens"),
-     "context_window"),
+    (_CONTEXT_WORDS, "context_window"),
     (("content_policy", "content policy", "content filter", "contentfilter", "safety"), "content_policy"),
     (("authentication", "permissiondenied", "unauthorized", "invalid api key"), "auth"),
     (("timeout", "timed out"), "timeout"),
@@ -81,6 +118,8 @@ def classify(exc: BaseException) -> tuple[str, float | None]:
     """The error class of ``exc`` and its retry-after hint (seconds) if any."""
     status = _status(exc)
     if status is not None:
+        if status in (400, 413) and any(w in str(exc).lower() for w in _CONTEXT_WORDS):
+            return "context_window", None
         return _by_status(status), retry_after(exc)
     if isinstance(exc, TimeoutError):
         return "timeout", None

@@ -110,18 +110,14 @@ def test_a_hint_is_read_for_name_classified_errors_too() -> None:
     assert classify(RateLimitError("slow down")) == ("rate_limit", 4.0)
 
 
-@pytest.mark.xfail(strict=True, reason="classify.retry_after looks up only 'retry-after' and 'Retry-After': "
-                   "a plain dict with other casing is missed")
 def test_retry_after_header_in_a_plain_dict_with_other_casing() -> None:
     assert retry_after(ProviderError(response=response(429, {"RETRY-AFTER": "5"}))) == 5.0
 
 
-@pytest.mark.xfail(strict=True, reason="classify.retry_after uses `a or b`: a falsy value (int 0) is skipped")
 def test_retry_after_header_of_int_zero() -> None:
     assert retry_after(ProviderError(response=response(429, {"retry-after": 0}))) == 0.0
 
 
-@pytest.mark.xfail(strict=True, reason="Retry-After as an HTTP-date (RFC 9110 10.2.3) is not parsed")
 def test_retry_after_http_date() -> None:
     exc = ProviderError(response=response(429, {"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"}))
     assert retry_after(exc) is not None
@@ -181,22 +177,17 @@ def test_unknown_is_server_error(exc: Exception) -> None:
     assert classify(exc) == ("server_error", None)
 
 
-@pytest.mark.xfail(strict=True, reason="classify checks the status before the message: OpenAI's context "
-                   "length error is an HTTP 400 and comes out as bad_request, so call() never falls back "
-                   "to a larger-context model for it")
 def test_openai_context_length_400_is_a_context_window_error() -> None:
     exc = ProviderError("Error code: 400 - This model's maximum context length is 128000 tokens "
                         "(context_length_exceeded)", status_code=400)
     assert classify(exc)[0] == "context_window"
 
 
-@pytest.mark.xfail(strict=True, reason="Anthropic says 'prompt is too long' (HTTP 400): not recognised")
 def test_anthropic_prompt_too_long_is_a_context_window_error() -> None:
     exc = ProviderError("prompt is too long: 210000 tokens > 200000 maximum", status_code=400)
     assert classify(exc)[0] == "context_window"
 
 
-@pytest.mark.xfail(strict=True, reason="google-genai errors carry the HTTP status in `code`, not read")
 def test_gemini_code_attribute_is_read_as_the_status() -> None:
     exc = ProviderError("429 RESOURCE_EXHAUSTED", code=429, status="RESOURCE_EXHAUSTED")
     assert classify(exc)[0] == "rate_limit"
