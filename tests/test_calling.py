@@ -129,7 +129,8 @@ def engine(clock: FakeClock) -> PolicyEngine:
 def make_engine(policy_dir: Path, clock: FakeClock) -> Callable[..., PolicyEngine]:
     """An engine on a copy of the default policies with ``retry`` settings and error classes edited."""
 
-    def make(*, extra_classes: str = "", drop_overloaded: bool = False, **retry: Any) -> PolicyEngine:
+    def make(*, extra_classes: str = "", drop_overloaded: bool = False, drop_cancelled: bool = False,
+             **retry: Any) -> PolicyEngine:
         routing = policy_dir / "routing.yaml"
         text = routing.read_text()
         for key, value in retry.items():
@@ -138,6 +139,8 @@ def make_engine(policy_dir: Path, clock: FakeClock) -> Callable[..., PolicyEngin
         routing.write_text(text)
         errors_yaml = policy_dir / "errors.yaml"
         text = errors_yaml.read_text()
+        if drop_cancelled:
+            text = re.sub(r"^  cancelled:.*\n", "", text, flags=re.M)
         if drop_overloaded:
             text = text[: text.index("  overloaded:")]
         errors_yaml.write_text(text + extra_classes)
@@ -478,18 +481,18 @@ def test_keyboard_interrupt_still_records_the_decision(engine: PolicyEngine, clo
     with pytest.raises(KeyboardInterrupt):
         call(engine, "L2", fn)
     assert fn.called == [MINI]
-    assert seen == [(MINI, Outcome(500.0, error="bad_request"))]
+    assert seen == [(MINI, Outcome(500.0, error="cancelled"))]  # the default policies define it
     assert in_flight(engine) == {}
     assert engine.state(MINI)["breaker"]["failures"] == 0
 
 
-def test_an_abandoned_call_uses_the_cancelled_class_when_the_policy_has_one(
+def test_an_abandoned_call_is_bad_request_when_the_policy_has_no_cancelled_class(
         make_engine: Callable[..., PolicyEngine], clock: FakeClock) -> None:
-    engine = make_engine(extra_classes="  cancelled: {breaker: ignore, fallback: none, retry: false}\n")
+    engine = make_engine(drop_cancelled=True)
     seen = spy(engine)
     with pytest.raises(SystemExit):
         call(engine, "L2", Script(clock, SystemExit(3)))
-    assert errors(seen) == [(MINI, "cancelled")]
+    assert errors(seen) == [(MINI, "bad_request")]
 
 
 def test_an_interrupted_half_open_probe_gives_its_permit_back(engine: PolicyEngine, clock: FakeClock) -> None:
@@ -513,7 +516,7 @@ def test_sync_call_refuses_a_coroutine_function(engine: PolicyEngine) -> None:
 
     with pytest.raises(TypeError, match="use acall"):
         call(engine, "L2", client)
-    assert errors(seen) == [(MINI, "bad_request")]
+    assert errors(seen) == [(MINI, "cancelled")]  # recorded as an abandoned call
     assert in_flight(engine) == {}
 
 
@@ -606,7 +609,7 @@ def test_acall_records_a_cancelled_task(engine: PolicyEngine) -> None:
             await task
 
     asyncio.run(main())
-    assert errors(seen) == [(MINI, "bad_request")]
+    assert errors(seen) == [(MINI, "cancelled")]
     assert in_flight(engine) == {}
 
 
@@ -614,7 +617,7 @@ def test_acall_refuses_a_function_that_returns_no_awaitable(engine: PolicyEngine
     seen = spy(engine)
     with pytest.raises(TypeError, match="not an awaitable"):
         asyncio.run(acall(engine, "L2", lambda model: "sync result"))
-    assert errors(seen) == [(MINI, "bad_request")]
+    assert errors(seen) == [(MINI, "cancelled")]  # recorded as an abandoned call
     assert in_flight(engine) == {}
 
 
