@@ -157,6 +157,34 @@ class CircuitBreaker:
                 if state == "closed":
                     self._check_trip(now)
 
+    def reconfigure(self, spec: BreakerSpec, now: float) -> None:
+        """Apply a reloaded spec, keeping the state.
+
+        Thresholds, open durations and probe expiry apply from the next call;
+        an open breaker keeps its current ``open_until``. The rolling window
+        is kept unless its kind or size changed (then it starts empty). A
+        change of ``half_open_permits`` while half-open restarts the episode
+        with the new number (probes in flight become ordinary late results).
+        """
+        if spec.half_open_permits < 1:
+            raise ValueError(f"expected half_open_permits >= 1, got {spec.half_open_permits}")
+        with self._lock:
+            old = self.spec
+            self.spec = spec
+            if (old.window, old.window_size, old.window_s, old.window_buckets) != (
+                    spec.window, spec.window_size, spec.window_s, spec.window_buckets):
+                self._window = make_window(spec)
+            minimum = min(spec.minimum_calls, spec.window_size) if spec.window == "count" else spec.minimum_calls
+            self._min_calls = max(1, minimum)
+            self._needed = max(1, min(spec.minimum_calls, spec.half_open_permits))
+            if spec.half_open_permits != self._permits:
+                # new tickets must stay above every ticket handed out so far
+                self._seq = (self._seq + 1) * self._permits // spec.half_open_permits + 1
+                self._permits = spec.half_open_permits
+                self._slot_ticket = [0] * self._permits
+                self._slot_deadline = [_INF] * self._permits
+                self._clear_episode()
+
     # -- manual control and queries ------------------------------------------
 
     def force(self, state: ForceTarget | None, now: float) -> None:

@@ -143,6 +143,12 @@ class BudgetLedger:
             self._advance(now)
         return self._fraction() < self._exhaust_at
 
+    def evaluate(self, now: float) -> None:
+        """Re-judge the thresholds now: after a reload changed the limits, a
+        budget already over its new ``warn_at``/``exhaust_at`` emits at once."""
+        self._advance(now)
+        self._check(now)
+
     def reserve(self, now: float, tokens: int, cost: float) -> int:
         """Reserve an estimate; returns its id (> 0), or 0 when exhausted (nothing reserved)."""
         if tokens < 0 or not cost >= 0.0:

@@ -29,8 +29,8 @@ from typing import Any, NamedTuple
 from engine.breaker import REFUSED, CircuitBreaker
 from engine.budget import BudgetLedger
 from engine.errors import NoModelAvailable
-from engine.events import Event, FallbackTriggered
-from engine.loader import load_policies
+from engine.events import Event, FallbackTriggered, PolicyReloaded, ReloadFailed
+from engine.loader import check, load_policies
 from engine.metrics import RollingMetrics, summarize
 from engine.monitor import Monitor, health
 from engine.outcome import Decision, Outcome
@@ -80,7 +80,11 @@ class PolicyEngine:
         self._pending: dict[int, _Pending] = {}
         self._paths = tuple(paths)
         self.store: Store = open_store(store) if isinstance(store, str) else store
-        self._install(policy, {})
+        now = self._clock()
+        self._reload_status: dict[str, Any] = {
+            "loaded_at": now, "last_attempt_at": None, "last_success_at": None, "last_error": None,
+            "last_error_at": None, "attempts": 0, "successes": 0, "failures": 0}
+        self._install(policy, now)
 
     @classmethod
     def from_path(cls, path: str | os.PathLike[str] | Sequence[str | os.PathLike[str]], *,
@@ -90,21 +94,121 @@ class PolicyEngine:
         return cls(load_policies(paths), clock=clock, store=store, paths=paths)
 
     # -- policy installation -------------------------------------------------
-    def _install(self, policy: PolicySet, old: Mapping[str, _Model]) -> None:
-        now = self._clock()
-        ledgers = {b.name: BudgetLedger(b) for b in policy.budgets}
+    def _install(self, policy: PolicySet, now: float) -> None:
+        """Make ``policy`` the set in force, carrying state over from the one before.
+
+        Kept for models and budgets that still exist: breaker state (the new
+        thresholds apply from the next call), budget usage and reservations
+        (unless the budget's period, time zone or rolling length changed), in-
+        flight counts, rolling metrics (unless the monitoring window changed)
+        and active anomalies. Removed models and budgets are dropped; a limit
+        lowered below current usage exhausts at once. Called with the lock
+        held (or before the engine is shared).
+        """
+        old_models: Mapping[str, _Model] = getattr(self, "_models", {})
+        old_ledgers: Mapping[str, BudgetLedger] = getattr(self, "_ledgers", {})
+        wall = now + self._wall_offset
+        ledgers: dict[str, BudgetLedger] = {}
+        for b in policy.budgets:
+            prev = old_ledgers.get(b.name)
+            ledgers[b.name] = BudgetLedger(b)
+            if prev is not None:
+                try:
+                    ledgers[b.name] = BudgetLedger.from_dict(b, prev.to_dict())
+                except ValueError:  # a new period kind: usage starts afresh
+                    pass
         models: dict[str, _Model] = {}
         for name, spec in policy.models.items():
             own = tuple(ledgers[b.name] for b in policy.budgets_for(name))
-            models[name] = _Model(spec, own)
+            st = models[name] = _Model(spec, own)
+            prev_model = old_models.get(name)
+            if prev_model is not None:
+                st.breaker = prev_model.breaker
+                if prev_model.spec.breaker != spec.breaker:
+                    st.breaker.reconfigure(spec.breaker, now)
+                st.in_flight = prev_model.in_flight
+        moved = {id(led): ledgers[name] for name, led in old_ledgers.items() if name in ledgers}
+        for key, pending in list(self._pending.items()):
+            if pending.reservations:
+                kept = tuple((moved[id(led)], rid) for led, rid in pending.reservations if id(led) in moved)
+                self._pending[key] = pending._replace(reservations=kept)
+        old_metrics: Mapping[tuple[str, str], RollingMetrics] = getattr(self, "_metrics", {})
+        same_window = getattr(self, "policy", None) is not None and \
+            self.policy.monitoring.window_s == policy.monitoring.window_s
+        monitor = Monitor(policy.monitoring, now)
+        old_monitor: Monitor | None = getattr(self, "_monitor", None)
+        if old_monitor is not None:
+            rules = {r.name for r in policy.monitoring.anomalies}
+            monitor.since = {k: v for k, v in old_monitor.since.items() if k[0] in rules}
+            monitor.active = {k for k in old_monitor.active if k[0] in rules}
         self.policy = policy
         self._models = models
         self._ledgers = ledgers
         # rolling metrics per (requested tier, model): one record per call serves both views
-        self._metrics: dict[tuple[str, str], RollingMetrics] = {}
+        self._metrics: dict[tuple[str, str], RollingMetrics] = {
+            k: m for k, m in old_metrics.items() if same_window and k[0] in policy.tiers and k[1] in models}
         self._chains = {t: self._chain(policy, t) for t in policy.tiers}
         self._ranked: dict[str, tuple[float, tuple[str, ...]]] = {}
-        self._monitor = Monitor(policy.monitoring, now)
+        self._monitor = monitor
+        for ledger in ledgers.values():
+            ledger.evaluate(wall)  # a lowered limit takes effect (and emits) now
+
+    # -- reloading -------------------------------------------------------------
+    def reload(self) -> bool:
+        """Re-read, re-check and swap in the policy files; True when a new set took effect.
+
+        An invalid set never takes effect: the set in force stays, and a
+        ReloadFailed event carries every problem with file:line:col. A set
+        whose content is unchanged is not swapped (no event).
+        """
+        if not self._paths:
+            raise RuntimeError("this engine was not loaded from files: nothing to reload")
+        policy, problems = check(self._paths)
+        events: list[Event] = []
+        with self._lock:
+            now = self._clock()
+            status = self._reload_status
+            status["attempts"] += 1
+            status["last_attempt_at"] = now
+            if policy is None or problems:
+                status["failures"] += 1
+                status["last_error"] = [p.format() for p in problems]
+                status["last_error_at"] = now
+                events.append(ReloadFailed(now, self.policy.revision, tuple(problems)))
+                changed = False
+            elif policy.revision == self.policy.revision:
+                changed = False
+            else:
+                previous = self.policy
+                self._install(policy, now)
+                status["successes"] += 1
+                status["loaded_at"] = status["last_success_at"] = now
+                status["last_error"] = None
+                events.append(PolicyReloaded(
+                    now, policy.revision, previous.revision, policy.files,
+                    tuple(sorted(set(policy.models) - set(previous.models))),
+                    tuple(sorted(set(previous.models) - set(policy.models)))))
+                self._drain_all(events)
+                changed = True
+        self._emit(events)
+        return changed
+
+    def watch(self, **options: Any) -> Any:
+        """Start watching the policy files; reloads on every saved change.
+
+        Returns a :class:`engine.reload.PolicyWatcher` (a context manager:
+        ``with eng.watch(): ...``; or call its ``stop()``). Options are those
+        of :func:`engine.reload.watch` (``poll``, ``debounce_s``).
+        """
+        from engine import reload
+
+        return reload.watch(self, **options)
+
+    def reload_status(self) -> dict[str, Any]:
+        """Revision in force, when it was loaded, and the outcome of reload attempts."""
+        with self._lock:
+            return {"revision": self.policy.revision, "files": list(self.policy.files), **self._reload_status,
+                    "last_error": list(self._reload_status["last_error"] or []) or None}
 
     @staticmethod
     def _chain(policy: PolicySet, tier: str) -> tuple[tuple[str, str], ...]:

@@ -103,3 +103,23 @@ class AnomalyResolved(Event):
 
 
 Listener = Callable[[Event], None]
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyReloaded(Event):
+    revision: str
+    previous: str
+    files: tuple[str, ...]
+    added_models: tuple[str, ...] = ()
+    removed_models: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ReloadFailed(Event):
+    """An edit did not take effect; ``kept`` is the revision still in force."""
+
+    kept: str
+    problems: tuple[Any, ...]  # engine.problems.Problem, each with file:line:col
+
+    def describe(self) -> str:
+        return "\n".join(p.format() for p in self.problems)

@@ -1,0 +1,144 @@
+"""What a reload keeps and what it changes (the engine side; the watcher is tested in test_reload)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from engine import Outcome, PolicyEngine
+from engine.events import BudgetExhausted, Event, PolicyReloaded, ReloadFailed
+from engine.testing import FakeClock
+
+OK = Outcome(800.0, 1000, 200)
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def eng(policy_dir: Path, clock: FakeClock) -> PolicyEngine:
+    return PolicyEngine.from_path(policy_dir, clock=clock)
+
+
+def edit(path: Path, old: str, new: str) -> None:
+    text = path.read_text()
+    assert old in text, old
+    path.write_text(text.replace(old, new, 1))
+
+
+def test_valid_edit_takes_effect_and_reports(eng: PolicyEngine, policy_dir: Path) -> None:
+    events: list[Event] = []
+    eng.subscribe(events.append)
+    before = eng.policy.revision
+    edit(policy_dir / "breakers.yaml", "failure_rate: 50", "failure_rate: 25")
+    assert eng.reload() is True
+    assert eng.policy.models["gpt-4.1"].breaker.failure_rate == 25
+    [event] = events
+    assert isinstance(event, PolicyReloaded) and event.previous == before
+    status = eng.reload_status()
+    assert (status["revision"], status["successes"], status["failures"]) == (eng.policy.revision, 1, 0)
+
+
+def test_unchanged_content_is_not_swapped(eng: PolicyEngine) -> None:
+    events: list[Event] = []
+    eng.subscribe(events.append)
+    policy = eng.policy
+    assert eng.reload() is False
+    assert eng.policy is policy and events == []
+
+
+def test_invalid_edit_never_takes_effect(eng: PolicyEngine, policy_dir: Path) -> None:
+    events: list[Event] = []
+    eng.subscribe(events.append)
+    policy = eng.policy
+    edit(policy_dir / "routing.yaml", "[gpt-5, claude-opus-4-1, o3]", "[gpt-5, claude-opus-4-1, o4]")
+    assert eng.reload() is False
+    assert eng.policy is policy
+    [event] = events
+    assert isinstance(event, ReloadFailed) and event.kept == policy.revision
+    assert [p.code for p in event.problems] == ["unreachable-model", "unknown-model"]  # o3 left its tier
+    assert re.search(r"routing\.yaml:\d+:\d+: unknown-model", eng.reload_status()["last_error"][1])
+    assert eng.decide("L4").model == "gpt-5"  # the last good set still decides
+
+
+def test_breaker_state_and_metrics_carry_over(eng: PolicyEngine, policy_dir: Path, clock: FakeClock) -> None:
+    eng.force("gpt-4.1-mini", "open")
+    for _ in range(5):
+        eng.record(eng.decide("L2"), OK)
+    edit(policy_dir / "report.yaml", "top_models: 10", "top_models: 12")
+    assert eng.reload() is True
+    assert eng.state("gpt-4.1-mini")["breaker"]["state"] == "forced_open"
+    assert eng.state("gemini-2.5-flash")["metrics"]["calls"] == 5
+    assert eng.decide("L2").model == "gemini-2.5-flash"
+
+
+def test_changed_threshold_applies_from_the_next_call(eng: PolicyEngine, policy_dir: Path) -> None:
+    for _ in range(10):  # 3 failures in 10 calls: 30%, under 50%
+        for outcome in (OK, OK, OK):
+            eng.record(eng.decide("L2", model="gpt-4.1-mini"), outcome)
+    for _ in range(3):
+        eng.record(eng.decide("L2", model="gpt-4.1-mini"), Outcome(10.0, error="timeout"))
+    assert eng.state("gpt-4.1-mini")["breaker"]["state"] == "closed"
+    edit(policy_dir / "breakers.yaml", "failure_rate: 50", "failure_rate: 5")
+    eng.reload()
+    assert eng.state("gpt-4.1-mini")["breaker"]["state"] == "closed"  # no transition on reload
+    eng.record(eng.decide("L2", model="gpt-4.1-mini"), Outcome(10.0, error="timeout"))
+    assert eng.state("gpt-4.1-mini")["breaker"]["state"] == "open"
+
+
+def test_budget_usage_carries_over_and_a_lowered_limit_exhausts_at_once(
+        eng: PolicyEngine, policy_dir: Path) -> None:
+    events: list[Event] = []
+    eng.subscribe(events.append)
+    for _ in range(5):
+        eng.record(eng.decide("L4"), Outcome(1000.0, 900, 100))  # 5,000 tokens on gpt-5
+    edit(policy_dir / "budgets.yaml", "tokens: 8000000", "tokens: 4000")
+    assert eng.reload() is True
+    snap = eng.state("gpt-5")["budgets"][0]
+    assert (snap["tokens_used"], snap["tokens_limit"]) == (5000, 4000)
+    assert any(isinstance(e, BudgetExhausted) and e.budget == "gpt-5-daily" for e in events)
+    assert eng.decide("L4").model == "claude-opus-4-1"
+
+
+def test_removed_model_is_dropped_and_its_open_decision_still_records(
+        eng: PolicyEngine, policy_dir: Path) -> None:
+    held = eng.decide("L2", model="mistral-small-latest")
+    models = policy_dir / "models.yaml"
+    text = models.read_text()
+    start = text.index("  mistral-small-latest:")
+    end = text.index("  # --- L3")
+    models.write_text(text[:start] + text[end:])
+    edit(policy_dir / "routing.yaml", ", mistral-small-latest]", "]")
+    breakers = policy_dir / "breakers.yaml"
+    text = breakers.read_text()
+    breakers.write_text(text[: text.index("overrides:")])
+    assert eng.reload() is True, eng.reload_status()
+    assert "mistral-small-latest" not in eng.policy.models
+    with pytest.raises(KeyError):
+        eng.state("mistral-small-latest")
+    eng.record(held, OK)  # accepted and dropped: its model is gone
+    with pytest.raises(ValueError, match="already recorded"):
+        eng.record(held, OK)
+
+
+def test_pending_reservation_settles_into_the_carried_ledger(eng: PolicyEngine, policy_dir: Path) -> None:
+    held = eng.decide("L4", estimated_tokens=3000)
+    edit(policy_dir / "report.yaml", "top_models: 10", "top_models: 9")
+    eng.reload()
+    assert eng.state("gpt-5")["budgets"][0]["tokens_reserved"] == 3000
+    eng.record(held, Outcome(100.0, 1000, 500))
+    snap = eng.state("gpt-5")["budgets"][0]
+    assert (snap["tokens_used"], snap["tokens_reserved"]) == (1500, 0)
+
+
+def test_engine_without_files_cannot_reload(clock: FakeClock) -> None:
+    from engine import load_policies
+    from tests.conftest import POLICIES
+
+    eng = PolicyEngine(load_policies(POLICIES), clock=clock)
+    with pytest.raises(RuntimeError, match="not loaded from files"):
+        eng.reload()
