@@ -32,10 +32,10 @@ interleaving admits more than ``half_open_permits`` probes per episode;
 from __future__ import annotations
 
 import math
-import threading
 from types import MappingProxyType
 from typing import Any, Literal
 
+from engine.locks import YieldingLock
 from engine.events import CircuitClosed, CircuitHalfOpened, CircuitOpened, Event
 from engine.policy import BreakerSpec
 from engine.window import window_for
@@ -91,7 +91,7 @@ class CircuitBreaker:
             raise ValueError(f"expected half_open_permits >= 1, got {spec.half_open_permits}")
         self.name = name
         self.spec = spec
-        self._lock = threading.Lock()
+        self._lock = YieldingLock()
         self._events: list[Event] = []
         self._window = window_for(spec)
         minimum = spec.minimum_calls

@@ -21,7 +21,6 @@ import itertools
 import math
 import logging
 import os
-import threading
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any, NamedTuple
@@ -31,6 +30,7 @@ from engine.budget import BudgetLedger
 from engine.errors import NoModelAvailable
 from engine.events import Event, FallbackTriggered, PolicyReloaded, ReloadFailed
 from engine.loader import check, load_policies
+from engine.locks import YieldingLock
 from engine.metrics import RollingMetrics, summarize
 from engine.monitor import Monitor, health
 from engine.outcome import Decision, Outcome
@@ -74,7 +74,7 @@ class PolicyEngine:
                  paths: Sequence[str | os.PathLike[str]] = ()) -> None:
         self._clock: Clock = clock or time.monotonic
         self._wall_offset = time.time() - time.monotonic() if clock is None else 0.0
-        self._lock = threading.Lock()
+        self._lock = YieldingLock()
         self._listeners: list[Listener] = []
         self._ids = itertools.count(1)
         self._pending: dict[int, _Pending] = {}
