@@ -275,7 +275,10 @@ class PolicyEngine:
                 estimated_tokens, int) or estimated_tokens < 0):
             raise ValueError(f"estimated_tokens must be an integer >= 0, got {estimated_tokens!r}")
         events: list[Event] = []
-        with self._lock:
+        lock = self._lock
+        if not lock.try_acquire(False):
+            lock.acquire()
+        try:
             now = self._clock()
             wall = now + self._wall_offset
             if model is not None:
@@ -286,6 +289,7 @@ class PolicyEngine:
                 order = self._order(tier, now)
             skipped: list[tuple[str, str]] = []
             retry_at: float | None = None
+            decision: Decision | None = None
             for t, name in order:
                 st = self._models[name]
                 why = self._skip(st, name, exclude, min_context)
@@ -309,8 +313,8 @@ class PolicyEngine:
                             if at is not None and ledger.exhausted(wall):
                                 at -= self._wall_offset
                                 retry_at = at if retry_at is None or at < retry_at else retry_at
-                    self._drain(st, events)
                 if why is not None:
+                    self._drain(st, events)
                     skipped.append((name, why))
                     continue
                 st.in_flight += 1
@@ -327,8 +331,11 @@ class PolicyEngine:
                 break
             else:  # every candidate was skipped
                 self._drain_all(events)
-                self._emit(events)
-                raise NoModelAvailable(tier, skipped, retry_at)
+        finally:
+            lock.release()
+        if decision is None:
+            self._emit(events)
+            raise NoModelAvailable(tier, skipped, retry_at)
         if events:
             self._emit(events)
         return decision
@@ -370,7 +377,10 @@ class PolicyEngine:
         if problem is not None:
             raise ValueError(problem)
         events: list[Event] = []
-        with self._lock:
+        lock = self._lock
+        if not lock.try_acquire(False):
+            lock.acquire()
+        try:
             pending = self._pending.pop(decision.id, None)
             if pending is None:
                 raise ValueError(f"decision {decision.id} ({decision.model}) was already recorded or has expired")
@@ -403,6 +413,8 @@ class PolicyEngine:
             self._drain(st, events)
             if now >= self._monitor.next_at:
                 events.extend(self._tick(now))
+        finally:
+            lock.release()
         if events:
             self._emit(events)
 

@@ -22,11 +22,14 @@ SPINS = 256
 
 
 class YieldingLock:
-    __slots__ = ("_acquire", "_lock", "release")
+    """``with lock:`` works; hot paths may inline the fast path as
+    ``if not lock.try_acquire(False): lock.acquire()`` ... ``lock.release()``."""
+
+    __slots__ = ("_acquire", "_lock", "release", "try_acquire")
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._acquire = self._lock.acquire
+        self._acquire = self.try_acquire = self._lock.acquire
         self.release = self._lock.release
 
     def acquire(self) -> None:
