@@ -86,13 +86,15 @@ class CircuitBreaker:
         "spec",
     )
 
-    def __init__(self, name: str, spec: BreakerSpec) -> None:
+    def __init__(self, name: str, spec: BreakerSpec, *, events: list[Event] | None = None) -> None:
+        """``events``: a list to append events to instead of an own queue (an
+        engine shares one list among all its breakers and ledgers)."""
         if spec.half_open_permits < 1:
             raise ValueError(f"expected half_open_permits >= 1, got {spec.half_open_permits}")
         self.name = name
         self.spec = spec
         self._lock = YieldingLock()
-        self._events: list[Event] = []
+        self._events: list[Event] = events if events is not None else []
         self._window = window_for(spec)
         minimum = spec.minimum_calls
         if spec.window == "count":

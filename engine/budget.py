@@ -109,7 +109,7 @@ class BudgetLedger:
         "_tok_used", "_touched", "_ttl", "_warn_at", "_warned", "_width", "spec",
     )  # fmt: skip
 
-    def __init__(self, spec: BudgetSpec) -> None:
+    def __init__(self, spec: BudgetSpec, *, events: list[Any] | None = None) -> None:
         if spec.tokens is None and spec.cost_usd is None:
             raise ValueError(f"expected a tokens or cost_usd limit on budget {spec.name!r}, got neither")
         for limit in (spec.tokens, spec.cost_usd):
@@ -135,7 +135,7 @@ class BudgetLedger:
         self._next_id = 1
         self._touched = False
         self._arm(False, False)
-        self._events: list[BudgetEvent] = []
+        self._events: list[BudgetEvent] = events if events is not None else []  # may be shared
 
     def available(self, now: float) -> bool:
         """True while the budget is not exhausted (a reservation would be admitted)."""
@@ -259,7 +259,8 @@ class BudgetLedger:
         }  # fmt: skip
 
     @classmethod
-    def from_dict(cls, spec: BudgetSpec, data: dict[str, Any]) -> BudgetLedger:
+    def from_dict(cls, spec: BudgetSpec, data: dict[str, Any], *,
+                  events: list[Any] | None = None) -> BudgetLedger:
         """Restore a ledger saved by :meth:`to_dict` under a spec of the same period.
 
         Limits and thresholds may differ; raises ``ValueError`` if the format,
@@ -269,7 +270,7 @@ class BudgetLedger:
                           ("timezone", spec.timezone), ("rolling_s", spec.rolling_s)):  # fmt: skip
             if data.get(key) != want:
                 raise ValueError(f"expected {key} {want!r} in saved budget, got {data.get(key)!r}")
-        led = cls(spec)
+        led = cls(spec, events=events)
         try:
             led._restore(data)
         except (KeyError, TypeError, ValueError) as exc:

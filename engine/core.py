@@ -52,9 +52,9 @@ _METRIC_BUCKETS = 30
 class _Model:
     __slots__ = ("spec", "breaker", "ledgers", "in_flight", "limit")
 
-    def __init__(self, spec: ModelSpec, ledgers: tuple[BudgetLedger, ...]) -> None:
+    def __init__(self, spec: ModelSpec, ledgers: tuple[BudgetLedger, ...], sink: list[Event]) -> None:
         self.spec = spec
-        self.breaker = CircuitBreaker(spec.name, spec.breaker)
+        self.breaker = CircuitBreaker(spec.name, spec.breaker, events=sink)
         self.ledgers = ledgers
         self.in_flight = 0
         self.limit = spec.max_in_flight or 1 << 62
@@ -78,6 +78,8 @@ class PolicyEngine:
         self._listeners: list[Listener] = []
         self._ids = itertools.count(1)
         self._pending: dict[int, _Pending] = {}
+        # breakers and ledgers append their events here; taken under the lock, emitted after it
+        self._sink: list[Event] = []
         self._paths = tuple(paths)
         self.store: Store = open_store(store) if isinstance(store, str) else store
         now = self._clock()
@@ -111,16 +113,16 @@ class PolicyEngine:
         ledgers: dict[str, BudgetLedger] = {}
         for b in policy.budgets:
             prev = old_ledgers.get(b.name)
-            ledgers[b.name] = BudgetLedger(b)
+            ledgers[b.name] = BudgetLedger(b, events=self._sink)
             if prev is not None:
                 try:
-                    ledgers[b.name] = BudgetLedger.from_dict(b, prev.to_dict())
+                    ledgers[b.name] = BudgetLedger.from_dict(b, prev.to_dict(), events=self._sink)
                 except ValueError:  # a new period kind: usage starts afresh
                     pass
         models: dict[str, _Model] = {}
         for name, spec in policy.models.items():
             own = tuple(ledgers[b.name] for b in policy.budgets_for(name))
-            st = models[name] = _Model(spec, own)
+            st = models[name] = _Model(spec, own, self._sink)
             prev_model = old_models.get(name)
             if prev_model is not None:
                 st.breaker = prev_model.breaker
@@ -188,7 +190,7 @@ class PolicyEngine:
                     now, policy.revision, previous.revision, policy.files,
                     tuple(sorted(set(policy.models) - set(previous.models))),
                     tuple(sorted(set(previous.models) - set(policy.models)))))
-                self._drain_all(events)
+                self._take_events(events)
                 changed = True
         self._emit(events)
         return changed
@@ -314,7 +316,7 @@ class PolicyEngine:
                                 at -= self._wall_offset
                                 retry_at = at if retry_at is None or at < retry_at else retry_at
                 if why is not None:
-                    self._drain(st, events)
+                    self._take_events(events)
                     skipped.append((name, why))
                     continue
                 st.in_flight += 1
@@ -325,12 +327,12 @@ class PolicyEngine:
                 if is_fallback:
                     events.append(FallbackTriggered(now, tier, skipped[0][0] if skipped else None, name, t,
                                                     reason or (skipped[0][1] if skipped else "degraded")))
-                self._drain(st, events)
+                self._take_events(events)
                 if now >= self._monitor.next_at:
                     events.extend(self._tick(now))
                 break
             else:  # every candidate was skipped
-                self._drain_all(events)
+                self._take_events(events)
         finally:
             lock.release()
         if decision is None:
@@ -410,7 +412,7 @@ class PolicyEngine:
                 metrics = self._metrics[key] = RollingMetrics(self.policy.monitoring.window_s, _METRIC_BUCKETS)
             metrics.record(now, outcome.latency_ms, error, bool(failed), slow, tin, tout, cost,
                            decision.is_fallback)
-            self._drain(st, events)
+            self._take_events(events)
             if now >= self._monitor.next_at:
                 events.extend(self._tick(now))
         finally:
@@ -445,21 +447,12 @@ class PolicyEngine:
         self._listeners.append(listener)
         return lambda: self._listeners.remove(listener) if listener in self._listeners else None
 
-    @staticmethod
-    def _drain(st: _Model, events: list[Event]) -> None:
-        got = st.breaker.drain_events()
-        if got:
-            events.extend(got)
-        for ledger in st.ledgers:
-            got = ledger.drain_events()
-            if got:
-                events.extend(got)
-
-    def _drain_all(self, events: list[Event]) -> None:
-        for st in self._models.values():
-            events.extend(st.breaker.drain_events())
-        for ledger in self._ledgers.values():
-            events.extend(ledger.drain_events())
+    def _take_events(self, events: list[Event]) -> None:
+        """Move what breakers and ledgers emitted into ``events`` (lock held)."""
+        sink = self._sink
+        if sink:
+            events.extend(sink)
+            sink.clear()
 
     def _emit(self, events: Sequence[Event]) -> None:
         if not events:
@@ -483,7 +476,7 @@ class PolicyEngine:
         with self._lock:
             now = self._clock()
             events.extend(self._tick(now))
-            self._drain_all(events)
+            self._take_events(events)
         self._emit(events)
         return events
 
@@ -547,7 +540,7 @@ class PolicyEngine:
                 "health": health(self.policy.monitoring.health, metrics),
             }
             events: list[Event] = []
-            self._drain(st, events)
+            self._take_events(events)
         self._emit(events)
         return out
 
@@ -559,7 +552,7 @@ class PolicyEngine:
         with self._lock:
             st = self._models[model]
             st.breaker.force(state, self._clock())  # type: ignore[arg-type]
-            self._drain(st, events)
+            self._take_events(events)
         self._emit(events)
 
     def performance_report(self) -> dict[str, Any]:
