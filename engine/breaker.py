@@ -175,7 +175,7 @@ class CircuitBreaker:
             self.spec = spec
             if (old.window, old.window_size, old.window_s, old.window_buckets) != (
                     spec.window, spec.window_size, spec.window_s, spec.window_buckets):
-                self._window = make_window(spec)
+                self._window = window_for(spec)
             minimum = min(spec.minimum_calls, spec.window_size) if spec.window == "count" else spec.minimum_calls
             self._min_calls = max(1, minimum)
             self._needed = max(1, min(spec.minimum_calls, spec.half_open_permits))

@@ -142,3 +142,31 @@ def test_engine_without_files_cannot_reload(clock: FakeClock) -> None:
     eng = PolicyEngine(load_policies(POLICIES), clock=clock)
     with pytest.raises(RuntimeError, match="not loaded from files"):
         eng.reload()
+
+
+def test_a_new_window_kind_starts_an_empty_window(eng: PolicyEngine, policy_dir: Path) -> None:
+    for _ in range(4):
+        eng.record(eng.decide("L2", model="gpt-4.1-mini"), Outcome(10.0, error="timeout"))
+    assert eng.state("gpt-4.1-mini")["breaker"]["failures"] == 4
+    edit(policy_dir / "breakers.yaml", "window: time ", "window: count")
+    assert eng.reload() is True
+    breaker = eng.state("gpt-4.1-mini")["breaker"]
+    assert (breaker["state"], breaker["failures"], breaker["calls"]) == ("closed", 0, 0)
+    assert eng.policy.models["gpt-4.1-mini"].breaker.window == "count"
+
+
+def test_fewer_half_open_permits_apply_to_the_running_episode(eng: PolicyEngine, policy_dir: Path,
+                                                              clock: FakeClock) -> None:
+    for _ in range(10):
+        eng.record(eng.decide("L2", model="gpt-4.1-mini"), Outcome(10.0, error="timeout"))
+    clock.advance(31)
+    first = eng.decide("L2", model="gpt-4.1-mini")  # a probe of the old episode (3 permits)
+    edit(policy_dir / "breakers.yaml", "half_open_permits: 3 ", "half_open_permits: 1 ")
+    assert eng.reload() is True
+    probe = eng.decide("L2", model="gpt-4.1-mini")  # the restarted episode has one permit
+    with pytest.raises(Exception, match="no model available"):
+        eng.decide("L2", model="gpt-4.1-mini")
+    eng.record(first, OK)  # a late result of the old episode does not decide the new one
+    assert eng.state("gpt-4.1-mini")["breaker"]["state"] == "half_open"
+    eng.record(probe, OK)
+    assert eng.state("gpt-4.1-mini")["breaker"]["state"] == "closed"
