@@ -19,15 +19,19 @@ callers overshoot by at most what is in flight. Real usage counts in the
 period in which it is *settled*; a period reset clears all reservations, so
 settling one made before the reset just adds the real usage.
 
-Events are queued and handed over by :meth:`BudgetLedger.drain_events`. In a
-fixed period the first crossing of ``warn_at`` queues one ``BudgetWarning``
-and of ``exhaust_at`` one ``BudgetExhausted`` (crossings caused by
-reservations count); the first call in a new period queues a ``BudgetReset``
-if the old period saw any admitted ``reserve`` or any ``settle``. In a
-rolling budget each flag re-arms at a bucket boundary where the fraction has
-aged below its threshold, and any re-arm queues one ``BudgetReset``. Event
-``tokens_used``/``cost_used`` include outstanding reservations, matching
-``used_fraction``; ``at`` is the ``now`` of the call that noticed it.
+Events are queued and handed over by :meth:`BudgetLedger.drain_events`.
+They are about what was really *spent* (settled usage): in a fixed period
+the first time settled usage reaches ``warn_at`` queues one
+``BudgetWarning`` and ``exhaust_at`` one ``BudgetExhausted``, which then
+holds until the period resets. Reservations alone never emit: a budget that
+is full only of in-flight reservations refuses new ones (``available`` is
+false) but may free up when they settle lower. The first call in a new
+period queues a ``BudgetReset`` if the old period saw any admitted
+``reserve`` or any ``settle``. In a rolling budget each flag re-arms at a
+bucket boundary where the settled fraction has aged below its threshold,
+and any re-arm queues one ``BudgetReset``. Event ``tokens_used``/``cost_used``
+and ``used_fraction`` are the settled figures; ``at`` is the ``now`` of the
+call that noticed it.
 """
 
 from __future__ import annotations
@@ -165,9 +169,7 @@ class BudgetLedger:
             self._next_expiry = expires
         self._tok_res += tokens
         self._cost_res += cost
-        self._touched = True
-        if self._fraction() >= self._alarm:
-            self._check(now)
+        self._touched = True  # reservations never emit: only spending does
         return rid
 
     def settle(self, now: float, reservation_id: int | None, tokens: int, cost: float) -> bool:
@@ -184,7 +186,7 @@ class BudgetLedger:
             self._ring_tok[slot] += tokens
             self._ring_cost[slot] += cost
         self._touched = True
-        if self._fraction() >= self._alarm:
+        if self._spent() >= self._alarm:
             self._check(now)
         return found
 
@@ -310,16 +312,21 @@ class BudgetLedger:
         c = (self._cost_used + self._cost_res + cost) / self._cost_limit
         return f if f >= c else c
 
+    def _spent(self) -> float:
+        """The settled part of the used fraction: what the events are about."""
+        f = self._tok_used / self._tok_limit
+        c = self._cost_used / self._cost_limit
+        return f if f >= c else c
+
     def _arm(self, warned: bool, exhausted: bool) -> None:
         """Set the event flags and ``_alarm``, the fraction at which ``_check`` has work."""
         self._warned, self._exhausted_fired = warned, exhausted
         self._alarm = min(_INF if warned else self._warn_at, _INF if exhausted else self._exhaust_at)
 
     def _check(self, now: float) -> None:
-        f = self._fraction()
+        f = self._spent()
         spec, warn, exhaust = self.spec, f >= self._warn_at, f >= self._exhaust_at
-        usage = (spec.name, f, self._tok_used + self._tok_res, spec.tokens,
-                 self._cost_used + self._cost_res, spec.cost_usd, self._start)  # fmt: skip
+        usage = (spec.name, f, self._tok_used, spec.tokens, self._cost_used, spec.cost_usd, self._start)
         if warn and not self._warned:
             self._events.append(BudgetWarning(now, *usage))
         if exhaust and not self._exhausted_fired:
@@ -368,7 +375,7 @@ class BudgetLedger:
             self._tok_used, self._cost_used = sum(self._ring_tok), math.fsum(self._ring_cost)
             self._bucket = cur = k
             self._start = (k - ROLLING_BUCKETS) * self._width
-            f, warned, exhausted = self._fraction(), self._warned, self._exhausted_fired
+            f, warned, exhausted = self._spent(), self._warned, self._exhausted_fired
             self._arm(warned and f >= self._warn_at, exhausted and f >= self._exhaust_at)
             if (warned, exhausted) != (self._warned, self._exhausted_fired):
                 self._events.append(BudgetReset(now, self.spec.name, self._start))
