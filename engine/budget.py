@@ -203,6 +203,11 @@ class BudgetLedger:
         self._advance(now)
         return self._fraction()
 
+    def spent_fraction(self, now: float) -> float:
+        """Max over the configured limits of settled usage / limit (reservations left out)."""
+        self._advance(now)
+        return self._spent()
+
     def exhausted(self, now: float) -> bool:
         """True when ``used_fraction(now) >= spec.exhaust_at``."""
         return not self.available(now)

@@ -360,6 +360,8 @@ class PolicyEngine:
                 for done, rid in out:
                     done.settle(wall, rid, 0, 0.0)
                 out.clear()
+                if ledger.spent_fraction(wall) < ledger.spec.exhaust_at:
+                    return f"budget {ledger.spec.name} fully reserved by calls in flight"
                 return f"budget {ledger.spec.name} exhausted"
         if estimated:
             cost = st.spec.price.cost(0, estimated)  # priced as output: an upper bound

@@ -142,6 +142,7 @@ def test_reservations_stop_concurrent_overshoot(policy_dir: Path, clock: FakeClo
     assert [d.model for d in held] == ["gpt-5", "gpt-5", "gpt-5", "claude-opus-4-1"]
     snap = eng.state("gpt-5")["budgets"][0]
     assert snap["tokens_reserved"] == 12000
+    assert held[3].reasons == (("gpt-5", "budget gpt-5-daily fully reserved by calls in flight"),)
 
 
 @pytest.mark.parametrize(
