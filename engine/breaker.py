@@ -263,6 +263,32 @@ class CircuitBreaker:
                 "probes_in_flight": self._in_flight,
             }
 
+    def export(self, now: float) -> dict[str, Any]:
+        """The state worth keeping across a restart (JSON-able; times in this clock's seconds).
+
+        Window contents are not kept: a restarted breaker judges fresh calls.
+        Half-open becomes open-until-now on restore, so probes start afresh.
+        """
+        with self._lock:
+            self._tick(now)
+            return {"state": self._state, "open_until": self._open_until if self._state == "open" else None,
+                    "open_for": self._open_for, "consecutive_opens": self._consecutive_opens}
+
+    def restore(self, data: dict[str, Any], now: float) -> None:
+        """Take back an :meth:`export`; events are not re-emitted."""
+        state = data.get("state", "closed")
+        with self._lock:
+            self._consecutive_opens = int(data.get("consecutive_opens", 0))
+            self._open_for = float(data.get("open_for", 0.0))
+            self._clear_episode()
+            if state in ("open", "half_open"):
+                until = data.get("open_until")
+                self._state = "open"
+                self._open_until = float(until) if until is not None else now
+            elif state in ("forced_open", "disabled", "metrics_only", "closed"):
+                self._state = state
+                self._open_until = _INF
+
     def drain_events(self) -> tuple[Event, ...]:
         """The events emitted since the last drain, oldest first."""
         if not self._events:

@@ -87,6 +87,11 @@ class PolicyEngine:
             "loaded_at": now, "last_attempt_at": None, "last_success_at": None, "last_error": None,
             "last_error_at": None, "attempts": 0, "successes": 0, "failures": 0}
         self._install(policy, now)
+        self._history = self.store if getattr(self.store, "keeps_history", False) else None
+        saved = self.store.load_state()
+        if saved:
+            self.restore_state(saved)
+        self.store.attach(self.export_state)
 
     @classmethod
     def from_path(cls, path: str | os.PathLike[str] | Sequence[str | os.PathLike[str]], *,
@@ -414,6 +419,10 @@ class PolicyEngine:
                 metrics = self._metrics[key] = RollingMetrics(self.policy.monitoring.window_s, _METRIC_BUCKETS)
             metrics.record(now, outcome.latency_ms, error, bool(failed), slow, tin, tout, cost,
                            decision.is_fallback)
+            if self._history is not None:
+                self._history.record_call(now + self._wall_offset, decision.requested_tier, decision.model,
+                                          outcome.latency_ms, error, bool(failed), slow, tin, tout, cost,
+                                          decision.is_fallback)
             self._take_events(events)
             if now >= self._monitor.next_at:
                 events.extend(self._tick(now))
@@ -576,6 +585,47 @@ class PolicyEngine:
         for m, names in models.items():
             out["models"][m] = {"health": grades[m], "tier": names["tier"], "metrics": names}
         return out
+
+    # -- state across restarts ---------------------------------------------------
+    def export_state(self) -> dict[str, Any]:
+        """Budget usage and breaker states, with wall-clock times, for a store to persist."""
+        with self._lock:
+            now = self._clock()
+            wall = now + self._wall_offset
+            breakers = {}
+            for name, st in self._models.items():
+                data = st.breaker.export(now)
+                if data["open_until"] is not None:
+                    data["open_until"] += self._wall_offset
+                breakers[name] = data
+            return {"version": 1, "revision": self.policy.revision, "saved_at": wall,
+                    "budgets": {n: led.to_dict() for n, led in self._ledgers.items()},
+                    "breakers": breakers}
+
+    def restore_state(self, data: Mapping[str, Any]) -> None:
+        """Take back :meth:`export_state` (budgets whose period kind changed start afresh)."""
+        with self._lock:
+            now = self._clock()
+            for name, saved in (data.get("budgets") or {}).items():
+                old = self._ledgers.get(name)
+                if old is None:
+                    continue
+                try:
+                    new = BudgetLedger.from_dict(old.spec, saved, events=self._sink)
+                except (ValueError, KeyError, TypeError):
+                    log.warning("saved usage of budget %r does not fit its policy; starting afresh", name)
+                    continue
+                self._ledgers[name] = new
+                for st in self._models.values():
+                    st.ledgers = tuple(new if led is old else led for led in st.ledgers)
+            for name, saved in (data.get("breakers") or {}).items():
+                st = self._models.get(name)
+                if st is not None:
+                    saved = dict(saved)
+                    if saved.get("open_until") is not None:
+                        saved["open_until"] -= self._wall_offset
+                    st.breaker.restore(saved, now)
+            self._sink.clear()
 
     def close(self) -> None:
         """Flush and release the store; the engine must not be used afterwards."""
