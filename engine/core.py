@@ -515,8 +515,8 @@ class PolicyEngine:
         return names
 
     def _summary(self, now: float, which: Callable[[tuple[str, str]], bool]) -> dict[str, Any]:
-        buckets = [b for key, m in self._metrics.items() if which(key) for b in m.live(now)]
-        return summarize(buckets, self.policy.error_classes)
+        totals = [m.live(now) for key, m in self._metrics.items() if which(key)]
+        return summarize(totals, self.policy.error_classes)
 
     def _all_model_names(self, now: float) -> dict[str, dict[str, Any]]:
         return {name: self._model_names(name, now) for name in self._models}

@@ -88,18 +88,28 @@ class LatencyHistogram:
 
     def add(self, ms: float) -> None:
         """Record one latency; ``ms`` must be finite and >= 0."""
+        self.add_at(self.key(ms), ms)
+
+    def key(self, ms: float) -> int | None:
+        """The bucket of ``ms`` (``None`` for zero); raises ValueError for a bad value.
+
+        With :meth:`add_at`, lets a caller that feeds several histograms of the
+        same accuracy compute the logarithm once.
+        """
         if not 0.0 <= ms < _INF:
             raise ValueError(f"expected a finite latency >= 0 ms, got {ms!r}")
-        if ms > 0.0:
-            key = math.ceil(math.log(ms) * self._inv_log_gamma)
-            if key < self._key_min:
-                key = self._key_min
-            elif key > self._key_max:
-                key = self._key_max
+        if ms == 0.0:
+            return None
+        key = math.ceil(math.log(ms) * self._inv_log_gamma)
+        return self._key_min if key < self._key_min else self._key_max if key > self._key_max else key
+
+    def add_at(self, key: int | None, ms: float) -> None:
+        """Record ``ms`` whose bucket :meth:`key` computed."""
+        if key is None:
+            self._zero += 1
+        else:
             buckets = self._buckets
             buckets[key] = buckets.get(key, 0) + 1
-        else:
-            self._zero += 1
         self._count += 1
         self._total += ms
         if ms < self._min:
@@ -121,6 +131,34 @@ class LatencyHistogram:
         self._total += other._total
         self._min = min(self._min, other._min)
         self._max = max(self._max, other._max)
+
+    def subtract(self, other: LatencyHistogram) -> None:
+        """Remove every value of ``other``, which must have been merged or added here.
+
+        Used by rolling windows to retire an expired bucket from a running
+        total. Afterwards ``min`` and ``max`` are bucket estimates (within the
+        relative accuracy), no longer exact.
+        """
+        buckets = self._buckets
+        for key, n in other._buckets.items():
+            left = buckets.get(key, 0) - n
+            if left > 0:
+                buckets[key] = left
+            else:
+                buckets.pop(key, None)
+        self._zero = max(0, self._zero - other._zero)
+        self._count = max(0, self._count - other._count)
+        self._total = max(0.0, self._total - other._total)
+        if not self._count:
+            self.reset()
+            return
+        if buckets:
+            gamma = self._gamma
+            low, high = min(buckets), max(buckets)
+            self._min = 0.0 if self._zero else 2.0 * gamma**low / (gamma + 1.0)
+            self._max = 2.0 * gamma**high / (gamma + 1.0)
+        else:
+            self._min = self._max = 0.0
 
     @property
     def count(self) -> int:

@@ -1,10 +1,11 @@
 """Rolling per-model and per-tier call metrics in time buckets.
 
 A :class:`RollingMetrics` keeps the last ``window_s`` seconds in ``buckets``
-fixed buckets (memory is bounded however many calls are recorded). Recording
-is O(1); :meth:`RollingMetrics.snapshot` merges the live buckets into the
-names rule expressions use (see :mod:`engine.contexts`), and is meant for the
-monitoring schedule, ``state()`` and reports, not for every call.
+fixed buckets (memory is bounded however many calls are recorded) plus a
+running total of the live buckets: recording adds to both, and a bucket that
+leaves the window is subtracted from the total once. Recording is O(1);
+:meth:`RollingMetrics.snapshot` turns the total into the names rule
+expressions use (see :mod:`engine.contexts`) without walking the buckets.
 """
 
 from __future__ import annotations
@@ -34,10 +35,46 @@ class _Bucket:
         self.latency.reset()
 
 
+    def add(self, key: int | None, latency_ms: float, error: str | None, failed: bool, slow: bool,
+            tokens_in: int, tokens_out: int, cost: float, fallback: bool) -> None:
+        self.calls += 1
+        if error is None:
+            self.successes += 1
+        else:
+            self.errors[error] = self.errors.get(error, 0) + 1
+        if failed:
+            self.failures += 1
+        if slow:
+            self.slow += 1
+        self.latency.add_at(key, latency_ms)
+        self.tokens_in += tokens_in
+        self.tokens_out += tokens_out
+        self.cost += cost
+        if fallback:
+            self.fallbacks += 1
+
+    def subtract(self, other: _Bucket) -> None:
+        self.calls -= other.calls
+        self.successes -= other.successes
+        self.failures -= other.failures
+        self.slow -= other.slow
+        self.tokens_in -= other.tokens_in
+        self.tokens_out -= other.tokens_out
+        self.cost = max(0.0, self.cost - other.cost) if self.calls else 0.0
+        self.fallbacks -= other.fallbacks
+        for name, n in other.errors.items():
+            left = self.errors.get(name, 0) - n
+            if left > 0:
+                self.errors[name] = left
+            else:
+                self.errors.pop(name, None)
+        self.latency.subtract(other.latency)
+
+
 class RollingMetrics:
     """Calls, outcomes, latency, tokens and cost over a sliding time window."""
 
-    __slots__ = ("window_s", "width", "buckets", "total_calls", "total_errors")
+    __slots__ = ("window_s", "width", "buckets", "total", "total_calls", "total_errors")
 
     def __init__(self, window_s: float = 300.0, buckets: int = 30) -> None:
         if window_s <= 0 or buckets < 1:
@@ -45,6 +82,7 @@ class RollingMetrics:
         self.window_s = window_s
         self.width = window_s / buckets
         self.buckets = [_Bucket() for _ in range(buckets)]
+        self.total = _Bucket()  # the sum of the live buckets
         self.total_calls = 0  # since creation, never reset by the window
         self.total_errors = 0
 
@@ -52,38 +90,32 @@ class RollingMetrics:
         index = int(now // self.width)
         bucket = self.buckets[index % len(self.buckets)]
         if bucket.index != index:
+            if bucket.index >= 0:
+                self.total.subtract(bucket)
             bucket.clear(index)
         return bucket
 
     def record(self, now: float, latency_ms: float, error: str | None, failed: bool, slow: bool,
                tokens_in: int, tokens_out: int, cost: float, fallback: bool) -> None:
-        b = self._bucket(now)
-        b.calls += 1
+        total = self.total
+        key = total.latency.key(latency_ms)  # one logarithm for both histograms
+        self._bucket(now).add(key, latency_ms, error, failed, slow, tokens_in, tokens_out, cost, fallback)
+        total.add(key, latency_ms, error, failed, slow, tokens_in, tokens_out, cost, fallback)
         self.total_calls += 1
-        if error is None:
-            b.successes += 1
-        else:
-            b.errors[error] = b.errors.get(error, 0) + 1
+        if error is not None:
             self.total_errors += 1
-        if failed:
-            b.failures += 1
-        if slow:
-            b.slow += 1
-        b.latency.add(latency_ms)
-        b.tokens_in += tokens_in
-        b.tokens_out += tokens_out
-        b.cost += cost
-        if fallback:
-            b.fallbacks += 1
 
-    def live(self, now: float) -> list[_Bucket]:
-        """The buckets inside the window at ``now`` (the current one included)."""
-        current = int(now // self.width)
-        oldest = current - len(self.buckets) + 1
-        return [b for b in self.buckets if oldest <= b.index <= current]
+    def live(self, now: float) -> _Bucket:
+        """The running total of the buckets inside the window at ``now``."""
+        oldest = int(now // self.width) - len(self.buckets) + 1
+        for bucket in self.buckets:
+            if 0 <= bucket.index < oldest:
+                self.total.subtract(bucket)
+                bucket.clear(-1)
+        return self.total
 
     def snapshot(self, now: float, error_classes: Iterable[str] = ()) -> dict[str, Any]:
-        return summarize(self.live(now), error_classes)
+        return summarize([self.live(now)], error_classes)
 
 
 def summarize(buckets: Iterable[_Bucket], error_classes: Iterable[str] = ()) -> dict[str, Any]:
