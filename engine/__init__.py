@@ -19,6 +19,8 @@ from engine.events import (
     CircuitOpened,
     Event,
     FallbackTriggered,
+    PolicyReloaded,
+    ReloadFailed,
 )
 from engine.loader import check, load_policies
 from engine.outcome import Decision, Outcome
@@ -45,8 +47,10 @@ __all__ = [
     "PolicyEngine",
     "PolicyEngineError",
     "PolicyError",
+    "PolicyReloaded",
     "PolicySet",
     "Problem",
+    "ReloadFailed",
     "StorageError",
     "check",
     "load_policies",

@@ -81,6 +81,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     v = sub.add_parser("validate", help="validate a policy set (same as validate-policies)",
                        parents=[_validate_parser("policy-engine validate")], add_help=False)
     v.set_defaults(run=run_validate, sub=v)
+    sub.add_parser("watch", help="hot-reload a policy set and print each reload", add_help=False)
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "watch":  # imported only when used: watchdog costs start-up time
+        from engine.reload import main_watch
+
+        return main_watch(rest)
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help(sys.stderr)

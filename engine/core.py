@@ -21,6 +21,7 @@ import itertools
 import math
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any, NamedTuple
@@ -81,6 +82,7 @@ class PolicyEngine:
         # breakers and ledgers append their events here; taken under the lock, emitted after it
         self._sink: list[Event] = []
         self._paths = tuple(paths)
+        self._reload_lock = threading.Lock()
         self.store: Store = open_store(store) if isinstance(store, str) else store
         now = self._clock()
         self._reload_status: dict[str, Any] = {
@@ -170,6 +172,15 @@ class PolicyEngine:
         """
         if not self._paths:
             raise RuntimeError("this engine was not loaded from files: nothing to reload")
+        with self._reload_lock:  # one reload at a time: an older read never replaces a newer one
+            return self._reload()
+
+    @property
+    def paths(self) -> tuple[str | os.PathLike[str], ...]:
+        """The policy files or directories this engine was loaded from."""
+        return self._paths
+
+    def _reload(self) -> bool:
         policy, problems = check(self._paths)
         events: list[Event] = []
         with self._lock:
@@ -184,6 +195,7 @@ class PolicyEngine:
                 events.append(ReloadFailed(now, self.policy.revision, tuple(problems)))
                 changed = False
             elif policy.revision == self.policy.revision:
+                status["last_error"] = None  # an invalid edit reverted: nothing is wrong any more
                 changed = False
             else:
                 previous = self.policy
