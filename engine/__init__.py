@@ -6,7 +6,8 @@ command line); every problem comes back located as ``file:line:col: code``.
 
 from __future__ import annotations
 
-from engine.core import PolicyEngine
+import typing
+
 from engine.errors import NoModelAvailable, PolicyEngineError, PolicyError, StorageError
 from engine.events import (
     AnomalyDetected,
@@ -27,7 +28,19 @@ from engine.outcome import Decision, Outcome
 from engine.policy import PolicySet
 from engine.problems import CODES, Problem
 
+if typing.TYPE_CHECKING:
+    from engine.core import PolicyEngine
+
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> typing.Any:
+    # The engine is imported on first use, so validate-policies starts without it.
+    if name == "PolicyEngine":
+        from engine.core import PolicyEngine
+
+        return PolicyEngine
+    raise AttributeError(f"module 'engine' has no attribute {name!r}")
 
 __all__ = [
     "AnomalyDetected",
