@@ -36,11 +36,16 @@ def test_engine_decide_record_l2(benchmark: pytest.FixtureRequest) -> None:
 
 
 def test_engine_decide_record_l4_with_budgets(benchmark: pytest.FixtureRequest) -> None:
-    """L4's first model spends from three budgets; reservations on."""
+    """L4's first model spends from three budgets; reservations on. Small real
+    counts keep the budgets from running out (and the chain from changing)
+    during the measurement."""
     eng = _engine()
+    small = Outcome(latency_ms=812.0, input_tokens=12, output_tokens=3)
 
     def pair() -> None:
-        eng.record(eng.decide("L4", estimated_tokens=1500), OK)
+        d = eng.decide("L4", estimated_tokens=15)
+        eng.record(d, small)
+        assert d.model == "gpt-5"
 
     benchmark(pair)
 
