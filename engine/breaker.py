@@ -307,11 +307,9 @@ class CircuitBreaker:
             self._expire(now)
 
     def _check_trip(self, now: float) -> None:
-        w = self._window
-        calls = w.calls(now)
+        calls, failures, slow = self._window.counts(now)
         if calls < self._min_calls:
             return
-        failures, slow = w.failures(now), w.slow_calls(now)
         fr, sr = 100.0 * failures / calls, 100.0 * slow / calls
         if fr >= self.spec.failure_rate:
             self._open(now, "failure_rate", fr, sr, calls, failures, slow)

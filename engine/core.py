@@ -51,7 +51,8 @@ _METRIC_BUCKETS = 30
 
 
 class _Model:
-    __slots__ = ("spec", "breaker", "ledgers", "in_flight", "limit")
+    __slots__ = ("spec", "breaker", "ledgers", "in_flight", "limit", "price_in", "price_out", "slow_ms",
+                 "metrics")
 
     def __init__(self, spec: ModelSpec, ledgers: tuple[BudgetLedger, ...], sink: list[Event]) -> None:
         self.spec = spec
@@ -59,6 +60,10 @@ class _Model:
         self.ledgers = ledgers
         self.in_flight = 0
         self.limit = spec.max_in_flight or 1 << 62
+        self.price_in = spec.price.input_per_1m / 1e6  # USD per token, for record()
+        self.price_out = spec.price.output_per_1m / 1e6
+        self.slow_ms = spec.breaker.slow_call_ms
+        self.metrics: dict[str, RollingMetrics] = {}  # by requested tier; also in engine._metrics
 
 
 class _Pending(NamedTuple):
@@ -156,6 +161,13 @@ class PolicyEngine:
         # rolling metrics per (requested tier, model): one record per call serves both views
         self._metrics: dict[tuple[str, str], RollingMetrics] = {
             k: m for k, m in old_metrics.items() if same_window and k[0] in policy.tiers and k[1] in models}
+        for (tier, name), m in self._metrics.items():
+            models[name].metrics[tier] = m
+        self._classes = policy.error_classes
+        verdicts = {"failure": True, "success": False, "ignore": None}
+        self._failed_of: dict[str | None, bool | None] = {
+            name: verdicts[c.breaker] for name, c in policy.error_classes.items()}
+        self._failed_of[None] = False
         self._chains = {t: self._chain(policy, t) for t in policy.tiers}
         self._ranked: dict[str, tuple[float, tuple[str, ...]]] = {}
         self._monitor = monitor
@@ -393,7 +405,7 @@ class PolicyEngine:
             raise ValueError("decision was not made by this engine")
         if not isinstance(outcome, Outcome):
             raise ValueError(f"expected an Outcome, got {type(outcome).__name__}")
-        classes = self.policy.error_classes
+        classes = self._classes
         problem = outcome.problem(classes)
         if problem is not None:
             raise ValueError(problem)
@@ -411,11 +423,11 @@ class PolicyEngine:
                 return
             st.in_flight -= 1
             error = outcome.error
-            verdict = classes[error].breaker if error is not None else "success"
-            failed = None if verdict == "ignore" else verdict == "failure"
-            st.breaker.on_result(now, failed, outcome.latency_ms, ticket=pending.ticket)
+            failed = self._failed_of[error]  # True, False, or None for an ignored class
+            latency = outcome.latency_ms
+            st.breaker.on_result(now, failed, latency, ticket=pending.ticket)
             tin, tout = outcome.input_tokens, outcome.output_tokens
-            cost = st.spec.price.cost(tin, tout)
+            cost = tin * st.price_in + tout * st.price_out
             if st.ledgers:
                 wall = now + self._wall_offset
                 if pending.reservations:
@@ -424,17 +436,16 @@ class PolicyEngine:
                 else:
                     for ledger in st.ledgers:
                         ledger.settle(wall, None, tin + tout, cost)
-            slow = outcome.latency_ms > st.spec.breaker.slow_call_ms
-            key = (decision.requested_tier, decision.model)
-            metrics = self._metrics.get(key)
+            slow = latency > st.slow_ms
+            tier = decision.requested_tier
+            metrics = st.metrics.get(tier)
             if metrics is None:
-                metrics = self._metrics[key] = RollingMetrics(self.policy.monitoring.window_s, _METRIC_BUCKETS)
-            metrics.record(now, outcome.latency_ms, error, bool(failed), slow, tin, tout, cost,
-                           decision.is_fallback)
+                metrics = st.metrics[tier] = self._metrics[(tier, decision.model)] = RollingMetrics(
+                    self.policy.monitoring.window_s, _METRIC_BUCKETS)
+            metrics.record(now, latency, error, failed is True, slow, tin, tout, cost, decision.is_fallback)
             if self._history is not None:
-                self._history.record_call(now + self._wall_offset, decision.requested_tier, decision.model,
-                                          outcome.latency_ms, error, bool(failed), slow, tin, tout, cost,
-                                          decision.is_fallback)
+                self._history.record_call(now + self._wall_offset, tier, decision.model, latency, error,
+                                          failed is True, slow, tin, tout, cost, decision.is_fallback)
             self._take_events(events)
             if now >= self._monitor.next_at:
                 events.extend(self._tick(now))

@@ -35,24 +35,6 @@ class _Bucket:
         self.latency.reset()
 
 
-    def add(self, key: int | None, latency_ms: float, error: str | None, failed: bool, slow: bool,
-            tokens_in: int, tokens_out: int, cost: float, fallback: bool) -> None:
-        self.calls += 1
-        if error is None:
-            self.successes += 1
-        else:
-            self.errors[error] = self.errors.get(error, 0) + 1
-        if failed:
-            self.failures += 1
-        if slow:
-            self.slow += 1
-        self.latency.add_at(key, latency_ms)
-        self.tokens_in += tokens_in
-        self.tokens_out += tokens_out
-        self.cost += cost
-        if fallback:
-            self.fallbacks += 1
-
     def subtract(self, other: _Bucket) -> None:
         self.calls -= other.calls
         self.successes -= other.successes
@@ -86,21 +68,33 @@ class RollingMetrics:
         self.total_calls = 0  # since creation, never reset by the window
         self.total_errors = 0
 
-    def _bucket(self, now: float) -> _Bucket:
-        index = int(now // self.width)
-        bucket = self.buckets[index % len(self.buckets)]
-        if bucket.index != index:
-            if bucket.index >= 0:
-                self.total.subtract(bucket)
-            bucket.clear(index)
-        return bucket
-
     def record(self, now: float, latency_ms: float, error: str | None, failed: bool, slow: bool,
                tokens_in: int, tokens_out: int, cost: float, fallback: bool) -> None:
+        # one pass over the current bucket and the running total (this is the decision hot path)
         total = self.total
         key = total.latency.key(latency_ms)  # one logarithm for both histograms
-        self._bucket(now).add(key, latency_ms, error, failed, slow, tokens_in, tokens_out, cost, fallback)
-        total.add(key, latency_ms, error, failed, slow, tokens_in, tokens_out, cost, fallback)
+        index = int(now // self.width)
+        b = self.buckets[index % len(self.buckets)]
+        if b.index != index:
+            if b.index >= 0:
+                total.subtract(b)
+            b.clear(index)
+        for x in (b, total):
+            x.calls += 1
+            if error is None:
+                x.successes += 1
+            else:
+                x.errors[error] = x.errors.get(error, 0) + 1
+            if failed:
+                x.failures += 1
+            if slow:
+                x.slow += 1
+            x.latency.add_at(key, latency_ms)
+            x.tokens_in += tokens_in
+            x.tokens_out += tokens_out
+            x.cost += cost
+            if fallback:
+                x.fallbacks += 1
         self.total_calls += 1
         if error is not None:
             self.total_errors += 1

@@ -39,6 +39,8 @@ class OutcomeWindow(Protocol):
 
     def record(self, now: float, failed: bool, slow: bool) -> None: ...
 
+    def counts(self, now: float) -> tuple[int, int, int]: ...
+
     def calls(self, now: float) -> int: ...
 
     def failures(self, now: float) -> int: ...
@@ -83,6 +85,10 @@ class CountWindow:
         self._slow += code >> 1
         pos += 1
         self._pos = 0 if pos == self.size else pos
+
+    def counts(self, now: float) -> tuple[int, int, int]:
+        """``(calls, failures, slow_calls)`` in one call."""
+        return self._calls, self._failures, self._slow
 
     def calls(self, now: float) -> int:
         return self._calls
@@ -179,6 +185,12 @@ class TimeWindow:
         if slow:
             self._b_slow[slot] += 1
             self._slow += 1
+
+    def counts(self, now: float) -> tuple[int, int, int]:
+        """``(calls, failures, slow_calls)`` at ``now`` in one call."""
+        if now != self._latest:
+            self._advance(now)
+        return self._calls, self._failures, self._slow
 
     def calls(self, now: float) -> int:
         self._advance(now)
