@@ -54,9 +54,9 @@ class _Model:
     __slots__ = ("spec", "breaker", "ledgers", "in_flight", "limit", "price_in", "price_out", "slow_ms",
                  "metrics")
 
-    def __init__(self, spec: ModelSpec, ledgers: tuple[BudgetLedger, ...], sink: list[Event]) -> None:
+    def __init__(self, spec: ModelSpec, ledgers: tuple[BudgetLedger, ...], breaker: CircuitBreaker) -> None:
         self.spec = spec
-        self.breaker = CircuitBreaker(spec.name, spec.breaker, events=sink)
+        self.breaker = breaker
         self.ledgers = ledgers
         self.in_flight = 0
         self.limit = spec.max_in_flight or 1 << 62
@@ -125,16 +125,16 @@ class PolicyEngine:
         ledgers: dict[str, BudgetLedger] = {}
         for b in policy.budgets:
             prev = old_ledgers.get(b.name)
-            ledgers[b.name] = BudgetLedger(b, events=self._sink)
+            ledgers[b.name] = self.store.make_ledger(b, self._sink)
             if prev is not None:
                 try:
-                    ledgers[b.name] = BudgetLedger.from_dict(b, prev.to_dict(), events=self._sink)
+                    ledgers[b.name] = self.store.make_ledger(b, self._sink, prev.to_dict())
                 except ValueError:  # a new period kind: usage starts afresh
                     pass
         models: dict[str, _Model] = {}
         for name, spec in policy.models.items():
             own = tuple(ledgers[b.name] for b in policy.budgets_for(name))
-            st = models[name] = _Model(spec, own, self._sink)
+            st = models[name] = _Model(spec, own, self.store.make_breaker(name, spec.breaker, self._sink))
             prev_model = old_models.get(name)
             if prev_model is not None:
                 st.breaker = prev_model.breaker
@@ -634,7 +634,7 @@ class PolicyEngine:
                 if old is None:
                     continue
                 try:
-                    new = BudgetLedger.from_dict(old.spec, saved, events=self._sink)
+                    new = self.store.make_ledger(old.spec, self._sink, saved)
                 except (ValueError, KeyError, TypeError):
                     log.warning("saved usage of budget %r does not fit its policy; starting afresh", name)
                     continue

@@ -12,10 +12,25 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from engine.breaker import CircuitBreaker
+from engine.budget import BudgetLedger
 from engine.errors import StorageError
 from engine.events import Event
+from engine.policy import BreakerSpec, BudgetSpec
 
 EVENT_LOG_SIZE = 10_000
+
+
+def local_breaker(name: str, spec: BreakerSpec, events: list[Event]) -> CircuitBreaker:
+    """An in-process breaker appending its events to ``events``."""
+    return CircuitBreaker(name, spec, events=events)
+
+
+def local_ledger(spec: BudgetSpec, events: list[Event], saved: dict[str, Any] | None = None) -> BudgetLedger:
+    """An in-process budget ledger, restored from ``saved`` when given."""
+    if saved is not None:
+        return BudgetLedger.from_dict(spec, saved, events=events)
+    return BudgetLedger(spec, events=events)
 
 
 class Store(Protocol):
@@ -28,6 +43,12 @@ class Store(Protocol):
     restart (see ``PolicyEngine.export_state``) for the store to persist on
     its own schedule. :meth:`load_state` returns the last persisted state
     (or ``None``), which a new engine restores.
+
+    ``make_breaker`` and ``make_ledger`` build the per-model breakers and
+    per-budget ledgers the engine decides with: local objects for stores that
+    keep state in the process, shared ones (with the same methods) for a
+    store whose state lives on a server. ``saved`` is a ledger's ``to_dict()``
+    to start from (raise ValueError when it does not fit ``spec``).
     """
 
     uri: str
@@ -44,6 +65,11 @@ class Store(Protocol):
     def attach(self, snapshot: Callable[[], dict[str, Any]]) -> None: ...
 
     def load_state(self) -> dict[str, Any] | None: ...
+
+    def make_breaker(self, name: str, spec: BreakerSpec, events: list[Event]) -> CircuitBreaker: ...
+
+    def make_ledger(self, spec: BudgetSpec, events: list[Event],
+                    saved: dict[str, Any] | None = None) -> BudgetLedger: ...
 
     def close(self) -> None: ...
 
@@ -67,6 +93,9 @@ class MemoryStore:
 
     def load_state(self) -> dict[str, Any] | None:
         return None
+
+    make_breaker = staticmethod(local_breaker)
+    make_ledger = staticmethod(local_ledger)
 
     def append_event(self, event: Event) -> None:
         self._events.append(event)
