@@ -147,8 +147,8 @@ class PolicyEngine:
                 kept = tuple((moved[id(led)], rid) for led, rid in pending.reservations if id(led) in moved)
                 self._pending[key] = pending._replace(reservations=kept)
         old_metrics: Mapping[tuple[str, str], RollingMetrics] = getattr(self, "_metrics", {})
-        same_window = getattr(self, "policy", None) is not None and \
-            self.policy.monitoring.window_s == policy.monitoring.window_s
+        previous: PolicySet | None = getattr(self, "policy", None)
+        same_window = previous is not None and previous.monitoring.window_s == policy.monitoring.window_s
         monitor = Monitor(policy.monitoring, now)
         old_monitor: Monitor | None = getattr(self, "_monitor", None)
         if old_monitor is not None:
@@ -642,12 +642,12 @@ class PolicyEngine:
                 for st in self._models.values():
                     st.ledgers = tuple(new if led is old else led for led in st.ledgers)
             for name, saved in (data.get("breakers") or {}).items():
-                st = self._models.get(name)
-                if st is not None:
+                model = self._models.get(name)
+                if model is not None:
                     saved = dict(saved)
                     if saved.get("open_until") is not None:
                         saved["open_until"] -= self._wall_offset
-                    st.breaker.restore(saved, now)
+                    model.breaker.restore(saved, now)
             self._sink.clear()
 
     def close(self) -> None:

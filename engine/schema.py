@@ -76,11 +76,11 @@ def _expected_type(t: Any) -> str:
     names = {"object": "a mapping", "array": "a list", "string": "a string", "integer": "an integer",
              "number": "a number", "boolean": "true or false", "null": "null"}
     ts = t if isinstance(t, list) else [t]
-    return " or ".join(names.get(x, x) for x in ts)
+    return " or ".join(names.get(str(x), str(x)) for x in ts)
 
 
 def _message(err: ValidationError) -> str:
-    v, val, inst = err.validator, err.validator_value, err.instance
+    v, val, inst = err.validator, _any(err.validator_value), _any(err.instance)
     if v == "type":
         return f"expected {_expected_type(val)}, got {_got(inst)}"
     if v == "enum":
@@ -103,26 +103,32 @@ def _message(err: ValidationError) -> str:
         return f"expected at most {val} characters, got {len(inst)}"
     if v == "uniqueItems":
         return "expected every item once, got a repeated item"
-    return err.message
+    return str(err.message)
+
+
+def _any(value: object) -> Any:
+    """jsonschema's stubs type error fields as ``Any | Unset``; they are set on real errors."""
+    return value
 
 
 def _problems(doc: Document, err: ValidationError) -> Iterator[Problem]:
     path = tuple(err.absolute_path)
-    if err.validator == "additionalProperties" and isinstance(err.instance, dict):
-        known = set(err.schema.get("properties", {}))
-        for key in err.instance:
+    instance, schema = _any(err.instance), _any(err.schema)
+    if err.validator == "additionalProperties" and isinstance(instance, dict):
+        known = set(schema.get("properties", {}))
+        for key in instance:
             if key not in known:
                 allowed = ", ".join(sorted(known))
                 yield doc.problem(path + (key,), "unknown-key",
                                   f"unknown key {key!r}{did_you_mean(key, known)}; expected one of: {allowed}",
                                   key=True)
-    elif err.validator == "required" and isinstance(err.instance, dict):
-        for key in err.validator_value:
-            if key not in err.instance:
+    elif err.validator == "required" and isinstance(instance, dict):
+        for key in _any(err.validator_value):
+            if key not in instance:
                 yield doc.problem(path, "missing-key", f"missing required key {key!r}", key=True)
     elif "propertyNames" in err.schema_path:
-        yield doc.problem(path + (err.instance,), _CODES.get(str(err.validator), "schema-violation"),
-                          f"name {err.instance!r}: {_message(err)}", key=True)
+        yield doc.problem(path + (instance,), _CODES.get(str(err.validator), "schema-violation"),
+                          f"name {instance!r}: {_message(err)}", key=True)
     elif path == ("version",) and err.validator == "const":
         yield doc.problem(path, "unsupported-version",
                           f"expected version {err.validator_value}, got {_got(err.instance)}")

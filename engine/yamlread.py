@@ -132,7 +132,7 @@ class _Builder:
             return
         tag = ev.tag if ev.tag not in (None, "!") else None
         if tag is None:
-            tag = _RESOLVER.resolve(yaml.ScalarNode, ev.value, ev.implicit)
+            tag = _RESOLVER.resolve(yaml.ScalarNode, ev.value, ev.implicit)  # type: ignore[no-untyped-call]
             if tag == _STD + "str" and ev.implicit[0] and _FLOAT_12.match(ev.value):
                 tag = _STD + "float"  # YAML 1.2 floats such as 1e6 and 2.5e-3
         if tag not in _SCALAR_TAGS:
@@ -141,7 +141,7 @@ class _Builder:
         if tag == _STD + "timestamp":
             value: Any = ev.value
         else:
-            node = yaml.ScalarNode(tag, ev.value, ev.start_mark, ev.end_mark, ev.style)
+            node = yaml.ScalarNode(tag, ev.value, ev.start_mark, ev.end_mark, ev.style)  # type: ignore[arg-type]
             try:
                 value = _CONSTRUCTOR.yaml_constructors[tag](_CONSTRUCTOR, node)
             except (ValueError, yaml.YAMLError) as exc:
@@ -220,9 +220,9 @@ class _Builder:
 
     def alias(self, ev: yaml.AliasEvent) -> None:
         pos = _pos(ev.start_mark)
-        if ev.anchor not in self.anchors:
+        if ev.anchor is None or ev.anchor not in self.anchors:
             self.fail(pos, "yaml-syntax", f"found undefined alias {ev.anchor!r}")
-        entry = self.anchors[ev.anchor]
+        entry = self.anchors[ev.anchor]  # type: ignore[index]  # checked above
         if entry is None:
             self.fail(pos, "recursive-alias",
                       f"alias *{ev.anchor} refers to a node that contains it")
