@@ -153,7 +153,7 @@ class _Call:
         self.retries: dict[str, int] = {}  # same-model retries used, per model
         self.attempts = 0
         self.waited = 0.0
-        self.pin: str | None = None  # the model a same-model retry is for
+        self.pin: Decision | None = None  # the decision a same-model retry repeats
         self.pin_class: ErrorClassSpec | None = None
         self.min_context: int | None = None
         self.reason: str | None = None
@@ -170,7 +170,7 @@ class _Call:
                 self.attempts += 1
                 return got
             if self.pin is not None and self.pin_class is not None:  # the same model is refused now
-                if self._move_on(self.pin, self.pin_class):
+                if self._move_on(self.pin.model, self.pin_class):
                     continue
                 raise self.last_exc or got
             wait = self._wait_for(got)
@@ -184,7 +184,7 @@ class _Call:
     def _decide(self) -> Decision | NoModelAvailable:
         try:
             if self.pin is not None:
-                return self.engine.decide(self.tier, model=self.pin, estimated_tokens=self.estimated,
+                return self.engine.decide(self.tier, retry_of=self.pin, estimated_tokens=self.estimated,
                                           min_context=self.min_context)
             return self.engine.decide(self.tier, estimated_tokens=self.estimated, exclude=self.tried,
                                       min_context=self.min_context, reason=self.reason)
@@ -227,7 +227,7 @@ class _Call:
         used = self.retries.get(d.model, 0)
         if cls.retry and used < self.spec.same_model_retries:
             self.retries[d.model] = used + 1
-            self.pin, self.pin_class = d.model, cls
+            self.pin, self.pin_class = d, cls
             delay = backoff_delay(self.spec, used, self.rng)
             if hint is not None and self.spec.honour_retry_after:
                 delay = max(delay, min(hint, self.spec.max_retry_after_s))

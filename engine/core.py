@@ -292,89 +292,105 @@ class PolicyEngine:
 
     def decide(self, tier: str, *, model: str | None = None, estimated_tokens: int | None = None,
                exclude: Collection[str] = (), min_context: int | None = None,
-               reason: str | None = None) -> Decision:
+               reason: str | None = None, retry_of: Decision | None = None) -> Decision:
         """Choose a model for ``tier`` now; raises NoModelAvailable when none can serve.
 
         ``model`` pins one model (its breaker, budgets and in-flight limit still
         apply). ``exclude`` skips models already tried; ``min_context`` skips
         models whose context window is not larger; ``reason`` names why a
-        fallback is being made (for the FallbackTriggered event).
+        fallback is being made (for the FallbackTriggered event). ``retry_of``
+        asks for the same model as an earlier decision, as a retry of it: same
+        tier, same fallback status, no new FallbackTriggered.
         """
         if tier not in self._chains:
             raise KeyError(f"unknown tier {tier!r}; expected one of {', '.join(self.policy.tier_order)}")
         if estimated_tokens is not None and (isinstance(estimated_tokens, bool) or not isinstance(
                 estimated_tokens, int) or estimated_tokens < 0):
             raise ValueError(f"estimated_tokens must be an integer >= 0, got {estimated_tokens!r}")
+        if retry_of is not None:
+            model = retry_of.model
+        if model is not None and model not in self._models:
+            raise KeyError(f"unknown model {model!r}")
         events: list[Event] = []
+        skipped: list[tuple[str, str]] = []
+        decision: Decision | None = None
         lock = self._lock
         if not lock.try_acquire(False):
             lock.acquire()
         try:
             now = self._clock()
-            wall = now + self._wall_offset
-            if model is not None:
-                if model not in self._models:
-                    raise KeyError(f"unknown model {model!r}")
-                order: Sequence[tuple[str, str]] = ((self._models[model].spec.tier, model),)
+            if retry_of is not None:
+                order: Sequence[tuple[str, str]] = ((retry_of.tier, retry_of.model),)
+            elif model is not None:
+                order = (next((c for c in self._chains[tier] if c[1] == model), (self._models[model].spec.tier, model)),)
             else:
                 order = self._order(tier, now)
-            skipped: list[tuple[str, str]] = []
             retry_at: float | None = None
-            decision: Decision | None = None
             for t, name in order:
                 st = self._models[name]
-                why = self._skip(st, name, exclude, min_context)
-                ticket = 0
-                if why is None:
-                    ticket = st.breaker.try_acquire(now)
-                    if ticket == REFUSED:
-                        until = st.breaker.retry_at(now)
-                        if until is not None and not math.isfinite(until):
-                            until = None  # forced open: recovers only when released
-                        why = f"breaker {st.breaker.state(now)}" + (f" until t={until:.3f}" if until else "")
-                        if until is not None and (retry_at is None or until < retry_at):
-                            retry_at = until
-                reservations: list[tuple[BudgetLedger, int]] = []
-                if why is None and st.ledgers:
-                    why = self._reserve(st, wall, estimated_tokens, reservations)
-                    if why is not None:
-                        st.breaker.release(now, ticket)
-                        for ledger in st.ledgers:
-                            at = ledger.resets_at(wall)
-                            if at is not None and ledger.exhausted(wall):
-                                at -= self._wall_offset
-                                retry_at = at if retry_at is None or at < retry_at else retry_at
+                why, ticket, reservations, recovers = self._admit(st, now, estimated_tokens, exclude, min_context)
                 if why is not None:
-                    self._take_events(events)
                     skipped.append((name, why))
+                    if recovers is not None and (retry_at is None or recovers < retry_at):
+                        retry_at = recovers
                     continue
                 st.in_flight += 1
-                is_fallback = bool(skipped) or t != tier or reason is not None
+                if retry_of is not None:
+                    is_fallback = retry_of.is_fallback
+                else:
+                    is_fallback = bool(skipped) or t != tier or reason is not None
+                    if is_fallback:
+                        events.append(FallbackTriggered(
+                            now, tier, skipped[0][0] if skipped else None, name, t,
+                            reason or (skipped[0][1] if skipped else "degraded")))
                 decision = Decision(name, t, is_fallback, tuple(skipped), next(self._ids), now,
                                     self.policy.revision, tier, estimated_tokens, self)
-                self._pending[decision.id] = _Pending(decision, ticket, tuple(reservations), now)
-                if is_fallback:
-                    events.append(FallbackTriggered(now, tier, skipped[0][0] if skipped else None, name, t,
-                                                    reason or (skipped[0][1] if skipped else "degraded")))
-                self._take_events(events)
+                self._pending[decision.id] = _Pending(decision, ticket, reservations, now)
                 if now >= self._monitor.next_at:
                     events.extend(self._tick(now))
                 break
-            else:  # every candidate was skipped
-                self._take_events(events)
+            self._take_events(events)
         finally:
             lock.release()
-        if decision is None:
-            self._emit(events)
-            raise NoModelAvailable(tier, skipped, retry_at)
         if events:
             self._emit(events)
+        if decision is None:
+            raise NoModelAvailable(tier, skipped, retry_at)
         return decision
+
+    def _admit(self, st: _Model, now: float, estimated: int | None, exclude: Collection[str],
+               min_context: int | None) -> tuple[str | None, int, tuple[tuple[BudgetLedger, int], ...], float | None]:
+        """Take ``st``'s breaker ticket and budget reservations, or say why not and when it may recover.
+
+        Returns ``(why_not, ticket, reservations, recovers_at)``; lock held.
+        """
+        why = self._skip(st, st.spec.name, exclude, min_context)
+        if why is not None:
+            return why, 0, (), None
+        ticket = st.breaker.try_acquire(now)
+        if ticket == REFUSED:
+            until = st.breaker.retry_at(now)
+            if until is not None and not math.isfinite(until):
+                until = None  # forced open: recovers only when released
+            return f"breaker {st.breaker.state(now)}" + (f" until t={until:.3f}" if until else ""), 0, (), until
+        if not st.ledgers:
+            return None, ticket, (), None
+        wall = now + self._wall_offset
+        reservations: list[tuple[BudgetLedger, int]] = []
+        why = self._reserve(st, wall, estimated, reservations)
+        if why is None:
+            return None, ticket, tuple(reservations), None
+        st.breaker.release(now, ticket)
+        resets = [at - self._wall_offset for led in st.ledgers
+                  if led.exhausted(wall) and (at := led.resets_at(wall)) is not None]
+        return why, 0, (), min(resets, default=None)
 
     @staticmethod
     def _skip(st: _Model, name: str, exclude: Collection[str], min_context: int | None) -> str | None:
         if name in exclude:
             return "already tried in this call"
+        if not st.spec.enabled:
+            return "disabled in the policy"
         if min_context is not None and st.spec.context_window <= min_context:
             return f"context window {st.spec.context_window} is not larger than {min_context}"
         if st.in_flight >= st.limit:

@@ -313,3 +313,24 @@ def test_forced_open_everywhere_has_no_recovery_time(eng: PolicyEngine) -> None:
         eng.decide("L4")
     assert info.value.retry_at is None
     assert len(info.value.candidates) == 6
+
+
+def test_a_retry_keeps_the_fallback_status_and_emits_nothing_new(eng: PolicyEngine) -> None:
+    for m in L2:
+        eng.force(m, "open")
+    events: list[Event] = []
+    eng.subscribe(events.append)
+    first = eng.decide("L2")
+    assert (first.model, first.tier, first.is_fallback) == ("claude-sonnet-4-5", "L3", True)
+    eng.record(first, Outcome(100.0, error="timeout"))
+    again = eng.decide("L2", retry_of=first)
+    assert (again.model, again.tier, again.is_fallback, again.requested_tier) == (
+        "claude-sonnet-4-5", "L3", True, "L2")
+    assert [type(e) for e in events] == [FallbackTriggered]
+
+
+def test_a_pinned_model_keeps_its_place_in_the_chain(eng: PolicyEngine) -> None:
+    d = eng.decide("L2", model="gpt-4.1")  # an L3 model that L2 degrades to
+    assert (d.tier, d.is_fallback) == ("L3", True)
+    d2 = eng.decide("L2", model="gemini-2.5-flash")
+    assert (d2.tier, d2.is_fallback) == ("L2", False)
