@@ -22,6 +22,8 @@ from engine.events import (
     FallbackTriggered,
     PolicyReloaded,
     ReloadFailed,
+    StorageDegraded,
+    StorageRecovered,
 )
 from engine.loader import check, load_policies
 from engine.outcome import Decision, Outcome
@@ -64,7 +66,9 @@ __all__ = [
     "PolicySet",
     "Problem",
     "ReloadFailed",
+    "StorageDegraded",
     "StorageError",
+    "StorageRecovered",
     "check",
     "load_policies",
 ]

@@ -82,17 +82,60 @@ def main(argv: Sequence[str] | None = None) -> int:
                        parents=[_validate_parser("policy-engine validate")], add_help=False)
     v.set_defaults(run=run_validate, sub=v)
     sub.add_parser("watch", help="hot-reload a policy set and print each reload", add_help=False)
+    sub.add_parser("simulate", help="run the policies through a simulated day of real traffic", add_help=False)
+    sub.add_parser("replay", help="replay a recorded trace through one or two policy sets", add_help=False)
+    sub.add_parser("report", help="render the daily report (Markdown and HTML) from the history",
+                   add_help=False)
+    sub.add_parser("status", help="breakers, budgets and health per model from the history store",
+                   add_help=False)
     args, rest = parser.parse_known_args(argv)
-    if args.command == "watch":  # imported only when used: watchdog costs start-up time
+    # each command's module is imported only when used, so validation starts fast
+    if args.command == "watch":
         from engine.reload import main_watch
 
         return main_watch(rest)
+    if args.command == "status" and _store_arg(rest).startswith("redis"):
+        from engine.redis_status import main_status as shared_status
+
+        return shared_status(_without(rest, "--policies"))
+    if args.command in ("report", "status"):
+        from engine.cli_report import main_report, main_status
+
+        return main_report(rest) if args.command == "report" else main_status(rest)
+    if args.command in ("simulate", "replay"):
+        from engine.cli_sim import main_replay, main_simulate
+
+        return main_simulate(rest) if args.command == "simulate" else main_replay(rest)
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
     code: int = args.run(args, args.sub)
     return code
+
+
+def _store_arg(argv: Sequence[str]) -> str:
+    """The value of ``--store`` in ``argv`` ("" when absent)."""
+    for i, arg in enumerate(argv):
+        if arg == "--store" and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--store="):
+            return arg.split("=", 1)[1]
+    return ""
+
+
+def _without(argv: Sequence[str], option: str) -> list[str]:
+    """``argv`` less ``option`` and its value (the shared store needs no policy directory)."""
+    out: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == option:
+            skip = True
+        elif not arg.startswith(option + "="):
+            out.append(arg)
+    return out
 
 
 def _entry(fn: object) -> None:  # pragma: no cover - console-script glue

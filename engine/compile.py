@@ -48,6 +48,7 @@ COLLECTIONS: dict[str, tuple[str, ...]] = {
     "monitoring": ("anomalies",),
     "recommendations": ("rules",),
     "report": (),
+    "storage": (),
 }
 
 _BUILTIN_ERRORS = {
@@ -370,5 +371,6 @@ class Compiler:
             monitoring=self.monitoring(classes),
             recommendations=self.recommendations(classes),
             report=self.report(),
+            storage_uri=self.setting("storage", "uri"),
         )
         return None if self.problems else policy

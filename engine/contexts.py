@@ -51,7 +51,7 @@ TIER_ONLY: dict[str, str] = {"tier": _S, "models": _N, "open_breakers": _N}
 #: A day's aggregates, for recommendation rules.
 DAILY: dict[str, str] = {
     **{k: v for k, v in METRICS.items()},
-    "availability": _N,  # calls that succeeded, after fallback, 0..1
+    "availability": _N,  # 1 - failures/calls over recorded attempts (caller errors excluded), 0..1
     "cost_per_success": _N,
     "tokens_per_success": _N,
     "breaker_opens": _N,

@@ -76,8 +76,11 @@ class _Pending(NamedTuple):
 class PolicyEngine:
     """Decides which model to call now, from a checked :class:`PolicySet`."""
 
-    def __init__(self, policy: PolicySet, *, clock: Clock | None = None, store: str | Store = "memory://",
+    def __init__(self, policy: PolicySet, *, clock: Clock | None = None, store: str | Store | None = None,
                  paths: Sequence[str | os.PathLike[str]] = ()) -> None:
+        """``store``: a URI or a Store; by default the policy set's ``storage`` uri, else ``memory://``."""
+        if store is None:
+            store = policy.storage_uri or "memory://"
         self._clock: Clock = clock or time.monotonic
         self._wall_offset = time.time() - time.monotonic() if clock is None else 0.0
         self._lock = YieldingLock()
@@ -102,7 +105,7 @@ class PolicyEngine:
 
     @classmethod
     def from_path(cls, path: str | os.PathLike[str] | Sequence[str | os.PathLike[str]], *,
-                  clock: Clock | None = None, store: str | Store = "memory://") -> PolicyEngine:
+                  clock: Clock | None = None, store: str | Store | None = None) -> PolicyEngine:
         """Load, check and run the policy set at ``path``; raises PolicyError."""
         paths = [path] if isinstance(path, (str, os.PathLike)) else list(path)
         return cls(load_policies(paths), clock=clock, store=store, paths=paths)
@@ -638,6 +641,7 @@ class PolicyEngine:
                     data["open_until"] += self._wall_offset
                 breakers[name] = data
             return {"version": 1, "revision": self.policy.revision, "saved_at": wall,
+                    "wall_offset": self._wall_offset,  # wall time = engine clock + wall_offset
                     "budgets": {n: led.to_dict() for n, led in self._ledgers.items()},
                     "breakers": breakers}
 

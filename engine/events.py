@@ -123,3 +123,30 @@ class ReloadFailed(Event):
 
     def describe(self) -> str:
         return "\n".join(p.format() for p in self.problems)
+
+
+@dataclass(frozen=True, slots=True)
+class StorageDegraded(Event):
+    """The shared store became unreachable; decisions go on from local state.
+
+    ``at`` is wall-clock epoch seconds; ``retry_in_s``: when it is tried again.
+    """
+
+    store: str
+    error: str
+    retry_in_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class StorageRecovered(Event):
+    """The shared store answers again; what was decided locally has been pushed.
+
+    ``down_s``: how long it was unreachable; ``data_lost``: it came back empty
+    (restarted without persistence), so this process re-pushed its usage of
+    the current periods; ``replayed``: operations sent to reconcile.
+    """
+
+    store: str
+    down_s: float
+    data_lost: bool
+    replayed: int

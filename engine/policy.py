@@ -211,6 +211,7 @@ class PolicySet:
     monitoring: MonitoringSpec
     recommendations: tuple[RecommendationRule, ...]
     report: ReportSpec
+    storage_uri: str | None = None  # the storage policy's uri, if any
 
     def budgets_for(self, model: str) -> tuple[BudgetSpec, ...]:
         """Every budget that a call to ``model`` spends from."""

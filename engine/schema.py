@@ -28,6 +28,7 @@ KINDS: tuple[str, ...] = (
     "recommendations",
     "report",
     "routing",
+    "storage",
 )
 
 _CODES = {

@@ -108,7 +108,11 @@ class MemoryStore:
 
 
 #: URI scheme -> "module:Class" of the backend, imported only when used.
-BACKENDS: dict[str, str] = {"memory": "engine.storage:MemoryStore"}
+BACKENDS: dict[str, str] = {
+    "memory": "engine.storage:MemoryStore",
+    "sqlite": "engine.history:SQLiteStore",
+    "redis": "engine.redis_store:RedisStore",
+}
 
 
 def open_store(uri: str) -> Store:

@@ -42,7 +42,7 @@ def test_invalid_set_lists_every_problem(policy_dir: Path) -> None:
     extra, report = policy_dir / "extra.yaml", policy_dir / "report.yaml"
     assert lines == [
         f"{extra}:1:7: unknown-kind: expected one of breakers, budgets, errors, models, monitoring, "
-        "recommendations, report, routing, got a string 'modles' (did you mean 'models'?)",
+        "recommendations, report, routing, storage, got a string 'modles' (did you mean 'models'?)",
         f"{report}:3:13: out-of-range: expected a number >= 1, got 0",
         f"{report}:4:1: unknown-key: unknown key 'colour'; expected one of: formats, kind, output_dir, "
         "templates_dir, timezone, top_models, version",

@@ -47,3 +47,33 @@ def test_state_from_another_policy_shape_is_skipped(policy_dir: object) -> None:
     fresh.restore_state(saved)  # logged and skipped, never raised
     budgets = {b["name"]: b["tokens_used"] for b in fresh.state("gpt-5")["budgets"]}
     assert budgets == {"gpt-5-daily": 0, "everything-monthly": 1000}
+
+
+def test_a_storage_policy_picks_the_store(policy_dir: object, tmp_path: object) -> None:
+    from pathlib import Path
+
+    from engine.history import SQLiteStore
+
+    assert isinstance(policy_dir, Path) and isinstance(tmp_path, Path)
+    db = tmp_path / "h.db"
+    (policy_dir / "storage.yaml").write_text(f"kind: storage\nversion: 1\nuri: sqlite:///{db}\n")
+    eng = PolicyEngine.from_path(policy_dir, clock=FakeClock())
+    try:
+        assert isinstance(eng.store, SQLiteStore)
+        eng.record(eng.decide("L1"), Outcome(100.0, 10, 2))
+    finally:
+        eng.close()
+    assert db.exists()
+    explicit = PolicyEngine.from_path(policy_dir, clock=FakeClock(), store="memory://")
+    assert explicit.store.uri == "memory://"  # the argument wins over the policy
+
+
+def test_a_bad_storage_uri_is_a_located_problem(policy_dir: object) -> None:
+    from pathlib import Path
+
+    from engine import check
+
+    assert isinstance(policy_dir, Path)
+    (policy_dir / "storage.yaml").write_text("kind: storage\nversion: 1\nuri: postgres://db\n")
+    _, problems = check(policy_dir)
+    assert [(p.line, p.col, p.code) for p in problems] == [(3, 6, "invalid-format")]

@@ -1,0 +1,256 @@
+"""The history database: schema, migrations and row codecs (no threads, no policy).
+
+Schema (``PRAGMA user_version`` holds its version; :data:`MIGRATIONS` step it
+forward, each step in one transaction, so two processes opening an old file
+at once migrate it once):
+
+* ``minutes`` — one row per (UTC minute, requested tier, model): calls,
+  successes, breaker failures, slow calls, fallbacks, tokens in/out, cost,
+  ``errors`` (JSON ``{class: count}``) and a
+  :class:`~engine.histogram.LatencyHistogram` at 1% accuracy: ``lat_zero``,
+  ``lat_total``, ``lat_min``, ``lat_max`` and ``latency`` (JSON
+  ``{bucket key: count}``);
+* ``events`` — the event log: wall time, kind (the event's class name),
+  subject (model, budget, rule target or revision), the engine-clock time it
+  carried, the writing instance and the event's fields as JSON;
+* ``fallbacks`` — FallbackTriggered events coalesced per minute, tier,
+  from/to model, to tier and reason, with a count;
+* ``state`` — per writer instance: the engine's last exported state (JSON),
+  when it was saved and when the writer last drained its queue.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import sqlite3
+from collections.abc import Mapping
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, quote
+
+from engine.errors import StorageError
+from engine.events import Event
+from engine.histogram import MAX_MS, MIN_MS, LatencyHistogram
+
+SCHEMA_VERSION = 1
+DEFAULT_PATH = "memory/history.db"
+ACCURACY = 0.01  # of the latency histograms stored; a change needs a migration
+WALL_EPOCH_MIN = 1e9  # engine-clock times below this (before 2001) are taken as monotonic
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (  # 0 -> 1
+        "CREATE TABLE minutes (minute INTEGER NOT NULL, tier TEXT NOT NULL, model TEXT NOT NULL, "
+        "calls INTEGER NOT NULL, successes INTEGER NOT NULL, failures INTEGER NOT NULL, "
+        "slow INTEGER NOT NULL, fallbacks INTEGER NOT NULL, tokens_in INTEGER NOT NULL, "
+        "tokens_out INTEGER NOT NULL, cost REAL NOT NULL, errors TEXT NOT NULL, lat_zero INTEGER NOT NULL, "
+        "lat_total REAL NOT NULL, lat_min REAL NOT NULL, lat_max REAL NOT NULL, latency TEXT NOT NULL, "
+        "PRIMARY KEY (minute, tier, model)) WITHOUT ROWID",
+        "CREATE TABLE events (id INTEGER PRIMARY KEY, at REAL NOT NULL, kind TEXT NOT NULL, "
+        "subject TEXT NOT NULL, clock_at REAL NOT NULL, instance TEXT NOT NULL, data TEXT NOT NULL)",
+        "CREATE INDEX events_at ON events (at)",
+        "CREATE TABLE fallbacks (minute INTEGER NOT NULL, tier TEXT NOT NULL, from_model TEXT NOT NULL, "
+        "to_model TEXT NOT NULL, to_tier TEXT NOT NULL, reason TEXT NOT NULL, count INTEGER NOT NULL, "
+        "PRIMARY KEY (minute, tier, from_model, to_model, to_tier, reason)) WITHOUT ROWID",
+        "CREATE TABLE state (instance TEXT PRIMARY KEY, saved_at REAL NOT NULL, flushed_at REAL NOT NULL, "
+        "pid INTEGER NOT NULL, data TEXT)",
+    ),
+)
+
+BUDGET_EVENTS = frozenset({"BudgetWarning", "BudgetExhausted", "BudgetReset"})
+_SUBJECT = ("model", "budget", "target", "tier", "revision", "kept")
+
+
+def parse_uri(uri: str) -> tuple[Path, dict[str, str]]:
+    """``sqlite:///rel/path.db?flush_s=1`` -> (path, options); ``sqlite://`` is :data:`DEFAULT_PATH`."""
+    if not uri.startswith("sqlite://"):
+        raise StorageError(f"expected a sqlite:// URI, got {uri!r}")
+    rest, _, query = uri[len("sqlite://"):].partition("?")
+    path = rest[1:] if rest.startswith("/") else rest
+    return Path(path or DEFAULT_PATH), dict(parse_qsl(query))
+
+
+def connect(path: Path, *, create: bool, timeout_s: float = 30.0) -> sqlite3.Connection:
+    """Open (and migrate) the history at ``path``; without ``create`` a missing file is an error."""
+    try:
+        if create:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(path, timeout=timeout_s, isolation_level=None, check_same_thread=False)
+        else:
+            if not path.is_file():
+                raise StorageError(f"no history database at {path}")
+            conn = sqlite3.connect(f"file:{quote(str(path.resolve()))}?mode=rw", uri=True, timeout=timeout_s,
+                                   isolation_level=None, check_same_thread=False)
+        conn.execute(f"PRAGMA busy_timeout = {int(timeout_s * 1000):d}")
+        if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+            conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = NORMAL")  # WAL: survives a killed process, not a power cut
+        migrate(conn)
+    except sqlite3.Error as exc:
+        raise StorageError(f"cannot open history database {path}: {exc}") from exc
+    return conn
+
+
+def migrate(conn: sqlite3.Connection, migrations: tuple[tuple[str, ...], ...] = MIGRATIONS) -> int:
+    """Bring the schema to ``len(migrations)``; returns the version found before."""
+    target = len(migrations)
+    found = int(conn.execute("PRAGMA user_version").fetchone()[0])
+    if found > target:
+        raise StorageError(f"history schema version {found} is newer than this engine's ({target}); "
+                           "upgrade llm-policy-engine")
+    if found == target:
+        return found
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        now = int(conn.execute("PRAGMA user_version").fetchone()[0])  # another process may have won
+        for step in migrations[now:]:
+            for statement in step:
+                conn.execute(statement)
+        conn.execute(f"PRAGMA user_version = {target:d}")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+    return found
+
+
+# -- aggregates -----------------------------------------------------------------
+# A cell being filled on the decision path is a plain list, updated in place
+# (the cheapest mutable record in CPython); these are its fields.
+CALLS, OK, FAILED, SLOW, FALLBACKS, TOKENS_IN, TOKENS_OUT, COST, ERRORS, ZERO, TOTAL, LO, HI, BUCKETS = range(14)
+_GAMMA = (1.0 + ACCURACY) / (1.0 - ACCURACY)
+#: Latency bucket keys exactly as LatencyHistogram(ACCURACY) computes them.
+INV_LOG_GAMMA = 1.0 / math.log(_GAMMA)
+KEY_MIN = math.ceil(math.log(MIN_MS) * INV_LOG_GAMMA)
+KEY_MAX = math.ceil(math.log(MAX_MS) * INV_LOG_GAMMA)
+
+
+def new_cell() -> list[Any]:
+    return [0, 0, 0, 0, 0, 0, 0, 0.0, {}, 0, 0.0, math.inf, -math.inf, {}]
+
+
+def add_cell(into: list[Any], other: list[Any]) -> None:
+    """Merge cell ``other`` into ``into``."""
+    for i in (CALLS, OK, FAILED, SLOW, FALLBACKS, TOKENS_IN, TOKENS_OUT, COST, ZERO, TOTAL):
+        into[i] += other[i]
+    into[LO], into[HI] = min(into[LO], other[LO]), max(into[HI], other[HI])
+    for field_ in (ERRORS, BUCKETS):
+        target = into[field_]
+        for k, n in other[field_].items():
+            target[k] = target.get(k, 0) + n
+
+
+def decode_latency(zero: int, total: float, lo: float, hi: float, buckets: str) -> LatencyHistogram:
+    """The histogram of a ``minutes`` row's ``lat_*`` and ``latency`` columns."""
+    counts = json.loads(buckets)
+    return LatencyHistogram.from_dict({
+        "relative_accuracy": ACCURACY, "zero": zero, "total": total, "min": lo, "max": hi, "buckets": counts,
+        "count": zero + sum(counts.values())})
+
+
+def _merge_json(column: str) -> str:
+    """SQL merging the ``{key: count}`` objects of the stored and the incoming row."""
+    return (f"{column} = (SELECT json_group_object(key, n) FROM (SELECT key, sum(value) AS n FROM ("  # noqa: S608
+            f"SELECT key, value FROM json_each(minutes.{column}) UNION ALL "
+            f"SELECT key, value FROM json_each(excluded.{column})) GROUP BY key))")
+
+
+_COLUMNS = ("minute", "tier", "model", "calls", "successes", "failures", "slow", "fallbacks", "tokens_in",
+            "tokens_out", "cost", "errors", "lat_zero", "lat_total", "lat_min", "lat_max", "latency")
+_SUMMED = ("calls", "successes", "failures", "slow", "fallbacks", "tokens_in", "tokens_out", "cost", "lat_zero",
+           "lat_total")
+#: One statement for a whole batch: every SQLite call releases the GIL and must win it back, which under a
+#: busy engine thread costs milliseconds, so a flush makes a handful of calls however much it writes.
+UPSERT_MINUTES = (
+    f"INSERT INTO minutes ({', '.join(_COLUMNS)}) SELECT "  # noqa: S608 - built from constants
+    + ", ".join(f"json_extract(value, '$[{i}]')" for i in range(len(_COLUMNS)))
+    + " FROM json_each(?) WHERE true ON CONFLICT (minute, tier, model) DO UPDATE SET "
+    + ", ".join(f"{c} = {c} + excluded.{c}" for c in _SUMMED)
+    + ", lat_min = min(lat_min, excluded.lat_min), lat_max = max(lat_max, excluded.lat_max), "
+    + _merge_json("errors") + ", " + _merge_json("latency"))
+
+
+def batch(cells: Mapping[tuple[int, str, str], list[Any]]) -> str:
+    """``cells`` as the JSON parameter of :data:`UPSERT_MINUTES`."""
+    return json.dumps([[*key, *c[:ERRORS], c[ERRORS], c[ZERO], c[TOTAL], c[LO], c[HI],
+                        {str(k): n for k, n in c[BUCKETS].items()}] for key, c in cells.items()],
+                      separators=(",", ":"))
+
+
+def _from_json(table: str, columns: str, conflict: str = "") -> str:
+    names = columns.split(", ")
+    values = ", ".join(f"json_extract(value, '$[{i}]')" for i in range(len(names)))
+    return f"INSERT INTO {table} ({columns}) SELECT {values} FROM json_each(?) WHERE true {conflict}"  # noqa: S608 - constants
+
+
+INSERT_EVENTS = _from_json("events", "at, kind, subject, clock_at, instance, data")
+UPSERT_FALLBACKS = _from_json("fallbacks", "minute, tier, from_model, to_model, to_tier, reason, count",
+                               "ON CONFLICT (minute, tier, from_model, to_model, to_tier, reason) "
+                               "DO UPDATE SET count = count + excluded.count")
+UPSERT_STATE = ("INSERT INTO state (instance, saved_at, flushed_at, pid, data) VALUES (?, ?, ?, ?, ?) "
+                 "ON CONFLICT (instance) DO UPDATE SET saved_at = excluded.saved_at, flushed_at = "
+                 "excluded.flushed_at, pid = excluded.pid, data = coalesce(excluded.data, data)")
+
+
+# -- events and state -----------------------------------------------------------------
+def plain(value: Any) -> Any:
+    """``value`` as JSON-able data: mappings, sequences, finite numbers, strings (inf/nan -> None)."""
+    if value is None or isinstance(value, (str, bool, int)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    fmt = getattr(value, "format", None)
+    return fmt() if callable(fmt) and not isinstance(value, type) else str(value)
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(plain(value), sort_keys=True, separators=(",", ":"))
+
+
+_UNTIL = re.compile(r"\s+until t=[-0-9.e+]+$")
+
+
+def fallback_reason(reason: str) -> str:
+    """A fallback reason without its episode's time ("breaker open until t=..."), so rows coalesce."""
+    return _UNTIL.sub("", reason)
+
+
+def to_wall(at: float, offset: float | None) -> float:
+    if offset is not None:
+        return at + offset
+    if at < WALL_EPOCH_MIN:  # the engine's default clock is time.monotonic
+        import time
+
+        return at + time.time() - time.monotonic()
+    return at
+
+
+def event_row(event: Event, offset: float | None) -> tuple[float, str, str, float, dict[str, Any]]:
+    """(wall time, kind, subject, clock time, fields) of ``event``."""
+    kind = type(event).__name__
+    data: dict[str, Any] = {f.name: plain(getattr(event, f.name)) for f in fields(event) if f.name != "at"}
+    if kind in BUDGET_EVENTS:
+        wall = event.at
+    else:
+        wall = to_wall(event.at, offset)
+        if isinstance(data.get("open_until"), float):
+            data["open_until"] = to_wall(data["open_until"], offset)
+    subject = next((str(data[k]) for k in _SUBJECT if data.get(k)), "")
+    return wall, kind, subject, event.at, data
+
+
+def load_state(conn: sqlite3.Connection, instance: str) -> dict[str, Any] | None:
+    try:
+        row = conn.execute("SELECT data FROM state WHERE instance = ?", (instance,)).fetchone()
+    except sqlite3.Error as exc:
+        raise StorageError(f"cannot read saved state: {exc}") from exc
+    if row is None or row[0] is None:
+        return None
+    data: dict[str, Any] = json.loads(row[0])
+    return data

@@ -1,0 +1,106 @@
+"""Render the view model with Jinja and write the report files.
+
+Templates may be user-edited, so they run in Jinja's immutable sandbox with
+``StrictUndefined`` (a misspelt name is an error, not an empty string) and
+HTML autoescaping. A template directory of the user's is searched before the
+shipped ``templates/``, so overriding one file is enough. Every template
+problem is raised as :class:`ReportError` naming the template file and line.
+Rendering is deterministic: the same history and policies give the same bytes.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import traceback
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from engine.errors import PolicyEngineError
+from engine.reporting.model import Report
+from engine.resources import resource_dir
+
+#: format -> (template name, file suffix)
+FORMATS: dict[str, tuple[str, str]] = {
+    "markdown": ("daily-report.md.j2", ".md"),
+    "html": ("daily-report.html.j2", ".html"),
+}
+
+
+class ReportError(PolicyEngineError):
+    """A report could not be rendered; ``template`` and ``line`` locate a template problem."""
+
+    def __init__(self, message: str, template: str | None = None, line: int | None = None) -> None:
+        self.template, self.line = template, line
+        where = f"{template}:{line}: " if template and line else f"{template}: " if template else ""
+        super().__init__(where + message)
+
+
+def _md_cell(value: Any) -> str:
+    """Text safe inside a Markdown table cell."""
+    return str(value).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+
+
+def environment(templates_dir: str | os.PathLike[str] | None = None) -> Any:
+    from jinja2 import FileSystemLoader, StrictUndefined
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    search = [str(templates_dir)] if templates_dir else []
+    search.append(str(resource_dir("templates")))
+    env = ImmutableSandboxedEnvironment(
+        loader=FileSystemLoader(search), undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True,
+        keep_trailing_newline=True, autoescape=lambda name: name is not None and ".html" in name)
+    env.filters["cell"] = _md_cell
+    return env
+
+
+def _is_template(filename: str, env: Any) -> bool:
+    return filename.endswith(".j2") or any(
+        os.path.abspath(filename).startswith(os.path.abspath(d) + os.sep) for d in env.loader.searchpath)
+
+
+def _located(exc: BaseException, fallback: str, env: Any) -> ReportError:
+    """``exc`` as a ReportError at the template file and line it happened."""
+    from jinja2 import TemplateNotFound, TemplateSyntaxError
+
+    if isinstance(exc, TemplateSyntaxError):
+        return ReportError(exc.message or str(exc), exc.filename or exc.name or fallback, exc.lineno)
+    if isinstance(exc, TemplateNotFound):
+        return ReportError(f"template not found: {exc.name}", fallback)
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if _is_template(f.filename, env)]
+    if frames:
+        return ReportError(f"{type(exc).__name__}: {exc}", frames[-1].filename, frames[-1].lineno)
+    return ReportError(f"{type(exc).__name__}: {exc}", fallback)
+
+
+def render(report: Report, fmt: str, env: Any) -> str:
+    """The text of ``report`` in ``fmt`` ("markdown" or "html"); raises ReportError."""
+    name = FORMATS[fmt][0]
+    try:
+        text: str = env.get_template(name).render(report=report)
+    except Exception as exc:  # anything a user's template can raise
+        raise _located(exc, name, env) from exc
+    return text
+
+
+def write(report: Report, out_dir: str | os.PathLike[str], formats: Iterable[str] = ("markdown", "html"),
+          templates_dir: str | os.PathLike[str] | None = None) -> list[Path]:
+    """Render every format first, then write each file atomically; returns the paths written."""
+    env = environment(templates_dir)
+    texts = [(FORMATS[f][1], render(report, f, env)) for f in formats]
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for suffix, text in texts:
+        path = out / f"{report.stem}{suffix}"
+        fd, tmp = tempfile.mkstemp(dir=out, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
+                fh.write(text)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        written.append(path)
+    return written

@@ -1,0 +1,594 @@
+"""The Redis store against a real redis-server: sharing, round trips, outages, processes.
+
+The contract every store meets is in ``tests/test_storage_contract.py``;
+this file covers what only a shared store has: several stores (standing for
+processes) on one server, the round trips a decision costs, the fail-open mode
+while the server is unreachable, slow or restarted, the status command, and
+real processes (spawned) sharing budgets and breakers.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import engine.storage
+from engine import NoModelAvailable, Outcome, PolicyEngine
+from engine.errors import StorageError
+from engine.events import BudgetReset, BudgetWarning, CircuitHalfOpened, Event
+from engine.policy import BreakerSpec, BudgetSpec
+from engine.storage import open_store
+from tests.redis_server import RedisServer, free_port, fresh_redis, redis_server  # noqa: F401 - fixtures
+
+BACKEND = "engine.redis_store:RedisStore"
+T0 = 1_767_225_600.0
+BREAKER = BreakerSpec(window="count", window_size=10, minimum_calls=4, failure_rate=50.0, open_for_s=10.0,
+                      half_open_permits=2, half_open_max_wait_s=5.0)
+BUDGET = BudgetSpec(name="b", scope="global", target=None, period="daily", tokens=1000, cost_usd=None)
+POLICY = {
+    "models.yaml": """kind: models
+version: 1
+models:
+  alpha: {tier: L1, provider: openai, context_window: 100000, price: {input_per_1m: 1.0, output_per_1m: 2.0}}
+  beta: {tier: L1, provider: google, context_window: 100000, price: {input_per_1m: 1.0, output_per_1m: 2.0}}
+""",
+    "routing.yaml": """kind: routing
+version: 1
+tiers:
+  L1: {candidates: [alpha, beta]}
+tier_order: [L1]
+""",
+    "breakers.yaml": """kind: breakers
+version: 1
+defaults: {window: count, window_size: 20, minimum_calls: 5, failure_rate: 50, open_for_s: OPEN_FOR,
+           half_open_permits: 3, half_open_max_wait_s: 30}
+""",
+    "budgets.yaml": """kind: budgets
+version: 1
+timezone: UTC
+budgets:
+  alpha-monthly: {applies_to: {model: alpha}, period: monthly, tokens: TOKENS}
+""",
+}
+
+
+def write_policies(directory: Path, tokens: int = 10_000_000, open_for_s: float = 30.0) -> Path:
+    """Two L1 models: ``alpha`` with a monthly token budget, ``beta`` with none."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, text in POLICY.items():
+        text = text.replace("TOKENS", str(tokens)).replace("OPEN_FOR", repr(open_for_s))
+        (directory / name).write_text(text)
+    return directory
+
+
+@pytest.fixture(autouse=True)
+def redis_backend(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(engine.storage.BACKENDS, "redis", BACKEND)
+
+
+@pytest.fixture
+def stores(redis_server: RedisServer) -> Iterator[Callable[..., Any]]:  # noqa: F811
+    """Make stores (standing for processes) on one namespace of the shared server."""
+    made: list[Any] = []
+    uri = redis_server.uri()
+
+    def make(**options: Any) -> Any:
+        store = open_store(uri + "".join(f"&{k}={v}" for k, v in options.items()))
+        made.append(store)
+        return store
+    yield make
+    for store in made:
+        store.close()
+
+
+def kinds(events: list[Event]) -> list[str]:
+    return [type(e).__name__ for e in events]
+
+
+# -- URI, registration, missing client -------------------------------------------------
+
+
+def test_uri_options_and_defaults() -> None:
+    from engine.redis_store import parse_uri
+
+    opts = parse_uri("redis://:s%40cret@10.0.0.5:6380/2?namespace=billing&policy_set=eu.prod&timeout_ms=50")
+    assert (opts["host"], opts["port"], opts["db"], opts["password"]) == ("10.0.0.5", 6380, 2, "s@cret")
+    assert (opts["namespace"], opts["policy_set"], opts["timeout_ms"], opts["cache_ms"]) == (
+        "billing", "eu.prod", 50.0, 100.0)
+    defaults = parse_uri("redis://localhost")
+    assert (defaults["port"], defaults["db"], defaults["namespace"]) == (6379, 0, "llm-policy-engine")
+
+
+@pytest.mark.parametrize(("uri", "message"), [
+    ("redis://h/0?cache=5", "unknown option 'cache'"),
+    ("redis://h/0?namespace=a:b", "expected namespace of letters"),
+    ("redis://h/0?timeout_ms=fast", "expected timeout_ms as milliseconds"),
+    ("redis://h/0?timeout_ms=0", "expected timeout_ms as milliseconds"),
+    ("redis://h/x", "numeric port and db"),
+])
+def test_bad_uris_are_refused_clearly(uri: str, message: str) -> None:
+    with pytest.raises(StorageError, match=message):
+        open_store(uri)
+
+
+def test_a_missing_redis_client_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "redis", None)
+    monkeypatch.setitem(sys.modules, "redis.connection", None)
+    with pytest.raises(StorageError, match=r"pip install 'llm-policy-engine\[redis\]'"):
+        open_store("redis://127.0.0.1:6379/0")
+
+
+def test_open_store_gives_a_redis_store_without_history(redis_server: RedisServer) -> None:  # noqa: F811
+    store = open_store(redis_server.uri())
+    try:
+        assert type(store).__name__ == "RedisStore" and store.keeps_history is False
+        assert store.load_state() is None
+    finally:
+        store.close()
+
+
+# -- one truth for several processes ---------------------------------------------------
+
+
+def test_keys_are_namespaced_per_application_and_policy_set(redis_server: RedisServer) -> None:  # noqa: F811
+    store = open_store(redis_server.uri(namespace="app1", policy_set="eu"))
+    other = open_store(redis_server.uri(namespace="app1", policy_set="us"))
+    try:
+        events: list[Event] = []
+        store.make_breaker("gpt-5", BREAKER, events).try_acquire(T0)
+        led = store.make_ledger(BUDGET, events)
+        led.settle(T0, led.reserve(T0, 10, 0.0), 7, 0.0)
+        led.available(T0)
+        keys = {k.decode() for k in redis_server.client().scan_iter(match="app1:eu:*")}
+        base = f"app1:eu:b:b:daily@UTC:{T0!r}"
+        assert {"app1:eu:epoch", "app1:eu:k:gpt-5", "app1:eu:b:b:daily@UTC", base} <= keys
+        assert any(k.startswith("app1:eu:ack:") for k in keys)
+        assert other.make_ledger(BUDGET, []).snapshot(T0)["tokens_used"] == 0  # another policy set
+        assert store.make_ledger(BUDGET, []).snapshot(T0)["tokens_used"] == 7
+    finally:
+        store.close()
+        other.close()
+
+
+def test_a_breaker_opened_in_one_process_is_open_in_the_others(stores: Callable[..., Any]) -> None:
+    a, b = stores(), stores()
+    ev_a: list[Event] = []
+    ev_b: list[Event] = []
+    ba, bb = a.make_breaker("m", BREAKER, ev_a), b.make_breaker("m", BREAKER, ev_b)
+    assert bb.try_acquire(T0) == 1  # b caches "closed"
+    for _ in range(4):
+        ba.on_result(T0, True, 5.0, ticket=ba.try_acquire(T0))
+    assert kinds(ev_a) == ["CircuitOpened"] and ev_b == []
+    time.sleep(0.15)  # b's cached state is at most cache_ms (100 ms) old
+    assert bb.try_acquire(T0 + 1) == 0 and bb.state(T0 + 1) == "open"
+    assert bb.retry_at(T0 + 1) == T0 + 10.0
+    assert ev_b == []  # the transition belongs to the process that made it
+
+
+def test_failures_from_every_process_count_in_one_window(stores: Callable[..., Any]) -> None:
+    a, b = stores(), stores()
+    events: list[Event] = []
+    ba, bb = a.make_breaker("m", BREAKER, events), b.make_breaker("m", BREAKER, events)
+    for breaker in (ba, bb, ba):
+        breaker.on_result(T0, True, 5.0, ticket=1)
+    assert events == []
+    bb.on_result(T0, True, 5.0, ticket=1)  # the fourth failure, from b: 4 calls in the shared window
+    assert kinds(events) == ["CircuitOpened"]
+    assert ba.snapshot(T0)["failures"] == 4
+
+
+def test_half_open_permits_are_global(stores: Callable[..., Any]) -> None:
+    breakers = [s.make_breaker("m", BREAKER, ev) for s, ev in ((stores(), []), (stores(), []), (stores(), []))]
+    events: list[list[Event]] = [b._events for b in breakers]
+    breakers[0].force("open", T0)
+    breakers[0].restore({"state": "open", "open_until": T0 + 10, "open_for": 10.0, "consecutive_opens": 1}, T0)
+    tickets = [b.try_acquire(T0 + 10) for _ in range(3) for b in breakers]
+    assert sorted(t for t in tickets if t) == [2, 5]  # 2 permits for all three processes
+    halves = [e for evs in events for e in evs if isinstance(e, CircuitHalfOpened)]
+    assert len(halves) == 1
+
+
+def test_budget_usage_is_shared_and_each_event_emitted_once(stores: Callable[..., Any]) -> None:
+    a, b = stores(), stores()
+    ev_a: list[Event] = []
+    ev_b: list[Event] = []
+    la, lb = a.make_ledger(BUDGET, ev_a), b.make_ledger(BUDGET, ev_b)
+    rid = la.reserve(T0, 600, 0.0)
+    assert lb.used_fraction(T0) == 0.6
+    assert lb.reserve(T0, 500, 0.0) > 0 and not la.available(T0)  # 1.1 reserved: full
+    la.settle(T0, rid, 450, 0.0)
+    lb.settle(T0, None, 460, 0.0)  # 910 settled: b crosses warn_at (b's view did not foresee it:
+    assert lb.snapshot(T0)["warned"]  # the event comes with b's next round trip)
+    assert kinds(ev_a) == [] and ev_b == [BudgetWarning(T0, "b", 0.91, 910, 1000, 0.0, None, T0)]
+    assert la.available(T0 + 86400) and lb.available(T0 + 86400)
+    resets = [e for e in ev_a + ev_b if isinstance(e, BudgetReset)]
+    assert resets == [BudgetReset(T0 + 86400, "b", T0 + 86400)]  # one reset across processes
+
+
+def test_a_reservation_admitted_by_the_client_is_booked_even_if_the_budget_filled_meanwhile(
+        stores: Callable[..., Any]) -> None:
+    a, b = stores(), stores()
+    la, lb = a.make_ledger(BUDGET, []), b.make_ledger(BUDGET, [])
+    assert la.available(T0)  # a's view: empty
+    lb.settle(T0, None, 1000, 0.0)  # b fills the budget
+    rid = la.reserve(T0, 30, 0.0)  # admitted on a's fresh view; booked on the server regardless
+    a.link.flush()  # the reservation was sent without waiting: wait for its reply before looking from b
+    assert rid > 0 and lb.snapshot(T0)["tokens_reserved"] == 30
+    assert not la.available(T0 + 0.5) and la.reserve(T0 + 0.5, 30, 0.0) == 0
+
+
+# -- round trips -------------------------------------------------------------------------
+
+
+def _pairs(eng: PolicyEngine, n: int, model: str | None = None) -> None:
+    for _ in range(n):
+        d = eng.decide("L1", model=model, estimated_tokens=10)
+        eng.record(d, Outcome(latency_ms=5.0, input_tokens=4, output_tokens=6))
+
+
+def test_a_decision_with_one_budget_costs_one_round_trip(redis_server: RedisServer, tmp_path: Path) -> None:  # noqa: F811
+    eng = PolicyEngine.from_path(write_policies(tmp_path / "p"), store=redis_server.uri(cache_ms=60000))
+    try:
+        _pairs(eng, 20)
+        stats = eng.store.stats()  # type: ignore[attr-defined]
+        server = redis_server.client()
+        server.config_resetstat()
+        _pairs(eng, 100)
+        after = eng.store.stats()  # type: ignore[attr-defined]
+        assert after["round_trips"] - stats["round_trips"] == 100  # available(): exact, so waited for
+        assert after["commands"] - stats["commands"] == 400  # + reserve, settle, breaker result: pipelined
+        eng.store.link.flush()  # type: ignore[attr-defined]
+        assert server.info("commandstats")["cmdstat_evalsha"]["calls"] == 400
+    finally:
+        eng.close()
+
+
+def test_a_model_without_budgets_decides_from_the_cache(redis_server: RedisServer, tmp_path: Path) -> None:  # noqa: F811
+    eng = PolicyEngine.from_path(write_policies(tmp_path / "p"), store=redis_server.uri(cache_ms=60000))
+    try:
+        _pairs(eng, 5, "beta")
+        before = eng.store.stats()["round_trips"]  # type: ignore[attr-defined]
+        _pairs(eng, 200, "beta")
+        assert eng.store.stats()["round_trips"] - before <= 1  # replies read once MAX_PENDING wait
+        d = eng.decide("L1", model="beta")
+        eng.record(d, Outcome(latency_ms=5.0, error="timeout"))  # a failure is sent and waited for
+        assert eng.state("beta")["breaker"]["failures"] == 1
+    finally:
+        eng.close()
+
+
+# -- outages -------------------------------------------------------------------------------
+
+
+def test_an_unreachable_server_degrades_to_local_decisions(tmp_path: Path) -> None:
+    pytest.importorskip("redis", reason="the redis package is not installed")
+    port = free_port()  # nothing listens there
+    eng = PolicyEngine.from_path(write_policies(tmp_path / "p", tokens=100),
+                                 store=f"redis://127.0.0.1:{port}/0?retry_ms=60000&timeout_ms=50")
+    seen: list[Event] = []
+    eng.subscribe(seen.append)
+    try:
+        models = []
+        for _ in range(15):
+            d = eng.decide("L1", estimated_tokens=10)
+            models.append(d.model)
+            eng.record(d, Outcome(latency_ms=5.0, input_tokens=4, output_tokens=6))
+        assert models[:10] == ["alpha"] * 10 and models[10:] == ["beta"] * 5  # the local budget holds
+        assert kinds(seen).count("StorageDegraded") == 1
+        assert eng.state("alpha")["budgets"][0]["tokens_used"] == 100
+        assert eng.store.stats()["round_trips"] == 0  # type: ignore[attr-defined]
+    finally:
+        eng.close()
+
+
+def _server_tokens(server: RedisServer, uri: str, budget: str = "alpha-monthly") -> int:
+    """Tokens settled on the server in every period of ``budget`` under ``uri``'s namespace."""
+    namespace = uri.split("namespace=")[1].split("&")[0]
+    client = server.client()
+    total = 0
+    for key in client.scan_iter(match=f"{namespace}:default:b:{budget}:*"):
+        if client.type(key) == b"hash":
+            value = client.hget(key, "tok")
+            total += int(float(value)) if value is not None else 0
+    return total
+
+
+def _until(condition: Callable[[], bool], seconds: float = 3.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def test_a_restarted_server_gets_all_usage_back(fresh_redis: RedisServer, tmp_path: Path) -> None:  # noqa: F811
+    uri = fresh_redis.uri(retry_ms=20, max_retry_ms=50)
+    eng = PolicyEngine.from_path(write_policies(tmp_path / "p"), store=uri)
+    seen: list[Event] = []
+    eng.subscribe(seen.append)
+    calls = 0
+
+    def pairs(n: int) -> None:
+        nonlocal calls
+        _pairs(eng, n, "alpha")
+        calls += n
+    try:
+        pairs(50)
+        eng.force("beta", "open")
+        fresh_redis.kill()
+        pairs(30)  # no exception: decided and recorded locally
+        assert kinds(seen).count("StorageDegraded") == 1
+        eng.force("beta", "disabled")  # a manual change while down is replayed
+        fresh_redis.start()
+        assert _until(lambda: (pairs(1), "StorageRecovered" in kinds(seen))[1])
+        recovered = next(e for e in seen if type(e).__name__ == "StorageRecovered")
+        assert recovered.data_lost is True  # type: ignore[attr-defined]
+        eng.store.link.flush()  # type: ignore[attr-defined]
+        assert _server_tokens(fresh_redis, uri) == eng.state("alpha")["budgets"][0]["tokens_used"] == 10 * calls
+        assert eng.state("beta")["breaker"]["state"] == "disabled"
+        assert kinds(seen).count("StorageDegraded") == 1
+    finally:
+        eng.close()
+
+
+def test_a_paused_server_times_out_and_nothing_is_counted_twice(fresh_redis: RedisServer, tmp_path: Path) -> None:  # noqa: F811
+    uri = fresh_redis.uri(timeout_ms=50, retry_ms=20, max_retry_ms=100)
+    eng = PolicyEngine.from_path(write_policies(tmp_path / "p"), store=uri)
+    seen: list[Event] = []
+    eng.subscribe(seen.append)
+    calls = 0
+    try:
+        _pairs(eng, 20, "alpha")
+        calls += 20
+        fresh_redis.client().execute_command("CLIENT", "PAUSE", 400, "ALL")  # slow, not lost: data stays
+        _pairs(eng, 20, "alpha")
+        calls += 20
+        assert "StorageDegraded" in kinds(seen)
+
+        def recovered() -> bool:
+            nonlocal calls
+            _pairs(eng, 1, "alpha")
+            calls += 1
+            return "StorageRecovered" in kinds(seen)
+        assert _until(recovered)
+        event = next(e for e in seen if type(e).__name__ == "StorageRecovered")
+        assert event.data_lost is False  # type: ignore[attr-defined]
+        eng.store.link.flush()  # type: ignore[attr-defined]
+        assert _server_tokens(fresh_redis, uri) == 10 * calls  # replayed settlements applied exactly once
+    finally:
+        eng.close()
+
+
+def test_no_exception_escapes_while_the_server_flaps(fresh_redis: RedisServer, tmp_path: Path) -> None:  # noqa: F811
+    uri = fresh_redis.uri(retry_ms=5, max_retry_ms=10)
+    eng = PolicyEngine.from_path(write_policies(tmp_path / "p"), store=uri)
+    tokens = 0
+    for _ in range(3):
+        for i in range(60):
+            if i == 20:
+                fresh_redis.kill()
+            if i == 40:
+                fresh_redis.start()
+            try:
+                d = eng.decide("L1", estimated_tokens=10)
+            except NoModelAvailable:
+                continue
+            eng.record(d, Outcome(latency_ms=5.0, input_tokens=4, output_tokens=6))
+            tokens += 10 if d.model == "alpha" else 0
+        time.sleep(0.02)
+    assert _until(lambda: (_pairs(eng, 1, "beta"), not eng.store.link.degraded)[1])  # type: ignore[attr-defined]
+    eng.close()
+    assert _server_tokens(fresh_redis, uri) == tokens
+
+
+# -- status ----------------------------------------------------------------------------------
+
+
+def test_status_shows_the_shared_state(redis_server: RedisServer, tmp_path: Path,  # noqa: F811
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    from engine.redis_status import main_status
+
+    uri = redis_server.uri(namespace="statusapp")
+    eng = PolicyEngine.from_path(write_policies(tmp_path / "p", tokens=1000), store=uri)
+    try:
+        _pairs(eng, 3, "alpha")
+        eng.force("beta", "open")
+        eng.store.link.flush()  # type: ignore[attr-defined]
+        assert main_status(["--store", uri]) == 0
+        text = capsys.readouterr().out
+        assert "beta" in text and "forced_open" in text
+        assert "alpha-monthly" in text and "30 (+0 reserved) / 1,000 tokens = 3.0%" in text
+        assert main_status(["--store", uri, "--format", "json"]) == 0
+        status = json.loads(capsys.readouterr().out)
+        assert status["budgets"]["alpha-monthly"]["tokens_used"] == 30
+        assert status["breakers"]["beta"]["state"] == "forced_open"
+    finally:
+        eng.close()
+    assert main_status(["--store", f"redis://127.0.0.1:{free_port()}/0"]) == 1
+    with pytest.raises(SystemExit) as exc:
+        main_status(["--store", "memory://"])
+    assert exc.value.code == 2
+
+
+# -- real processes ---------------------------------------------------------------------------
+
+SPAWN = multiprocessing.get_context("spawn")
+
+
+def _engine(policies: str, uri: str) -> PolicyEngine:
+    engine.storage.BACKENDS["redis"] = BACKEND
+    return PolicyEngine.from_path(policies, store=uri)
+
+
+def _budget_worker(policies: str, uri: str, calls: int, start: Any, out: Any) -> None:
+    eng = _engine(policies, uri)
+    admitted, errors = 0, []
+    start.wait(30)
+    for _ in range(calls):
+        try:
+            d = eng.decide("L1", estimated_tokens=10)
+            eng.record(d, Outcome(latency_ms=1.0, input_tokens=4, output_tokens=6))
+            admitted += d.model == "alpha"
+        except Exception as exc:
+            errors.append(repr(exc))
+    eng.close()
+    out.put({"admitted": admitted, "errors": errors[:5]})
+
+
+def _breaker_worker(policies: str, uri: str, opened: Any, out: Any) -> None:
+    eng = _engine(policies, uri)
+    assert eng.decide("L1").model == "alpha"  # caches "closed" before the breaker opens
+    out.put("ready")
+    opened.wait(30)
+    deadline, seen_at = time.monotonic() + 5.0, None
+    while time.monotonic() < deadline:
+        if eng.decide("L1").model == "beta":
+            seen_at = time.monotonic()
+            break
+    state = eng.state("alpha")["breaker"]["state"]
+    eng.close()
+    out.put({"seen_at": seen_at, "state": state})
+
+
+def _probe_worker(policies: str, uri: str, start: Any, out: Any) -> None:
+    eng = _engine(policies, uri)
+    start.wait(30)
+    probes = sum(eng.decide("L1").model == "alpha" for _ in range(200))  # decisions never recorded
+    half = sum(isinstance(e, CircuitHalfOpened) for e in eng.store.events())
+    eng.close()
+    out.put({"probes": probes, "half_opened": half})
+
+
+def _steady_worker(policies: str, uri: str, seconds: float, start: Any, out: Any) -> None:
+    eng = _engine(policies, uri)
+    events: Counter[str] = Counter()
+    eng.subscribe(lambda e: events.update([type(e).__name__]))
+    tokens, errors = 0, []
+    start.wait(30)
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            d = eng.decide("L1", model="alpha", estimated_tokens=10)
+            eng.record(d, Outcome(latency_ms=1.0, input_tokens=4, output_tokens=6))
+            tokens += 10
+        except Exception as exc:
+            errors.append(repr(exc))
+        time.sleep(0.001)
+    eng.close()
+    out.put({"tokens": tokens, "errors": errors[:5], "events": dict(events)})
+
+
+def _run(target: Callable[..., None], args: list[tuple[Any, ...]], queue: Any, timeout: float = 60.0) -> list[Any]:
+    procs = [SPAWN.Process(target=target, args=a) for a in args]
+    for p in procs:
+        p.start()
+    try:
+        results = [queue.get(timeout=timeout) for _ in procs]
+        for p in procs:
+            p.join(timeout)
+            assert p.exitcode == 0
+        return results
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.kill()
+
+
+def test_four_processes_never_overshoot_one_budget(redis_server: RedisServer, tmp_path: Path) -> None:  # noqa: F811
+    limit, per_call, workers, calls = 20_000, 10, 4, 5_000
+    policies = str(write_policies(tmp_path / "p", tokens=limit))
+    uri = redis_server.uri()
+    start, out = SPAWN.Event(), SPAWN.Queue()
+    procs = [SPAWN.Process(target=_budget_worker, args=(policies, uri, calls, start, out)) for _ in range(workers)]
+    for p in procs:
+        p.start()
+    start.set()
+    results = [out.get(timeout=120) for _ in procs]
+    for p in procs:
+        p.join(30)
+    assert [r["errors"] for r in results] == [[]] * workers
+    settled = _server_tokens(redis_server, uri)
+    assert settled == per_call * sum(r["admitted"] for r in results)  # nothing lost
+    # each process has at most one call in flight: that is what the budget may be overshot by
+    assert limit <= settled <= limit + workers * per_call
+
+
+def test_a_breaker_opened_by_one_process_is_open_in_all(redis_server: RedisServer, tmp_path: Path) -> None:  # noqa: F811
+    policies = str(write_policies(tmp_path / "p"))
+    uri = redis_server.uri()
+    opened, out = SPAWN.Event(), SPAWN.Queue()
+    procs = [SPAWN.Process(target=_breaker_worker, args=(policies, uri, opened, out)) for _ in range(3)]
+    for p in procs:
+        p.start()
+    try:
+        assert [out.get(timeout=60) for _ in procs] == ["ready"] * 3
+        eng = _engine(policies, uri)
+        for _ in range(5):
+            eng.record(eng.decide("L1", model="alpha"), Outcome(latency_ms=5.0, error="server_error"))
+        assert eng.state("alpha")["breaker"]["state"] == "open"
+        opened_at = time.monotonic()
+        opened.set()
+        results = [out.get(timeout=30) for _ in procs]
+        eng.close()
+    finally:
+        for p in procs:
+            p.join(10)
+            if p.is_alive():
+                p.kill()
+    assert all(r["state"] == "open" for r in results)
+    assert all(r["seen_at"] is not None and r["seen_at"] - opened_at < 0.5 for r in results)  # cache_ms = 100
+
+
+def test_half_open_permits_hold_across_processes(redis_server: RedisServer, tmp_path: Path) -> None:  # noqa: F811
+    policies = str(write_policies(tmp_path / "p", open_for_s=0.3))
+    uri = redis_server.uri()
+    eng = _engine(policies, uri)
+    for _ in range(5):
+        eng.record(eng.decide("L1", model="alpha"), Outcome(latency_ms=5.0, error="server_error"))
+    eng.close()
+    start, out = SPAWN.Event(), SPAWN.Queue()
+    procs = [SPAWN.Process(target=_probe_worker, args=(policies, uri, start, out)) for _ in range(4)]
+    for p in procs:
+        p.start()
+    time.sleep(0.35)  # past open_until
+    start.set()
+    results = [out.get(timeout=60) for _ in procs]
+    for p in procs:
+        p.join(10)
+    assert sum(r["probes"] for r in results) == 3  # half_open_permits, across all processes
+    assert sum(r["half_opened"] for r in results) == 1
+
+
+def test_redis_killed_and_restarted_mid_run(fresh_redis: RedisServer, tmp_path: Path) -> None:  # noqa: F811
+    policies = str(write_policies(tmp_path / "p"))
+    uri = fresh_redis.uri(retry_ms=50, max_retry_ms=200)
+    start, out = SPAWN.Event(), SPAWN.Queue()
+    procs = [SPAWN.Process(target=_steady_worker, args=(policies, uri, 3.0, start, out)) for _ in range(4)]
+    for p in procs:
+        p.start()
+    try:
+        time.sleep(0.5)  # let the workers start up (spawn imports)
+        start.set()
+        time.sleep(0.8)
+        fresh_redis.kill()
+        time.sleep(0.5)
+        fresh_redis.start()
+        results = [out.get(timeout=60) for _ in procs]
+    finally:
+        for p in procs:
+            p.join(10)
+            if p.is_alive():
+                p.kill()
+    assert [r["errors"] for r in results] == [[]] * 4
+    assert all(r["events"].get("StorageDegraded", 0) >= 1 for r in results)
+    assert all(r["events"].get("StorageRecovered", 0) >= 1 for r in results)
+    assert _server_tokens(fresh_redis, uri) == sum(r["tokens"] for r in results)  # all usage reconciled

@@ -1,0 +1,438 @@
+"""The daily report and ``status``: golden files, edge days, templates, the CLI as a process."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+from contextlib import closing
+from datetime import date, datetime, timedelta
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from engine import (
+    AnomalyDetected,
+    AnomalyResolved,
+    BudgetExhausted,
+    BudgetWarning,
+    CircuitClosed,
+    CircuitHalfOpened,
+    CircuitOpened,
+    FallbackTriggered,
+    Outcome,
+    PolicyEngine,
+    load_policies,
+)
+from engine.events import Event, PolicyReloaded
+from engine.history import SQLiteStore
+from engine.reporting.build import build_report
+from engine.reporting.charts import line_chart, nice_max
+from engine.reporting.data import read_day
+from engine.reporting.historydb import connect
+from engine.reporting.render import ReportError, write
+from engine.testing import FakeClock
+from tests.conftest import ROOT
+
+GOLDEN = ROOT / "tests" / "golden"
+POLICIES = GOLDEN / "policies"  # a frozen copy of the default set: the goldens do not move with policies/
+BERLIN = ZoneInfo("Europe/Berlin")
+DAY = date(2026, 1, 2)
+#: Calls per ten minutes through the day (a working-hours curve).
+LOAD = (1, 1, 1, 1, 1, 1, 2, 3, 4, 5, 5, 5, 4, 5, 5, 5, 4, 4, 3, 2, 2, 1, 1, 1)
+
+
+def at(day: int, hh: int, mm: int = 0, ss: int = 0) -> float:
+    return datetime(2026, 1, day, hh, mm, ss, tzinfo=BERLIN).timestamp()
+
+
+def _events() -> list[Event]:
+    return [
+        PolicyReloaded(at(2, 12, 58, 4), "a" * 64, "b" * 64, ("policies/models.yaml",), ("o3",), ()),
+        CircuitOpened(at(2, 14, 2, 5), "gpt-4.1-mini", "failure_rate", at(2, 14, 2, 35), 80.0, 80.0),
+        CircuitHalfOpened(at(2, 14, 2, 35), "gpt-4.1-mini", 3),
+        CircuitOpened(at(2, 14, 2, 41), "gpt-4.1-mini", "half_open_failed", at(2, 14, 3, 41), 100.0, 100.0),
+        AnomalyDetected(at(2, 14, 5), "error-spike", "model", "gpt-4.1-mini", "warning",
+                        "calls >= 20 and error_rate > 0.2"),
+        CircuitHalfOpened(at(2, 14, 31, 0), "gpt-4.1-mini", 3),
+        CircuitClosed(at(2, 14, 31, 20), "gpt-4.1-mini", "probes_succeeded"),
+        AnomalyResolved(at(2, 14, 40), "error-spike", "model", "gpt-4.1-mini", "warning"),
+    ]
+
+
+class _Day:
+    """Writes calls (and the fallback events that go with them) the way an engine would record them."""
+
+    def __init__(self, store: SQLiteStore, policies: Path) -> None:
+        self.store, self.policy = store, load_policies(policies)
+        self.rng = random.Random(20260102)  # noqa: S311
+        self.opus_cost = 0.0
+
+    def call(self, t: float, tier: str, model: str, lo: float, hi: float, error: str | None = None,
+             fallback: tuple[str, str] | None = None, tokens: tuple[int, int] = (800, 200)) -> None:
+        """One recorded call; ``fallback`` is (the model skipped or failed, why)."""
+        spec = self.policy.models.get(model)
+        tin, tout = tokens if error is None else (tokens[0], 0)
+        cost = spec.price.cost(tin, tout) if spec else (tin * 0.5 + tout * 1.5) / 1e6
+        latency = round(self.rng.uniform(lo, hi), 1)
+        failed = error is not None and self.policy.error_classes[error].breaker == "failure"
+        self.store.record_call(t, tier, model, latency, error, failed, latency > 30_000, tin, tout, cost,
+                               fallback is not None)
+        if fallback is not None:
+            self.store.append_event(FallbackTriggered(t, tier, fallback[0], model, spec.tier if spec else tier,
+                                                      fallback[1]))
+
+    def opus(self, t: float) -> None:
+        """L4's first model until its daily budget (60 USD) runs out, then gpt-5 as the fallback."""
+        limit = 60.0
+        if self.opus_cost >= limit:
+            self.call(t, "L4", "gpt-5", 9000, 30000, fallback=("claude-opus-4-1", "budget opus-daily exhausted"),
+                      tokens=(20_000, 9000))
+            return
+        before = self.opus_cost
+        self.call(t, "L4", "claude-opus-4-1", 8000, 40000, tokens=(14_000, 6_000))
+        self.opus_cost += self.policy.models["claude-opus-4-1"].price.cost(14_000, 6_000)
+        for share, kind in ((0.9, BudgetWarning), (1.0, BudgetExhausted)):
+            if before < share * limit <= self.opus_cost:
+                args = ("opus-daily", self.opus_cost / limit, int(self.opus_cost / 0.66 * 20_000), 2_000_000,
+                        round(self.opus_cost, 2), limit, at(2, 0))
+                self.store.append_event(kind(t, *args, at(3, 0)) if kind is BudgetExhausted else kind(t, *args))
+
+
+def fixed_history(path: Path, policies: Path = POLICIES) -> None:
+    """A deterministic day (2026-01-02, Berlin) and a lighter day before it, written through the store.
+
+    L1 hits a rate-limit storm at 10:00 and falls back; L2's first model times out from 14:00, its breaker
+    opens at 14:02 and closes at 14:31, L2 serving from its second model meanwhile; a model the policies
+    no longer know serves some L2 calls until 08:00; Opus runs out of budget at 15:00 and L4 falls back to
+    gpt-5; o3 is added by a reload at 12:58 and takes traffic from 13:15.
+    """
+    store = SQLiteStore(f"sqlite:///{path}?flush_s=3600")
+    day = _Day(store, policies)
+    call = day.call
+    for slot in range(0, 24 * 6, 2):  # the day before: every 20 minutes
+        t = at(1, 0) + slot * 600
+        call(t, "L1", "gpt-4.1-nano", 150, 600)
+        call(t + 1, "L2", "gpt-4.1-mini", 500, 2200)
+        if slot % 6 == 0:
+            call(t + 2, "L4", "claude-opus-4-1", 8000, 30000, tokens=(14_000, 6_000))
+    open_from, open_until = at(2, 14, 2, 5), at(2, 14, 31, 20)
+    for slot in range(24 * 6):
+        hour, t = slot // 6, at(2, 0) + slot * 600
+        for k in range(LOAD[hour] * 2):
+            u = t + k * 7
+            if hour == 10 and slot % 6 < 2 and k % 3 == 0:
+                call(u, "L1", "gpt-4.1-nano", 40, 90, error="rate_limit")
+                call(u + 1, "L1", "gemini-2.5-flash-lite", 250, 800, fallback=("gpt-4.1-nano", "rate_limit"))
+            else:
+                call(u, "L1", "gpt-4.1-nano", 150, 700, error="bad_request" if k == 5 and slot % 6 == 0 else None)
+        for k in range(LOAD[hour]):
+            u = t + 100 + k * 11
+            if at(2, 14) <= u < open_from:
+                call(u, "L2", "gpt-4.1-mini", 30_000, 30_050, error="timeout")
+                call(u + 31, "L2", "gemini-2.5-flash", 700, 2400, fallback=("gpt-4.1-mini", "timeout"))
+            elif open_from <= u < open_until:
+                call(u, "L2", "gemini-2.5-flash", 700, 2400,
+                     fallback=("gpt-4.1-mini", f"breaker open until t={u + 30:.3f}"))
+            else:
+                call(u, "L2", "gpt-4.1-mini", 500, 2600, error="server_error" if (slot + k) % 41 == 0 else None)
+            if hour < 8:
+                call(u + 2, "L2", "legacy-model", 900, 3200)
+        if slot % 3 == 0:
+            call(t + 200, "L3", "claude-sonnet-4-5", 2000, 9000, tokens=(3000, 900))
+            call(t + 201, "L3", "gpt-4.1", 1800, 7000, tokens=(3000, 900))
+        day.opus(t + 300)
+        if hour >= 13 and slot % 2 == 1:
+            call(t + 301, "L4", "o3", 5000, 20000, tokens=(5000, 3000))
+    for event in _events():
+        store.append_event(event)
+    store.close()
+
+
+@pytest.fixture(scope="module")
+def history(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("history") / "history.db"
+    fixed_history(path)
+    return path
+
+
+def report_cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    code = "import sys; from engine.cli_report import main_report; sys.exit(main_report(sys.argv[1:]))"
+    return subprocess.run([sys.executable, "-c", code, *args], cwd=cwd, capture_output=True, text=True,  # noqa: S603
+                          timeout=120, check=False)
+
+
+def status_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    code = "import sys; from engine.cli_report import main_status; sys.exit(main_status(sys.argv[1:]))"
+    return subprocess.run([sys.executable, "-c", code, *args], cwd=ROOT, capture_output=True, text=True,  # noqa: S603
+                          timeout=120, check=False)
+
+
+def render_day(history: Path, out: Path, day: date = DAY, policies: Path = POLICIES) -> tuple[str, str]:
+    result = report_cli("--policies", str(policies), "--store", f"sqlite:///{history}", "--date",
+                        day.isoformat(), "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    stem = f"{day:%y%m%d}-DAILY-REPORT"
+    assert result.stdout.split() == [str(out / f"{stem}.md"), str(out / f"{stem}.html")]
+    return (out / f"{stem}.md").read_text(), (out / f"{stem}.html").read_text()
+
+
+# -- golden files --------------------------------------------------------------------------------
+def test_golden_markdown_and_html(history: Path, tmp_path: Path) -> None:
+    md, html = render_day(history, tmp_path)
+    for name, text in (("260102-DAILY-REPORT.md", md), ("260102-DAILY-REPORT.html", html)):
+        golden = GOLDEN / name
+        if os.environ.get("UPDATE_GOLDEN"):
+            golden.write_text(text)
+        assert text == golden.read_text(), f"{name} differs from its golden file (UPDATE_GOLDEN=1 to accept)"
+
+
+def test_rendering_is_idempotent(history: Path, tmp_path: Path) -> None:
+    first = render_day(history, tmp_path / "a")
+    again = render_day(history, tmp_path / "a")
+    elsewhere = render_day(history, tmp_path / "b")
+    assert first == again == elsewhere
+
+
+def test_the_report_covers_every_section(history: Path, tmp_path: Path) -> None:
+    md, _ = render_day(history, tmp_path)
+    for heading in ("## Summary", "## Recommended actions", "## Tier efficiency", "## Model ranking",
+                    "## Cost and tokens", "## Budget burn", "## Breaker and anomaly timeline", "## Fallbacks"):
+        assert heading in md
+    assert "| 14:02:05 | breaker opened | gpt-4.1-mini | failure_rate: failure rate 80%" in md
+    assert "| 15:05:00 | budget exhausted | opus-daily | 100% used" in md
+    assert "| L2 | gpt-4.1-mini → gemini-2.5-flash | breaker open | 12 |" in md
+    assert "| L4 | claude-opus-4-1 → gpt-5 | budget opus-daily exhausted | 53 |" in md
+
+
+def test_recommendations_name_the_rule_the_evidence_and_the_edit(history: Path, tmp_path: Path) -> None:
+    md, _ = render_day(history, tmp_path)
+    section = md.split("## Recommended actions")[1].split("## Tier efficiency")[0]
+    assert "Rule: `raise-exhausted-budget` (model: claude-opus-4-1)" in section
+    assert "Evidence: budget_exhaustions = 1; success_rate = 100.00%" in section
+    assert ("Suggested edit: budgets.yaml: raise the tokens or cost_usd of the budget that applies to "
+            "claude-opus-4-1") in section
+
+
+def test_a_model_added_mid_day_and_one_the_policies_lost(history: Path, tmp_path: Path) -> None:
+    md, html = render_day(history, tmp_path)
+    assert "| o3 (added at 12:58, first call 13:15) |" in md
+    assert "| gpt-5 (first call 15:15, none the day before) |" in md
+    assert "| legacy-model (not in the current policies) |" in md
+    assert "o3<br><span class=\"note\">added at 12:58, first call 13:15</span>" in html
+    # its hourly points start when it does: L4 has 6 calls an hour before 13:00 and 9 after
+    hourly = md.split("## Hourly traffic")[1]
+    assert "| 12:00 | 48 (1 error) | 24 | 4 | 6 | 82 |" in hourly
+    assert "| 13:00 | 60 (1 error) | 30 (5 errors) | 4 | 9 |" in hourly
+
+
+def test_a_day_without_traffic_renders_sensibly(history: Path, tmp_path: Path) -> None:
+    md, html = render_day(history, tmp_path, date(2026, 2, 10))  # another month: no monthly usage either
+    assert "**No calls were recorded on this day.**" in md
+    assert "| Availability¹ | — |" in md
+    assert "No recommendation rule fired for this day." in md
+    assert "| L2 | 0 | — | — | — | — | — | — | $0.00 |" in md
+    assert "No breaker, budget, anomaly or reload events." in md
+    assert html.count('<p class="empty">No calls on this day.</p>') == 3
+    assert '<p class="empty">No budgeted model was called on this day.</p>' in html
+    assert "<polyline" not in html
+
+
+def test_a_quiet_day_still_shows_the_month_so_far(history: Path, tmp_path: Path) -> None:
+    md, html = render_day(history, tmp_path, date(2026, 1, 5))
+    assert "**No calls were recorded on this day.**" in md
+    # the day before (15.90 USD) and the day (69.42 USD), the model the policies lost included
+    assert "| everything-monthly | all models | monthly (Europe/Berlin) | $20,000.00 | 0.4% | $85.32 |" in md
+    assert html.count('<p class="empty">No calls on this day.</p>') == 3
+    assert "everything-monthly (all)</li>" in html
+
+
+def test_the_html_is_self_contained(history: Path, tmp_path: Path) -> None:
+    _, html = render_day(history, tmp_path)
+    assert "<script" not in html and "src=" not in html and "http" not in html
+    assert html.count("<svg class=\"plot\"") == 4
+
+
+def test_values_are_escaped(tmp_path: Path) -> None:
+    store = SQLiteStore(f"sqlite:///{tmp_path / 'h.db'}?flush_s=3600")
+    for name in ("<img src=x onerror=alert(1)>", "a|b"):
+        store.record_call(at(2, 9), "L1", name, 100.0, None, False, False, 1, 1, 0.0, False)
+    store.close()
+    md, html = render_day(tmp_path / "h.db", tmp_path / "out")
+    assert "<img src=x" not in html and "&lt;img src=x onerror=alert(1)&gt;" in html
+    assert "| a\\|b (not in the current policies) |" in md
+
+
+# -- templates -----------------------------------------------------------------------------------
+def _templates(tmp_path: Path, md: str) -> Path:
+    folder = tmp_path / "my-templates"
+    folder.mkdir()
+    (folder / "daily-report.md.j2").write_text(md)
+    return folder
+
+
+def test_a_template_syntax_error_names_the_file_and_line(history: Path, tmp_path: Path) -> None:
+    folder = _templates(tmp_path, "# {{ report.title }}\n\n{% for x in report.tiers %}\n{{ x.tier }\n")
+    result = report_cli("--policies", str(POLICIES), "--store", f"sqlite:///{history}", "--date", "2026-01-02",
+                        "--out", str(tmp_path / "out"), "--templates", str(folder))
+    assert result.returncode == 1
+    assert f"{folder / 'daily-report.md.j2'}:4: " in result.stderr
+    assert not (tmp_path / "out").exists()  # nothing half-written
+
+
+def test_a_template_runtime_error_names_the_file_and_line(history: Path, tmp_path: Path) -> None:
+    folder = _templates(tmp_path, "# {{ report.title }}\n\n{{ report.summary.calls }}\n{{ report.sumary.calls }}\n")
+    result = report_cli("--policies", str(POLICIES), "--store", f"sqlite:///{history}", "--date", "2026-01-02",
+                        "--out", str(tmp_path / "out"), "--templates", str(folder))
+    assert result.returncode == 1
+    assert f"{folder / 'daily-report.md.j2'}:4: UndefinedError: " in result.stderr
+    assert "sumary" in result.stderr
+
+
+def test_templates_run_in_the_sandbox(history: Path, tmp_path: Path) -> None:
+    folder = _templates(tmp_path, "{{ report.__class__.__init__.__globals__ }}\n")
+    with closing(connect(history, create=False)) as conn:
+        hist = read_day(conn, DAY, "Europe/Berlin")
+    report = build_report(hist, load_policies(POLICIES))
+    with pytest.raises(ReportError) as caught:
+        write(report, tmp_path / "out", ("markdown",), folder)
+    assert caught.value.template == str(folder / "daily-report.md.j2") and caught.value.line == 1
+
+
+def test_a_user_template_overrides_only_its_own_format(history: Path, tmp_path: Path) -> None:
+    folder = _templates(tmp_path, "calls: {{ report.summary.calls }}\n")
+    result = report_cli("--policies", str(POLICIES), "--store", f"sqlite:///{history}", "--date", "2026-01-02",
+                        "--out", str(tmp_path / "out"), "--templates", str(folder))
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "out" / "260102-DAILY-REPORT.md").read_text() == "calls: 1,556\n"
+    assert (tmp_path / "out" / "260102-DAILY-REPORT.html").read_text().startswith("<!DOCTYPE html>")
+
+
+def test_the_report_policy_chooses_templates_formats_and_output(history: Path, tmp_path: Path,
+                                                                 policy_dir: Path) -> None:
+    folder = _templates(tmp_path, "{{ report.day }}\n")
+    (policy_dir / "report.yaml").write_text(
+        "kind: report\nversion: 1\n"
+        f"output_dir: {tmp_path / 'reports'}\ntemplates_dir: {folder}\nformats: [markdown]\n"
+        "timezone: Europe/Berlin\n")
+    result = report_cli("--policies", str(policy_dir), "--store", f"sqlite:///{history}", "--date", "2026-01-02")
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in (tmp_path / "reports").iterdir()) == ["260102-DAILY-REPORT.md"]
+    assert (tmp_path / "reports" / "260102-DAILY-REPORT.md").read_text() == "2026-01-02\n"
+
+
+# -- the command line --------------------------------------------------------------------------------
+def test_the_default_day_is_today_when_it_has_calls_else_yesterday(tmp_path: Path) -> None:
+    today = datetime.now(BERLIN).date()
+    empty = tmp_path / "empty.db"
+    SQLiteStore(f"sqlite:///{empty}").close()
+    result = report_cli("--policies", str(POLICIES), "--store", f"sqlite:///{empty}", "--out", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert Path(result.stdout.split()[0]).name == f"{today - timedelta(days=1):%y%m%d}-DAILY-REPORT.md"
+    busy = tmp_path / "busy.db"
+    store = SQLiteStore(f"sqlite:///{busy}")
+    store.record_call(datetime.now(BERLIN).timestamp(), "L1", "gpt-4.1-nano", 100.0, None, False, False, 1, 1,
+                      0.0, False)
+    store.close()
+    result = report_cli("--policies", str(POLICIES), "--store", f"sqlite:///{busy}", "--out", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert Path(result.stdout.split()[0]).name in {f"{d:%y%m%d}-DAILY-REPORT.md" for d in (
+        today, datetime.now(BERLIN).date())}  # midnight may pass while the test runs
+
+
+def test_a_missing_store_is_a_clear_failure(tmp_path: Path) -> None:
+    result = report_cli("--policies", str(POLICIES), "--store", f"sqlite:///{tmp_path / 'nope.db'}")
+    assert result.returncode == 1
+    assert f"no history database at {tmp_path / 'nope.db'}" in result.stderr
+    assert not (tmp_path / "nope.db").exists()
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (("--date", "2026-13-01"), "expected a date as YYYY-MM-DD, got '2026-13-01'"),
+    (("--store", "memory://"), "expected a sqlite:// URI"),
+])
+def test_usage_errors_exit_2(args: tuple[str, ...], message: str) -> None:
+    result = report_cli("--policies", str(POLICIES), *args)
+    assert result.returncode == 2 and message in result.stderr
+
+
+def test_invalid_policies_are_reported(tmp_path: Path, policy_dir: Path, history: Path) -> None:
+    (policy_dir / "report.yaml").write_text("kind: report\nversion: 1\ntop_models: 0\n")
+    result = report_cli("--policies", str(policy_dir), "--store", f"sqlite:///{history}")
+    assert result.returncode == 1
+    assert "report.yaml:3:" in result.stderr
+
+
+# -- status --------------------------------------------------------------------------------------
+@pytest.fixture
+def live(tmp_path: Path) -> Path:
+    """A history whose engine opened gpt-4.1-mini's breaker and spent 95% of Opus's daily tokens."""
+    path = tmp_path / "live.db"
+    clock = FakeClock(at(2, 9))
+    eng = PolicyEngine.from_path(POLICIES, clock=clock, store=SQLiteStore(f"sqlite:///{path}?flush_s=3600"))
+    for _ in range(10):
+        eng.record(eng.decide("L2"), Outcome(30.0, error="timeout"))
+    for _ in range(20):
+        eng.record(eng.decide("L2"), Outcome(800.0, 100, 50))
+    eng.record(eng.decide("L4", model="claude-opus-4-1"), Outcome(9000.0, 1_500_000, 400_000))
+    clock.advance(10)
+    eng.close()
+    return path
+
+
+def test_status_as_json(live: Path) -> None:
+    result = status_cli("--policies", str(POLICIES), "--store", f"sqlite:///{live}", "--format", "json")
+    assert result.returncode == 0, result.stderr
+    status = json.loads(result.stdout)
+    models = {m["model"]: m for m in status["models"]}
+    assert status["saved_at"] == at(2, 9, 0, 10)
+    mini = models["gpt-4.1-mini"]
+    assert mini["breaker"] == {"state": "open", "open_until": at(2, 9, 0, 30), "consecutive_opens": 1}
+    assert (mini["health"], mini["window"]["calls"], mini["window"]["success_rate"]) == ("unhealthy", 10, 0.0)
+    assert models["gemini-2.5-flash"]["window"]["calls"] == 20
+    assert models["gemini-2.5-flash"]["health"] == "healthy"
+    opus = {b["name"]: b for b in models["claude-opus-4-1"]["budgets"]}["opus-daily"]
+    assert (opus["tokens_used"], opus["used_fraction"], opus["exhausted"]) == (1_900_000, 0.95, False)
+
+
+def test_status_as_a_table(live: Path) -> None:
+    result = status_cli("--policies", str(POLICIES), "--store", f"sqlite:///{live}")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("as of 2026-01-02 09:00:10 CET (instance default, written ")
+    assert lines[2].split() == ["MODEL", "TIER", "HEALTH", "BREAKER", "CALLS", "SUCCESS", "P95", "BUDGETS"]
+    row = next(line for line in lines if line.startswith("gpt-4.1-mini "))
+    assert row.split()[:5] == ["gpt-4.1-mini", "L2", "unhealthy", "open,", "probes"]
+    opus = next(line for line in lines if line.startswith("claude-opus-4-1 "))
+    assert "opus-daily 95% warn" in opus
+
+
+def test_status_without_a_store_is_a_clear_failure(tmp_path: Path) -> None:
+    result = status_cli("--policies", str(POLICIES), "--store", f"sqlite:///{tmp_path / 'nope.db'}")
+    assert result.returncode == 1 and "no history database at" in result.stderr
+
+
+# -- pure parts ----------------------------------------------------------------------------------
+def test_axis_bounds_are_round() -> None:
+    assert [nice_max(v, integer=True) for v in (0, 0.4, 6, 18)] == [(1, 1), (1, 1), (6, 2), (20, 5)]
+    assert [nice_max(v) for v in (1.16, 37_000)] == [(1.25, 0.25), (40_000, 10_000)]
+
+
+def test_a_gap_in_the_data_splits_a_line() -> None:
+    chart = line_chart("k", "t", "u", ["a", "b", "c", "d"], [("s", [1.0, None, 2.0, 3.0])], str)
+    assert len(chart.series[0].segments) == 2 and len(chart.series[0].dots) == 3
+    assert chart.series[0].segments[1].count(",") == 2
+
+
+def test_budget_burn_follows_each_period(history: Path) -> None:
+    with closing(connect(history, create=False)) as conn:
+        policy = load_policies(POLICIES)
+        report = build_report(read_day(conn, DAY, "Europe/Berlin", policy.budgets), policy)
+    rows = {b.budget: b for b in report.budgets}
+    assert (rows["opus-daily"].peak, rows["opus-daily"].status, rows["opus-daily"].exhausted) == (
+        "100.1%", "exhausted", "15:05")  # 91 calls at 0.66 USD against 60 USD
+    assert (rows["o3-hourly"].peak, rows["o3-hourly"].used) == ("1.6%", "24.00k tokens")  # 3 calls an hour
+    assert rows["gpt-5-daily"].status == "ok"
