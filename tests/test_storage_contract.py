@@ -5,13 +5,7 @@ asserts exact behaviour, so every backend must produce the same events,
 tickets and numbers as the in-process objects. A backend joins by appending
 one ``pytest.param(factory, id=...)``: a factory gets the pytest request (for
 fixtures such as ``tmp_path`` or a server) and returns a fresh, empty store,
-which the fixture closes after the test. SQLite, once registered in
-``engine.storage.BACKENDS``::
-
-    def sqlite_store(request):
-        return open_store(f"sqlite:///{request.getfixturevalue('tmp_path')}/history.db")
-
-    STORES.append(pytest.param(sqlite_store, id="sqlite"))
+which the fixture closes after the test.
 """
 
 from __future__ import annotations
@@ -57,7 +51,16 @@ def redis_store(request: pytest.FixtureRequest) -> Store:
     return open_store(server.uri())
 
 
-STORES: list[Any] = [pytest.param(memory_store, id="memory"), pytest.param(redis_store, id="redis")]
+def sqlite_store(request: pytest.FixtureRequest) -> Store:
+    tmp_path = request.getfixturevalue("tmp_path")
+    return open_store(f"sqlite:///{tmp_path}/history.db?flush_s=0.05")
+
+
+STORES: list[Any] = [
+    pytest.param(memory_store, id="memory"),
+    pytest.param(sqlite_store, id="sqlite"),
+    pytest.param(redis_store, id="redis"),
+]
 
 
 @pytest.fixture(params=STORES)
