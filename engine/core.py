@@ -45,6 +45,8 @@ Listener = Callable[[Event], None]
 
 #: How often a score-ranked tier re-ranks its candidates (clock seconds).
 SCORE_REFRESH_S = 1.0
+#: The retry hint of a candidate skipped only for being at max_in_flight (clock seconds).
+IN_FLIGHT_RETRY_S = 0.05
 #: A decision never recorded is forgotten (and its in-flight slot freed) after this long.
 DECISION_TTL_S = 3600.0
 _METRIC_BUCKETS = 30
@@ -369,7 +371,9 @@ class PolicyEngine:
         """
         why = self._skip(st, st.spec.name, exclude, min_context)
         if why is not None:
-            return why, 0, (), None
+            # a slot frees when a call in flight is recorded: poll again shortly
+            busy = st.in_flight >= st.limit and st.spec.name not in exclude
+            return why, 0, (), now + IN_FLIGHT_RETRY_S if busy else None
         ticket = st.breaker.try_acquire(now)
         if ticket == REFUSED:
             until = st.breaker.retry_at(now)

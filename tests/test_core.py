@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import threading
 from pathlib import Path
 
@@ -334,3 +335,23 @@ def test_a_pinned_model_keeps_its_place_in_the_chain(eng: PolicyEngine) -> None:
     assert (d.tier, d.is_fallback) == ("L3", True)
     d2 = eng.decide("L2", model="gemini-2.5-flash")
     assert (d2.tier, d2.is_fallback) == ("L2", False)
+
+
+def test_a_full_model_hints_a_short_retry(tmp_path: Path, policy_dir: Path, clock: FakeClock) -> None:
+    models = policy_dir / "models.yaml"
+    text = re.sub(r"max_in_flight: \d+(\n    breaker: reasoning)", r"max_in_flight: 1\1", models.read_text())
+    models.write_text(text)
+    routing = policy_dir / "routing.yaml"
+    routing.write_text(routing.read_text().replace("degrade_to: [L3]         # a deep", "# a deep"))
+    eng = PolicyEngine.from_path(policy_dir, clock=clock)
+    held = [eng.decide("L4") for _ in range(3)]  # each L4 model now takes one call at a time
+    with pytest.raises(NoModelAvailable) as info:
+        eng.decide("L4")
+    assert info.value.retry_at == pytest.approx(clock() + 0.05)
+
+    def free_one(seconds: float) -> None:  # while call() waits, a call in flight finishes
+        clock.advance(seconds)
+        if held:
+            eng.record(held.pop(0), OK)
+
+    assert eng.call("L4", lambda model: model, sleep=free_one) == "gpt-5"
