@@ -140,6 +140,6 @@ def test_report_1m_calls_as_a_process(benchmark: pytest.FixtureRequest, busy_day
     code = "import sys; from engine.cli_report import main_report; sys.exit(main_report(sys.argv[1:]))"
     args = [sys.executable, "-c", code, "--policies", str(POLICIES), "--store", f"sqlite:///{busy_day}",
             "--date", DAY.date().isoformat(), "--out", str(tmp_path)]
-    result = benchmark.pedantic(lambda: subprocess.run(args, capture_output=True, text=True, check=False),  # noqa: S603
+    result = benchmark.pedantic(lambda: subprocess.run(args, capture_output=True, text=True, check=False),
                                 rounds=3)
     assert result.returncode == 0, result.stderr

@@ -44,7 +44,7 @@ def test_memory_flat_after_10m_calls(benchmark: pytest.FixtureRequest) -> None:
                 except NoModelAvailable:  # budgets run dry under this much traffic: that is real too
                     refused[0] += 1
                     continue
-                eng.record(d, OUTCOMES[i % 97 == 0 and 2 or i & 1])
+                eng.record(d, OUTCOMES[(i % 97 == 0 and 2) or i & 1])
             done += STEP
             gc.collect()
             samples.append(rss_mib())

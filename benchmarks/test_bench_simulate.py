@@ -36,7 +36,7 @@ def _policies(tmp_path: Path, name: str, file: str, old: str, new: str) -> Path:
 
 
 def _simulate(cwd: Path, *args: str) -> dict[str, Any]:
-    done = subprocess.run([sys.executable, "-c", SIMULATE, "--json", "-q", *args],  # noqa: S603
+    done = subprocess.run([sys.executable, "-c", SIMULATE, "--json", "-q", *args],
                           capture_output=True, text=True, timeout=300, cwd=cwd, check=False)
     assert done.returncode == 0, done.stderr
     data: dict[str, Any] = json.loads(done.stdout)
@@ -79,7 +79,7 @@ def test_replay_azure_conv_compare(benchmark: Any, tmp_path: Path) -> None:
     small = _policies(tmp_path, "small-gpt5", "budgets.yaml", "tokens: 8000000", "tokens: 300000")
 
     def once() -> dict[str, Any]:
-        done = subprocess.run([sys.executable, "-c", REPLAY, str(AZURE_CONV), "--policies",  # noqa: S603
+        done = subprocess.run([sys.executable, "-c", REPLAY, str(AZURE_CONV), "--policies",
                                str(ROOT / "policies"), "--compare", str(small), "--json", "-q"],
                               capture_output=True, text=True, timeout=120, check=False)
         assert done.returncode == 0, done.stderr

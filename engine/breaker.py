@@ -35,8 +35,8 @@ import math
 from types import MappingProxyType
 from typing import Any, Literal
 
-from engine.locks import YieldingLock
 from engine.events import CircuitClosed, CircuitHalfOpened, CircuitOpened, Event
+from engine.locks import YieldingLock
 from engine.policy import BreakerSpec
 from engine.window import window_for
 

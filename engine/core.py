@@ -18,8 +18,8 @@ taken to return UNIX epoch seconds.
 from __future__ import annotations
 
 import itertools
-import math
 import logging
+import math
 import os
 import threading
 import time
@@ -327,7 +327,8 @@ class PolicyEngine:
             if retry_of is not None:
                 order: Sequence[tuple[str, str]] = ((retry_of.tier, retry_of.model),)
             elif model is not None:
-                order = (next((c for c in self._chains[tier] if c[1] == model), (self._models[model].spec.tier, model)),)
+                home = (self._models[model].spec.tier, model)
+                order = (next((c for c in self._chains[tier] if c[1] == model), home),)
             else:
                 order = self._order(tier, now)
             retry_at: float | None = None

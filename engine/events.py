@@ -1,8 +1,10 @@
 """Events the engine emits to its subscribers.
 
 Every event is a frozen, past-tense dataclass carrying the time it happened
-(the engine clock for breaker, fallback and anomaly events; wall-clock epoch seconds for budget events, whose periods follow the calendar), the model or tier it concerns, the rule that fired
-and a snapshot of the metrics behind it. Listeners receive them
+(the engine clock for breaker, fallback, anomaly and reload events; wall-clock
+epoch seconds for budget and storage events, whose periods follow the
+calendar), the model or tier it concerns, the rule that fired and a snapshot
+of the metrics behind it. Listeners receive them
 synchronously; a listener that raises is logged and never breaks a decision.
 """
 

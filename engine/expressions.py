@@ -134,7 +134,8 @@ class _Checker:
             return frozenset({NUM})
         if isinstance(v, str):
             if len(v) > MAX_STRING:
-                raise self.fail(node, "expr-too-large", f"expected a string of at most {MAX_STRING} characters, got {len(v)}")
+                raise self.fail(node, "expr-too-large",
+                                f"expected a string of at most {MAX_STRING} characters, got {len(v)}")
             return frozenset({STR})
         raise self.fail(node, "expr-forbidden", f"{type(v).__name__} literals are not allowed")
 
@@ -176,7 +177,7 @@ class _Checker:
 
     def _Compare(self, node: ast.Compare, depth: int) -> frozenset[str]:
         left = self.check(node.left, depth)
-        for op, comp in zip(node.ops, node.comparators):
+        for op, comp in zip(node.ops, node.comparators, strict=True):
             if type(op) in _FORBIDDEN_OPS:
                 raise self.fail(comp, "expr-forbidden", _FORBIDDEN_OPS[type(op)])
             if isinstance(op, _MEMBER):

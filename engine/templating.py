@@ -28,7 +28,8 @@ def placeholders(template: str) -> Iterator[tuple[str, str]]:
         if text in ("{{", "}}"):
             continue
         if m.group(1) is None:
-            raise TemplateError(f"unmatched {text!r} at character {m.start() + 1}; write {text * 2} for a literal brace")
+            raise TemplateError(
+                f"unmatched {text!r} at character {m.start() + 1}; write {text * 2} for a literal brace")
         name, _, spec = m.group(1).partition(":")
         if not _NAME.match(name):
             raise TemplateError(f"expected a plain name in {{...}}, got {m.group(1)!r}")

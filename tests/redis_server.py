@@ -62,7 +62,7 @@ class RedisServer:
         assert BINARY is not None
         self.directory.mkdir(parents=True, exist_ok=True)
         log = open(self.directory / f"redis-{self.port}.log", "ab")
-        self.proc = subprocess.Popen(  # noqa: S603 - a fixed binary with fixed arguments
+        self.proc = subprocess.Popen(
             [BINARY, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
              "--dir", str(self.directory), "--loglevel", "warning"],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)

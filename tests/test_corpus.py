@@ -298,7 +298,7 @@ def test_cli_matches_api(tmp_path: Path) -> None:
     assert problems
     api = [p.to_dict() for p in problems]
     for cmd in _cli_commands(bad):
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)  # noqa: S603
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
         assert done.returncode == 1, (cmd, done.stdout, done.stderr)
         out = json.loads(done.stdout)
         assert out["valid"] is False
@@ -306,7 +306,7 @@ def test_cli_matches_api(tmp_path: Path) -> None:
     good = tmp_path / "good"
     shutil.copytree(BASE, good)
     for cmd in _cli_commands(good):
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)  # noqa: S603
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
         assert done.returncode == 0, (cmd, done.stdout, done.stderr)
         out = json.loads(done.stdout)
         assert out["valid"] is True and out["problems"] == []

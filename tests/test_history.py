@@ -70,7 +70,7 @@ def test_uri_forms() -> None:
     assert parse_uri("sqlite://") == (Path(DEFAULT_PATH), {})
     assert parse_uri("sqlite:///memory/h.db") == (Path("memory/h.db"), {})
     assert parse_uri("sqlite:////tmp/x/h.db?flush_s=0.5&instance=a") == (
-        Path("/tmp/x/h.db"), {"flush_s": "0.5", "instance": "a"})  # noqa: S108
+        Path("/tmp/x/h.db"), {"flush_s": "0.5", "instance": "a"})
     with pytest.raises(StorageError, match="expected a sqlite:// URI"):
         parse_uri("redis://localhost")
 
@@ -347,7 +347,7 @@ def _flushed_at(db: Path) -> float | None:
 @pytest.mark.slow
 def test_sigkill_loses_at_most_one_flush_interval(tmp_path: Path) -> None:
     db, log = tmp_path / "h.db", tmp_path / "progress.log"
-    proc = subprocess.Popen([sys.executable, "-c", _HAMMER, str(db), str(log), str(POLICIES), str(FLUSH_S)],  # noqa: S603
+    proc = subprocess.Popen([sys.executable, "-c", _HAMMER, str(db), str(log), str(POLICIES), str(FLUSH_S)],
                             cwd=ROOT)
     try:
         seen: set[float] = set()
@@ -407,7 +407,7 @@ store.close()
 def test_two_processes_writing_one_file_do_not_corrupt_it(tmp_path: Path) -> None:
     db, go, calls = tmp_path / "h.db", tmp_path / "go", 20_000
     connect(db, create=True).close()  # create the schema once, so both writers race only on data
-    procs = [subprocess.Popen([sys.executable, "-c", _WRITER, str(db), name, str(go), str(calls)], cwd=ROOT)  # noqa: S603
+    procs = [subprocess.Popen([sys.executable, "-c", _WRITER, str(db), name, str(go), str(calls)], cwd=ROOT)
              for name in ("a", "b")]
     try:
         wait_for(lambda: all(Path(f"{db}.{n}.ready").exists() for n in ("a", "b")), timeout=60)

@@ -424,7 +424,7 @@ class Proc:
 
     def __init__(self, *args: str, cwd: Path) -> None:
         code = "import sys; from engine.reload import main_watch; sys.exit(main_watch(sys.argv[1:]))"
-        self.p = subprocess.Popen([sys.executable, "-c", code, *args], cwd=cwd,  # noqa: S603 - our own code
+        self.p = subprocess.Popen([sys.executable, "-c", code, *args], cwd=cwd,
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self.lines: queue.Queue[str | None] = queue.Queue()
         self.reader = threading.Thread(target=self._read, daemon=True)

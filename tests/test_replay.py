@@ -25,7 +25,7 @@ T0 = 1_767_258_000.0  # 2026-01-01 10:00 Europe/Berlin
 
 
 def replay(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-c", REPLAY, *args], capture_output=True, text=True, timeout=120,  # noqa: S603
+    return subprocess.run([sys.executable, "-c", REPLAY, *args], capture_output=True, text=True, timeout=120,
                           cwd=cwd, check=False)
 
 
@@ -185,7 +185,7 @@ def test_recorded_failures_steer_the_replay_and_the_compare_set_avoids_them(tmp_
 # -- round trips and converters ------------------------------------------------------------------
 def test_a_trace_recorded_by_simulate_replays_to_the_same_run(tmp_path: Path) -> None:
     trace = tmp_path / "rec.jsonl"
-    sim = subprocess.run([sys.executable, "-c", SIMULATE, "--start-hour", "10", "--hours", "0.5", "--scale", "0.1",  # noqa: S603
+    sim = subprocess.run([sys.executable, "-c", SIMULATE, "--start-hour", "10", "--hours", "0.5", "--scale", "0.1",
                           "--history", "none", "--json", "-q", "--record-trace", str(trace)],
                          capture_output=True, text=True, timeout=120, cwd=tmp_path, check=False)
     assert sim.returncode == 0, sim.stderr
@@ -198,7 +198,7 @@ def test_a_trace_recorded_by_simulate_replays_to_the_same_run(tmp_path: Path) ->
 
 def test_the_engines_history_replays(tmp_path: Path) -> None:
     pytest.importorskip("engine.history", reason="the SQLite history store is not in this build")
-    sim = subprocess.run([sys.executable, "-c", SIMULATE, "--start-hour", "10", "--hours", "0.5", "--scale", "0.1",  # noqa: S603
+    sim = subprocess.run([sys.executable, "-c", SIMULATE, "--start-hour", "10", "--hours", "0.5", "--scale", "0.1",
                           "--no-report", "--json", "-q"], capture_output=True, text=True, timeout=120, cwd=tmp_path,
                          check=False)
     assert sim.returncode == 0, sim.stderr
@@ -220,7 +220,7 @@ def test_the_azure_trace_is_read_directly_and_converts_to_the_trace_format(tmp_p
     assert {ln.tier for ln in trace.lines} == {"L2", "L3", "L4"}
     assert trace.lines[0].input_tokens == 374 and trace.lines[0].output_tokens == 44
     out = tmp_path / "conv.csv"
-    done = subprocess.run([sys.executable, "-m", "engine.sim_convert", str(AZURE_CONV), "-o", str(out)],  # noqa: S603
+    done = subprocess.run([sys.executable, "-m", "engine.sim_convert", str(AZURE_CONV), "-o", str(out)],
                           capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0, done.stderr
     back = read_trace(out)

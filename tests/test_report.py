@@ -161,13 +161,13 @@ def history(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def report_cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
     code = "import sys; from engine.cli_report import main_report; sys.exit(main_report(sys.argv[1:]))"
-    return subprocess.run([sys.executable, "-c", code, *args], cwd=cwd, capture_output=True, text=True,  # noqa: S603
+    return subprocess.run([sys.executable, "-c", code, *args], cwd=cwd, capture_output=True, text=True,
                           timeout=120, check=False)
 
 
 def status_cli(*args: str) -> subprocess.CompletedProcess[str]:
     code = "import sys; from engine.cli_report import main_status; sys.exit(main_status(sys.argv[1:]))"
-    return subprocess.run([sys.executable, "-c", code, *args], cwd=ROOT, capture_output=True, text=True,  # noqa: S603
+    return subprocess.run([sys.executable, "-c", code, *args], cwd=ROOT, capture_output=True, text=True,
                           timeout=120, check=False)
 
 

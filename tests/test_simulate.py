@@ -23,7 +23,7 @@ SHORT = ["--start-hour", "10", "--hours", "0.67", "--scale", "0.1"]
 
 
 def run(*args: str, cwd: Path | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-c", SIMULATE, *args], capture_output=True, text=True,  # noqa: S603
+    return subprocess.run([sys.executable, "-c", SIMULATE, *args], capture_output=True, text=True,
                           timeout=timeout, cwd=cwd, check=False)
 
 
@@ -212,7 +212,7 @@ def test_a_clone_without_the_shared_traces_simulates_on_the_shipped_workload(tmp
     for folder in ("engine", "policies", "schemas", "templates"):
         shutil.copytree(ROOT / folder, clone / folder, ignore=shutil.ignore_patterns("__pycache__"))
     assert not (clone.parent / "shared").exists()
-    done = subprocess.run([sys.executable, "-c", SIMULATE, *SHORT, "--history", "none", "--json", "-q"],  # noqa: S603
+    done = subprocess.run([sys.executable, "-c", SIMULATE, *SHORT, "--history", "none", "--json", "-q"],
                           capture_output=True, text=True, timeout=120, cwd=clone, check=False,
                           env={"PYTHONPATH": str(clone), "PATH": "/usr/bin:/bin"})
     assert done.returncode == 0, done.stderr
