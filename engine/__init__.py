@@ -45,12 +45,12 @@ def __getattr__(name: str) -> typing.Any:
     raise AttributeError(f"module 'engine' has no attribute {name!r}")
 
 __all__ = [
-    "CODES",
     "AnomalyDetected",
     "AnomalyResolved",
     "BudgetExhausted",
     "BudgetReset",
     "BudgetWarning",
+    "CODES",
     "CircuitClosed",
     "CircuitHalfOpened",
     "CircuitOpened",
