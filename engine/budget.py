@@ -349,16 +349,12 @@ class BudgetLedger:
         return True
 
     def _expire(self, now: float) -> None:
-        dead: list[int] = []
-        nxt = _INF
-        for rid, r in self._res.items():
-            if r[0] > now:
-                nxt = r[0]
-                break
-            dead.append(rid)
+        # a full scan (reservations are the calls in flight): after a reload shortened the
+        # TTL, carried reservations may expire later than newer ones
+        dead = [rid for rid, r in self._res.items() if r[0] <= now]
         for rid in dead:
             self._drop(rid)
-        self._next_expiry = nxt if self._res else _INF
+        self._next_expiry = min((r[0] for r in self._res.values()), default=_INF)
 
     def _roll(self, now: float) -> None:
         start, end = period_bounds(self.spec, now)

@@ -184,6 +184,8 @@ class _Call:
     def _decide(self) -> Decision | NoModelAvailable:
         try:
             if self.pin is not None:
+                if self.pin.model not in self.engine.policy.models:  # a reload removed it meanwhile
+                    return NoModelAvailable(self.tier, [(self.pin.model, "removed from the policy set")])
                 return self.engine.decide(self.tier, retry_of=self.pin, estimated_tokens=self.estimated,
                                           min_context=self.min_context)
             return self.engine.decide(self.tier, estimated_tokens=self.estimated, exclude=self.tried,

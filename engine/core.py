@@ -89,6 +89,7 @@ class PolicyEngine:
         self._listeners: list[Listener] = []
         self._ids = itertools.count(1)
         self._pending: dict[int, _Pending] = {}
+        self._gone: dict[str, _Model] = {}  # models a reload removed, for their open decisions
         # breakers and ledgers append their events here; taken under the lock, emitted after it
         self._sink: list[Event] = []
         self._paths = tuple(paths)
@@ -128,27 +129,33 @@ class PolicyEngine:
         old_ledgers: Mapping[str, BudgetLedger] = getattr(self, "_ledgers", {})
         wall = now + self._wall_offset
         ledgers: dict[str, BudgetLedger] = {}
+        moved: dict[int, BudgetLedger] = {}  # old ledger -> the ledger that carries its state
         for b in policy.budgets:
             prev = old_ledgers.get(b.name)
+            if prev is not None and prev.spec == b:
+                ledgers[b.name] = moved[id(prev)] = prev  # unchanged: the very same ledger
+                continue
             ledgers[b.name] = self.store.make_ledger(b, self._sink)
             if prev is not None:
                 try:
-                    ledgers[b.name] = self.store.make_ledger(b, self._sink, prev.to_dict())
+                    ledgers[b.name] = moved[id(prev)] = self.store.make_ledger(b, self._sink, prev.to_dict())
                 except ValueError:  # a new period kind: usage starts afresh
                     pass
         models: dict[str, _Model] = {}
         for name, spec in policy.models.items():
             own = tuple(ledgers[b.name] for b in policy.budgets_for(name))
-            st = models[name] = _Model(spec, own, self.store.make_breaker(name, spec.breaker, self._sink))
             prev_model = old_models.get(name)
-            if prev_model is not None:
-                st.breaker = prev_model.breaker
-                if prev_model.spec.breaker != spec.breaker:
-                    st.breaker.reconfigure(spec.breaker, now)
-                st.in_flight = prev_model.in_flight
-        moved = {id(led): ledgers[name] for name, led in old_ledgers.items() if name in ledgers}
+            if prev_model is None:
+                models[name] = _Model(spec, own, self.store.make_breaker(name, spec.breaker, self._sink))
+                continue
+            st = models[name] = _Model(spec, own, prev_model.breaker)  # the same breaker, reconfigured
+            if prev_model.spec.breaker != spec.breaker:
+                st.breaker.reconfigure(spec.breaker, now)
+            st.in_flight = prev_model.in_flight
+        for gone in set(old_models) - set(models):
+            self._gone[gone] = old_models[gone]
         for key, pending in list(self._pending.items()):
-            if pending.reservations:
+            if pending.reservations:  # reservations only follow ledgers whose state carried over
                 kept = tuple((moved[id(led)], rid) for led, rid in pending.reservations if id(led) in moved)
                 self._pending[key] = pending._replace(reservations=kept)
         old_metrics: Mapping[tuple[str, str], RollingMetrics] = getattr(self, "_metrics", {})
@@ -157,9 +164,7 @@ class PolicyEngine:
         monitor = Monitor(policy.monitoring, now)
         old_monitor: Monitor | None = getattr(self, "_monitor", None)
         if old_monitor is not None:
-            rules = {r.name for r in policy.monitoring.anomalies}
-            monitor.since = {k: v for k, v in old_monitor.since.items() if k[0] in rules}
-            monitor.active = {k for k in old_monitor.active if k[0] in rules}
+            self._sink.extend(monitor.carry_over(old_monitor, now, set(policy.models), set(policy.tiers)))
         self.policy = policy
         self._models = models
         self._ledgers = ledgers
@@ -372,8 +377,8 @@ class PolicyEngine:
         """
         why = self._skip(st, st.spec.name, exclude, min_context)
         if why is not None:
-            # a slot frees when a call in flight is recorded: poll again shortly
-            busy = st.in_flight >= st.limit and st.spec.name not in exclude
+            # only a full model recovers by itself: a slot frees when a call in flight is recorded
+            busy = why.startswith("at max_in_flight")
             return why, 0, (), now + IN_FLIGHT_RETRY_S if busy else None
         ticket = st.breaker.try_acquire(now)
         if ticket == REFUSED:
@@ -443,7 +448,8 @@ class PolicyEngine:
                 raise ValueError(f"decision {decision.id} ({decision.model}) was already recorded or has expired")
             now = self._clock()
             st = self._models.get(decision.model)
-            if st is None:  # the model left the policy set in a reload
+            if st is None:  # the model left the policy set in a reload: settle what still exists
+                self._settle_gone(decision, pending, outcome, now)
                 return
             st.in_flight -= 1
             error = outcome.error
@@ -470,13 +476,30 @@ class PolicyEngine:
             if self._history is not None:
                 self._history.record_call(now + self._wall_offset, tier, decision.model, latency, error,
                                           failed is True, slow, tin, tout, cost, decision.is_fallback)
-            self._take_events(events)
             if now >= self._monitor.next_at:
                 events.extend(self._tick(now))
+            self._take_events(events)  # after the tick: its reads may move breakers and budgets
         finally:
             lock.release()
         if events:
             self._emit(events)
+
+    def _settle_gone(self, decision: Decision, pending: _Pending, outcome: Outcome, now: float) -> None:
+        """Spend a removed model's recorded usage from the budgets that still exist (lock held)."""
+        gone = self._gone.get(decision.model)
+        if gone is None:
+            return
+        tokens = outcome.input_tokens + outcome.output_tokens
+        cost = outcome.input_tokens * gone.price_in + outcome.output_tokens * gone.price_out
+        wall = now + self._wall_offset
+        if pending.reservations:
+            for ledger, rid in pending.reservations:
+                ledger.settle(wall, rid, tokens, cost)
+            return
+        for ledger in self._ledgers.values():
+            spec = ledger.spec
+            if spec.scope == "global" or (spec.scope == "tier" and spec.target == decision.requested_tier):
+                ledger.settle(wall, None, tokens, cost)
 
     # -- the decide / call / record loop ----------------------------------------
     def call(self, tier: str, fn: Callable[[str], Any], *, estimated_tokens: int | None = None,
@@ -615,17 +638,21 @@ class PolicyEngine:
 
     def performance_report(self) -> dict[str, Any]:
         """Per-tier and per-model health (healthy / degraded / unhealthy) with the metrics behind it."""
+        events: list[Event] = []
         with self._lock:
             now = self._clock()
+            policy = self.policy  # one set throughout, even if a reload lands meanwhile
             models = self._all_model_names(now)
             tiers = self._all_tier_names(now)
-        spec = self.policy.monitoring.health
+            self._take_events(events)
+        self._emit(events)
+        spec = policy.monitoring.health
         grades = {m: health(spec, names) for m, names in models.items()}
         rank = {"healthy": 0, "degraded": 1, "unhealthy": 2}
-        out: dict[str, Any] = {"revision": self.policy.revision, "window_s": self.policy.monitoring.window_s,
+        out: dict[str, Any] = {"revision": policy.revision, "window_s": policy.monitoring.window_s,
                                "tiers": {}, "models": {}}
-        for t in self.policy.tier_order:
-            members = [m for m in self.policy.tiers[t].candidates if self.policy.models[m].enabled]
+        for t in policy.tier_order:
+            members = [m for m in policy.tiers[t].candidates if policy.models[m].enabled]
             # a tier is as healthy as its healthiest candidate: fallback covers the rest
             best = min((grades[m] for m in members), key=rank.__getitem__, default="unhealthy")
             out["tiers"][t] = {"health": best, "models": members, "metrics": tiers[t]}

@@ -47,6 +47,27 @@ class Monitor:
         self.since: dict[tuple[str, str], float] = {}
         self.active: set[tuple[str, str]] = set()
 
+    def carry_over(self, old: Monitor, now: float, models: set[str], tiers: set[str]) -> list[Event]:
+        """Take over ``old``'s pending and active anomalies whose rule and target still exist.
+
+        Returns an :class:`AnomalyResolved` for each active one that cannot go
+        on (its rule or its model or tier is gone).
+        """
+        rules = {r.name: r for r in self.spec.anomalies}
+        old_rules = {r.name: r for r in old.spec.anomalies}
+
+        def alive(key: tuple[str, str]) -> bool:
+            rule = rules.get(key[0])
+            return rule is not None and key[1] in (models if rule.scope == "model" else tiers)
+
+        self.since = {k: v for k, v in old.since.items() if alive(k)}
+        self.active = {k for k in old.active if alive(k)}
+        events: list[Event] = []
+        for name, target in sorted(old.active - self.active):
+            rule = old_rules[name]
+            events.append(AnomalyResolved(now, name, rule.scope, target, rule.severity, {}))
+        return events
+
     def due(self, now: float) -> bool:
         return now >= self.next_at
 

@@ -317,6 +317,17 @@ class PolicyWatcher:
                 log.exception("on_result callback %r raised", self.on_result)
 
 
+def _milliseconds(text: str) -> int:
+    """argparse type: a whole number of milliseconds >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number of milliseconds, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected milliseconds >= 0, got {value}")
+    return value
+
+
 def watch(engine: PolicyEngine, *, poll: bool | None = None, debounce_s: float = 0.1,
           **options: Any) -> PolicyWatcher:
     """Start and return a watcher that hot-reloads ``engine``; use it as a context manager."""
@@ -336,7 +347,7 @@ def watch_parser(prog: str = "policy-engine watch") -> argparse.ArgumentParser:
         "reload failed), 2 usage error")
     p.add_argument("paths", nargs="+", metavar="PATH", help="policy directory or files")
     p.add_argument("--poll", action="store_true", help="poll instead of inotify (network file systems)")
-    p.add_argument("--debounce-ms", type=int, default=100, metavar="N",
+    p.add_argument("--debounce-ms", type=_milliseconds, default=100, metavar="N",
                    help="reload once no change was seen for N ms (default 100)")
     p.add_argument("--once", action="store_true", help="exit after the first reload that changed or failed")
     return p

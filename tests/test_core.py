@@ -355,3 +355,19 @@ def test_a_full_model_hints_a_short_retry(tmp_path: Path, policy_dir: Path, cloc
             eng.record(held.pop(0), OK)
 
     assert eng.call("L4", lambda model: model, sleep=free_one) == "gpt-5"
+
+
+def test_only_a_full_model_hints_a_retry(policy_dir: Path, clock: FakeClock) -> None:
+    eng = PolicyEngine.from_path(policy_dir, clock=clock)
+    with pytest.raises(NoModelAvailable) as info:
+        eng.decide("L2", min_context=10_000_000)  # no model is that large: nothing will recover
+    assert info.value.retry_at is None
+
+
+def test_transitions_seen_by_reads_are_delivered_at_once(eng: PolicyEngine, clock: FakeClock) -> None:
+    trip(eng, clock, "gpt-4.1-mini")
+    seen: list[Event] = []
+    eng.subscribe(seen.append)
+    clock.advance(31)
+    eng.performance_report()  # reads the breaker: open -> half-open is due
+    assert [type(e) for e in seen] == [CircuitHalfOpened]

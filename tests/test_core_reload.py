@@ -170,3 +170,89 @@ def test_fewer_half_open_permits_apply_to_the_running_episode(eng: PolicyEngine,
     assert eng.state("gpt-4.1-mini")["breaker"]["state"] == "half_open"
     eng.record(probe, OK)
     assert eng.state("gpt-4.1-mini")["breaker"]["state"] == "closed"
+
+
+def test_a_fresh_ledger_after_a_period_change_keeps_other_reservations(eng: PolicyEngine, policy_dir: Path) -> None:
+    old = eng.decide("L4", estimated_tokens=5000)  # reserved in the daily ledger (ids start at 1)
+    edit(policy_dir / "budgets.yaml", "    period: daily\n    tokens: 8000000",
+         "    period: hourly\n    tokens: 8000000")
+    assert eng.reload() is True
+    new = eng.decide("L4", estimated_tokens=5000)  # reserved in the fresh hourly ledger, id 1 again
+    assert new.model == "gpt-5"
+    eng.record(old, Outcome(100.0, 3000, 0))  # settles into nothing of the new ledger's
+    budget = eng.state("gpt-5")["budgets"][0]
+    assert (budget["tokens_reserved"], budget["tokens_used"]) == (5000, 0)
+
+
+def test_usage_of_a_removed_model_still_reaches_the_budgets_that_remain(eng: PolicyEngine, policy_dir: Path) -> None:
+    held = eng.decide("L2", model="mistral-small-latest")
+    models = policy_dir / "models.yaml"
+    text = models.read_text()
+    models.write_text(text[: text.index("  mistral-small-latest:")] + text[text.index("  # --- L3"):])
+    edit(policy_dir / "routing.yaml", ", mistral-small-latest]", "]")
+    breakers = policy_dir / "breakers.yaml"
+    breakers.write_text(breakers.read_text()[: breakers.read_text().index("overrides:")])
+    assert eng.reload() is True
+    eng.record(held, Outcome(100.0, 3000, 1000))
+    monthly = next(b for b in eng.state("gpt-5")["budgets"] if b["name"] == "everything-monthly")
+    assert monthly["cost_used"] == pytest.approx((3000 * 0.10 + 1000 * 0.30) / 1e6)
+
+
+def test_active_anomalies_of_a_removed_model_resolve(eng: PolicyEngine, policy_dir: Path, clock: FakeClock) -> None:
+    events: list[Event] = []
+    eng.subscribe(events.append)
+    eng.force("mistral-small-latest", "metrics_only")
+    for _ in range(450):
+        eng.record(eng.decide("L2", model="mistral-small-latest"), Outcome(10.0, error="rate_limit"))
+        clock.advance(0.1)
+    assert [e.rule for e in events if type(e).__name__ == "AnomalyDetected"] == ["rate-limit-storm"]
+    models = policy_dir / "models.yaml"
+    text = models.read_text()
+    models.write_text(text[: text.index("  mistral-small-latest:")] + text[text.index("  # --- L3"):])
+    edit(policy_dir / "routing.yaml", ", mistral-small-latest]", "]")
+    breakers = policy_dir / "breakers.yaml"
+    breakers.write_text(breakers.read_text()[: breakers.read_text().index("overrides:")])
+    assert eng.reload() is True
+    resolved = [(e.rule, e.target) for e in events if type(e).__name__ == "AnomalyResolved"]
+    assert ("rate-limit-storm", "mistral-small-latest") in resolved
+
+
+def test_a_shorter_reservation_ttl_expires_carried_reservations(eng: PolicyEngine, policy_dir: Path,
+                                                               clock: FakeClock) -> None:
+    eng.decide("L4", estimated_tokens=800)  # never recorded
+    edit(policy_dir / "budgets.yaml", "reservation_ttl_s: 300", "reservation_ttl_s: 60")
+    assert eng.reload() is True
+    clock.advance(30)
+    eng.decide("L4", estimated_tokens=100)  # expires at +90 under the new TTL
+    clock.advance(280)  # +310: the carried one (TTL 300) is gone, the new one too
+    assert eng.state("gpt-5")["budgets"][0]["tokens_reserved"] == 0
+
+
+def test_a_retry_whose_model_a_reload_removed_falls_back(eng: PolicyEngine, policy_dir: Path,
+                                                         clock: FakeClock) -> None:
+    class TooMany(Exception):
+        status_code = 429
+
+    calls: list[str] = []
+
+    def client(model: str) -> str:
+        calls.append(model)
+        if model == "mistral-small-latest":
+            raise TooMany("slow down")
+        return model
+
+    def sleep_and_reload(seconds: float) -> None:  # the reload lands during the backoff
+        clock.advance(seconds)
+        models = policy_dir / "models.yaml"
+        text = models.read_text()
+        if "  mistral-small-latest:" in text:
+            models.write_text(text[: text.index("  mistral-small-latest:")] + text[text.index("  # --- L3"):])
+            edit(policy_dir / "routing.yaml", ", mistral-small-latest]", "]")
+            breakers = policy_dir / "breakers.yaml"
+            breakers.write_text(breakers.read_text()[: breakers.read_text().index("overrides:")])
+            assert eng.reload() is True
+
+    for m in ("gpt-4.1-mini", "gemini-2.5-flash", "claude-haiku-4-5"):
+        eng.force(m, "open")
+    assert eng.call("L2", client, sleep=sleep_and_reload) == "claude-sonnet-4-5"
+    assert calls == ["mistral-small-latest", "claude-sonnet-4-5"]

@@ -592,3 +592,17 @@ def test_redis_killed_and_restarted_mid_run(fresh_redis: RedisServer, tmp_path: 
     assert all(r["events"].get("StorageDegraded", 0) >= 1 for r in results)
     assert all(r["events"].get("StorageRecovered", 0) >= 1 for r in results)
     assert _server_tokens(fresh_redis, uri) == sum(r["tokens"] for r in results)  # all usage reconciled
+
+
+def test_after_a_reload_the_store_tracks_the_breakers_the_engine_uses(
+        redis_server: RedisServer, tmp_path: Path) -> None:  # noqa: F811
+    policies = write_policies(tmp_path / "p")
+    eng = PolicyEngine.from_path(policies, store=redis_server.uri())
+    try:
+        models = policies / "models.yaml"
+        models.write_text(models.read_text() + "\n# an edit that changes only the revision\n")
+        assert eng.reload() is True
+        for name in ("alpha", "beta"):
+            assert eng.store._breakers[name] is eng._models[name].breaker  # type: ignore[attr-defined]
+    finally:
+        eng.close()
