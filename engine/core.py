@@ -414,10 +414,7 @@ class PolicyEngine:
     def _reserve(st: _Model, wall: float, estimated: int | None,
                  out: list[tuple[BudgetLedger, int]]) -> str | None:
         for ledger in st.ledgers:
-            if not ledger.available(wall):
-                for done, rid in out:
-                    done.settle(wall, rid, 0, 0.0)
-                out.clear()
+            if not ledger.available(wall):  # checked for all before any reservation is made
                 if ledger.spent_fraction(wall) < ledger.spec.exhaust_at:
                     return f"budget {ledger.spec.name} fully reserved by calls in flight"
                 return f"budget {ledger.spec.name} exhausted"
