@@ -130,6 +130,13 @@ def _problems(doc: Document, err: ValidationError) -> Iterator[Problem]:
     elif "propertyNames" in err.schema_path:
         yield doc.problem(path + (instance,), _CODES.get(str(err.validator), "schema-violation"),
                           f"name {instance!r}: {_message(err)}", key=True)
+    elif err.validator == "uniqueItems" and isinstance(instance, list):
+        seen: list[Any] = []
+        for i, item in enumerate(instance):
+            if item in seen:
+                yield doc.problem(path + (i,), "duplicate-item", f"expected every item once, got {item!r} again")
+                break
+            seen.append(item)
     elif path == ("version",) and err.validator == "const":
         yield doc.problem(path, "unsupported-version",
                           f"expected version {err.validator_value}, got {_got(err.instance)}")
