@@ -48,7 +48,6 @@ CODES: dict[str, str] = {
     "unknown-model": "a reference to a model that is not defined",
     "unknown-tier": "a reference to a tier that is not defined",
     "unknown-profile": "a reference to a breaker profile that is not defined",
-    "unknown-error-class": "a reference to an error class that is not defined",
     "unknown-timezone": "a time zone name that the IANA database does not know",
     "missing-routing": "no routing file: no tier has candidates",
     "fallback-cycle": "tiers degrade to each other in a cycle",
