@@ -4,9 +4,12 @@ Exit codes (stable), for both:
 
 ====  ==============================================================
 0     success
-1     failure: no history at the store's path, invalid policies,
-      unreadable history, or a template error (file:line reported)
-2     usage error: unknown option, malformed date, non-sqlite store
+1     failure: no history at the store's path, a file that is not a
+      history store (or of another schema version), invalid policies,
+      unreadable history, a missing templates directory, or a template
+      error (file:line reported)
+2     usage error: unknown option, malformed or out-of-range date,
+      non-sqlite store
 ====  ==============================================================
 
 ``report`` renders ``<out>/YYMMDD-DAILY-REPORT.md`` and ``.html`` for one day
@@ -22,6 +25,7 @@ import sqlite3
 import sys
 from collections.abc import Sequence
 from datetime import date, datetime, timedelta
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from engine.errors import PolicyError, StorageError
@@ -31,11 +35,19 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 DEFAULT_STORE = "sqlite:///memory/history.db"
 
 
+#: The days a report can be asked for: history is kept in Unix time, and the report also computes the day
+#: before and after and the budget periods (months) around the day, which must stay within year 1..9999.
+MIN_DAY, MAX_DAY = date(1970, 1, 1), date(9998, 12, 31)
+
+
 def _day(text: str) -> date:
     try:
-        return date.fromisoformat(text)
+        day = date.fromisoformat(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a date as YYYY-MM-DD, got {text!r}") from None
+    if not MIN_DAY <= day <= MAX_DAY:
+        raise argparse.ArgumentTypeError(f"expected a date from {MIN_DAY} to {MAX_DAY}, got {text!r}")
+    return day
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -71,7 +83,7 @@ def status_parser(prog: str = "policy-engine status") -> argparse.ArgumentParser
 def _open(args: argparse.Namespace, parser: argparse.ArgumentParser) -> tuple[PolicySet, sqlite3.Connection]:
     """The policy set and the history; raises PolicyError or StorageError."""
     from engine.loader import load_policies
-    from engine.reporting.historydb import connect, parse_uri
+    from engine.reporting.historydb import open_readonly, parse_uri
 
     if not str(args.store).startswith("sqlite://"):
         parser.error(f"--store: expected a sqlite:// URI (the history store), got {args.store!r}")
@@ -80,7 +92,7 @@ def _open(args: argparse.Namespace, parser: argparse.ArgumentParser) -> tuple[Po
     if not path.is_file():
         raise StorageError(f"no history database at {path} (store {args.store}); run the engine with "
                            f"store={args.store!r} first")
-    return policy, connect(path, create=False)
+    return policy, open_readonly(path)  # read-only: report and status never write, migrate or convert
 
 
 def _fail(exc: Exception) -> int:
@@ -102,6 +114,11 @@ def run_report(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     try:
         policy, conn = _open(args, parser)
         spec = policy.report
+        templates = args.templates or spec.templates_dir
+        if templates and not Path(templates).is_dir():
+            conn.close()
+            source = "--templates" if args.templates else "the report policy's templates_dir"
+            raise ReportError(f"templates directory {templates} ({source}) does not exist or is not a directory")
         try:
             day = args.date
             if day is None:
@@ -111,7 +128,7 @@ def run_report(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
         finally:
             conn.close()
         paths = write(build_report(hist, policy), args.out or spec.output_dir, args.formats or spec.formats,
-                      args.templates or spec.templates_dir)
+                      templates)
     except (PolicyError, StorageError, ReportError, OSError) as exc:
         return _fail(exc)
     for path in paths:

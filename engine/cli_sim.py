@@ -58,13 +58,17 @@ def _policy_problems(prog: str, exc: PolicyError) -> int:
 
 # -- simulate --------------------------------------------------------------------------
 def _simulate_parser() -> argparse.ArgumentParser:
-    from engine.simulate import DEFAULT_DATE
+    from engine.simulate import DEFAULT_DATE, FIRST_DATE, LAST_DATE
 
     p = argparse.ArgumentParser(
         prog="policy-engine simulate",
         description="Drive the policies through a realistic simulated day (fake clock, in-memory engine, "
         "SQLite history under memory/simulate/), compare with a no-fallback and a naive-retry baseline "
-        "on the same requests, print a summary and write the daily report.",
+        "on the same requests, print a summary and write the daily report. Hours are wall-clock hours in the "
+        "report's time zone: a daylight-saving day has 23 or 25 hours of traffic, and the window ends at the "
+        "real next local midnight at the latest. Requests of workload tiers (L1-L4) that the policy set lacks "
+        "go to its nearest tier by number (a tie: the higher), or are dropped when it has no numbered tier; "
+        "the summary says which in a note.",
         epilog="exit status: 0 done, 1 run failed, 2 usage error, 130 interrupted")
     p.add_argument("--policies", type=Path, metavar="DIR", help="policy set (default: the shipped policies/)")
     p.add_argument("--scenario", default="default", metavar="NAME",
@@ -72,8 +76,10 @@ def _simulate_parser() -> argparse.ArgumentParser:
     p.add_argument("--list-scenarios", action="store_true", help="list the scenarios and exit")
     p.add_argument("--seed", type=int, default=1, help="random seed: the same seed gives the same day (default 1)")
     p.add_argument("--date", default=DEFAULT_DATE.isoformat(), metavar="YYYY-MM-DD",
-                   help=f"the simulated day, in the report's time zone (default {DEFAULT_DATE.isoformat()})")
-    p.add_argument("--start-hour", type=float, default=0.0, metavar="H", help="start of the window (default 0)")
+                   help=f"the simulated day, in the report's time zone, {FIRST_DATE} to {LAST_DATE} "
+                   f"(default {DEFAULT_DATE.isoformat()})")
+    p.add_argument("--start-hour", type=float, default=0.0, metavar="H",
+                   help="start of the window, local wall-clock hour (default 0)")
     p.add_argument("--hours", type=float, default=24.0, metavar="H", help="length of the window (default 24)")
     p.add_argument("--scale", type=float, default=1.0, metavar="F",
                    help="traffic scale: 1.0 is 432,000 calls a day (default 1.0)")
@@ -94,6 +100,7 @@ def _simulate_parser() -> argparse.ArgumentParser:
 
 def _check_simulate(p: argparse.ArgumentParser, args: argparse.Namespace) -> str | None:
     from engine.sim_scenarios import SCENARIOS
+    from engine.simulate import FIRST_DATE, LAST_DATE
 
     if args.scenario not in SCENARIOS:
         return (f"unknown scenario {args.scenario!r}{did_you_mean(args.scenario, SCENARIOS)}; "
@@ -102,10 +109,13 @@ def _check_simulate(p: argparse.ArgumentParser, args: argparse.Namespace) -> str
         args.day = date.fromisoformat(args.date)
     except ValueError:
         return f"--date: expected YYYY-MM-DD, got {args.date!r}"
+    if not FIRST_DATE <= args.day <= LAST_DATE:
+        return f"--date: expected a day from {FIRST_DATE} to {LAST_DATE}, got {args.date}"
     if not 0 <= args.start_hour < 24:
         return f"--start-hour: expected 0 <= H < 24, got {args.start_hour:g}"
     if not 0 < args.hours <= 24 - args.start_hour:
-        return f"--hours: expected 0 < H <= {24 - args.start_hour:g} (the window ends by midnight), got {args.hours:g}"
+        return (f"--hours: expected 0 < H <= {24 - args.start_hour:g} (the window ends by midnight), "
+                f"got {args.hours:g}")
     if not 0 < args.scale <= 100:
         return f"--scale: expected 0 < F <= 100, got {args.scale:g}"
     if not 0 <= args.retries <= 20:

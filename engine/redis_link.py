@@ -18,7 +18,13 @@ a :class:`StorageDegraded` event goes to every registered event list, and
 every call raises :class:`Unavailable` at once, without touching the network,
 until ``retry_ms`` has passed (doubling after each failed retry up to
 ``max_retry_ms``). So an outage costs at most one ``timeout_ms`` per retry,
-never one per decision. The first call after that reconnects, loads the
+never one per decision. A server that answers but refuses the client (wrong or
+missing password, no permission for a command the store needs, a database
+index out of range) is a misconfiguration, not an outage: :meth:`Link.open`,
+run when the store is created, raises :class:`Misconfigured` for it (the
+store turns that into a ``StorageError``); seen later (a rotated password),
+it is logged as an error and the :class:`StorageDegraded` event says
+"misconfigured", and the link stays in its fail mode, retrying as above. The first call after that reconnects, loads the
 scripts, checks the epoch, replays what the :class:`Recoverer` hands over in
 one round trip, and emits :class:`StorageRecovered`.
 
@@ -47,18 +53,42 @@ from engine.events import Event, StorageDegraded, StorageRecovered
 
 log = logging.getLogger("engine.redis")
 
-__all__ = ["ACK", "MAX_PENDING", "Cmd", "Link", "Recoverer", "StorageDegraded", "StorageRecovered", "Unavailable"]
+__all__ = ["ACK", "MAX_PENDING", "Cmd", "Link", "Misconfigured", "Recoverer", "StorageDegraded", "StorageRecovered",
+           "Unavailable", "misconfiguration"]
 
 #: Replies allowed to wait unread before a send reads them all.
 MAX_PENDING = 256
 #: Stands for this client's ack key among a script's keys (the link fills it in).
 ACK = "\x00ack"
-
-
+#: Run once when a store opens: proves the user may run SCRIPT LOAD and EVALSHA on the store's keys.
+PROBE = "return 1"
 
 
 class Unavailable(Exception):
     """The server cannot be used now: decide on local state."""
+
+
+class Misconfigured(Exception):
+    """The server answers but refuses this client (password, permissions, database index)."""
+
+
+def misconfiguration(exc: BaseException) -> str | None:
+    """What is wrong with the client's configuration if ``exc`` says so, else None (an outage)."""
+    try:
+        from redis.exceptions import AuthenticationError, AuthorizationError, NoPermissionError, RedisError
+    except ImportError:  # pragma: no cover - the store cannot exist without the client
+        return None
+    if not isinstance(exc, RedisError):
+        return None
+    code = str(getattr(exc, "status_code", "") or "").upper()
+    text = str(exc)
+    if isinstance(exc, AuthenticationError | AuthorizationError) or code in ("WRONGPASS", "NOAUTH"):
+        return "authentication failed (wrong or missing username/password)"
+    if isinstance(exc, NoPermissionError) or code == "NOPERM" or "NOPERM" in text or "NOAUTH" in text:
+        return "permission denied (the user may not run a command the store needs)"
+    if "DB index" in text or "Invalid Database" in text:
+        return "the database index was refused"
+    return None
 
 
 #: Called with the reply (a list), or with None when the reply is lost.
@@ -112,6 +142,8 @@ class Link:
         self._retry_at = 0.0
         self._data_lost = False
         self._seq = 0
+        self._misconfigured = False  # this outage has been reported as a misconfiguration
+        self._deferred: tuple[BaseException, float] | None = None  # open()'s connection failure
         self._new_identity()
 
     def _new_identity(self) -> None:
@@ -135,6 +167,32 @@ class Link:
         """A number for an operation the server must apply at most once (see LEDGER's ack)."""
         self._seq += 1
         return self._seq
+
+    def open(self) -> None:
+        """Connect now, once; raises Misconfigured if the server refuses this client.
+
+        A connection-level failure (refused, timeout, reset) is not raised: the
+        first call reports it as an outage, as if it had happened then.
+        """
+        with self.lock:
+            conn: Any = None
+            try:
+                conn = self._connect()
+                conn.connect()
+                self._data_lost = self._handshake(conn, probe=True) or self._data_lost
+            except Exception as exc:
+                if conn is not None:
+                    try:
+                        conn.disconnect()
+                    except Exception:  # noqa: S110 - the socket is dropped either way
+                        pass
+                reason = misconfiguration(exc)
+                if reason is not None:
+                    raise Misconfigured(f"redis store {self.label} is misconfigured: {reason}: "
+                                        f"{type(exc).__name__}: {exc}") from exc
+                self._deferred = (exc, time.monotonic())
+                return
+            self._conn = conn
 
     # -- calls ---------------------------------------------------------------
 
@@ -242,7 +300,14 @@ class Link:
             self._retry_at = now + wait
             if not at_once:
                 self._backoff = min(self._backoff * 2.0, self._max_retry_s)
-            if first:
+            reason = misconfiguration(exc)
+            if reason is not None and not self._misconfigured:  # reported even in an outage already going on
+                self._misconfigured = True
+                log.error("redis store %s misconfigured: %s (%s: %s); deciding on local state",
+                          self.label, reason, type(exc).__name__, exc)
+                self._emit(StorageDegraded(time.time(), self.label,
+                                           f"misconfigured: {reason}: {type(exc).__name__}: {exc}", wait))
+            elif first:
                 log.warning("redis store %s unreachable (%s: %s); deciding on local state",
                             self.label, type(exc).__name__, exc)
                 self._emit(StorageDegraded(time.time(), self.label, f"{type(exc).__name__}: {exc}", wait))
@@ -252,11 +317,17 @@ class Link:
             self._conn = None
             self._pending.clear()
             self._new_identity()
-            self._down_since, self._data_lost = None, False
+            self._down_since, self._data_lost, self._misconfigured, self._deferred = None, False, False, None
             if self.recoverer is not None:
                 self.recoverer.forked()
         if self._conn is not None:
             return self._conn
+        if self._deferred is not None:  # open() failed to connect just now: that is the outage
+            exc, at = self._deferred
+            self._deferred = None
+            if time.monotonic() - at < self._retry_s:
+                self.fail(exc)
+                raise Unavailable(str(exc)) from exc
         if self._down_since is not None and time.monotonic() < self._retry_at:
             raise Unavailable("redis store is down; retrying later")
         try:
@@ -273,6 +344,7 @@ class Link:
         if self._down_since is not None:
             down = time.monotonic() - self._down_since
             self._down_since = None
+            self._misconfigured = False
             if self.recoverer is not None:
                 self.recoverer.recovered()
             log.warning("redis store %s reachable again after %.3f s%s; %d operations replayed", self.label,
@@ -280,16 +352,20 @@ class Link:
             self._emit(StorageRecovered(time.time(), self.label, down, lost, replayed))
         return conn
 
-    def _handshake(self, conn: Any) -> bool:
-        """Load the scripts and settle the epoch; True if the server lost its data."""
+    def _handshake(self, conn: Any, probe: bool = False) -> bool:
+        """Load the scripts and settle the epoch (``probe``: and try EVALSHA); True if the server lost its data."""
         names = list(self._sources)
         fresh = secrets.token_hex(8)
+        extra: list[tuple[Any, ...]] = []
+        if probe:
+            sha = hashlib.sha1(PROBE.encode()).hexdigest()  # noqa: S324
+            extra = [("SCRIPT", "LOAD", PROBE), ("EVALSHA", sha, 1, self.epoch_key)]
+        commands = [("SCRIPT", "LOAD", self._sources[n]) for n in names] + extra
         conn.send_packed_command(conn.pack_commands(
-            [("SCRIPT", "LOAD", self._sources[n]) for n in names]
-            + [("SET", self.epoch_key, fresh, "NX"), ("GET", self.epoch_key)]), check_health=False)
-        self.commands += len(names) + 2
+            [*commands, ("SET", self.epoch_key, fresh, "NX"), ("GET", self.epoch_key)]), check_health=False)
+        self.commands += len(commands) + 2
         self.round_trips += 1
-        replies = [conn.read_response() for _ in range(len(names) + 2)]
+        replies = [conn.read_response() for _ in range(len(commands) + 2)]
         epoch = replies[-1].decode() if isinstance(replies[-1], bytes) else str(replies[-1])
         lost = self.epoch is not None and epoch != self.epoch
         self.epoch = epoch

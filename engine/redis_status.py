@@ -24,7 +24,8 @@ __all__ = ["main_status", "read_status"]
 
 def read_status(uri: str) -> dict[str, Any]:
     """The shared breakers and budgets under ``uri``'s namespace; raises StorageError."""
-    from engine.redis_store import parse_uri
+    from engine.redis_link import misconfiguration
+    from engine.redis_store import parse_uri, redact
 
     opts = parse_uri(uri)
     prefix = f"{opts['namespace']}:{opts['policy_set']}"
@@ -41,7 +42,9 @@ def read_status(uri: str) -> dict[str, Any]:
     try:
         return _read(client, prefix, opts)
     except redis.RedisError as exc:
-        raise StorageError(f"cannot read {uri!r}: {exc}") from exc
+        reason = misconfiguration(exc)
+        why = f"misconfigured: {reason}: {exc}" if reason else str(exc)
+        raise StorageError(f"cannot read {redact(uri)!r}: {why}") from exc
     finally:
         client.close()
 
@@ -117,7 +120,9 @@ def main_status(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--format", choices=("text", "json"), default="text")
     args = p.parse_args(argv)
     if not args.store.startswith("redis://"):
-        p.error(f"expected a redis:// store, got {args.store!r}")
+        from engine.redis_store import redact
+
+        p.error(f"expected a redis:// store, got {redact(args.store)!r}")
     try:
         status = read_status(args.store)
     except StorageError as exc:

@@ -49,12 +49,12 @@ from engine.events import Event
 from engine.policy import BreakerSpec, BudgetSpec
 from engine.redis_breaker import RedisBreaker
 from engine.redis_budget import RedisLedger, budget_key
-from engine.redis_link import Cmd, Link, StorageDegraded, StorageRecovered
+from engine.redis_link import Cmd, Link, Misconfigured, StorageDegraded, StorageRecovered
 from engine.redis_lua import LEDGER
 from engine.redis_lua_breaker import BREAKER
 from engine.storage import MemoryStore
 
-__all__ = ["DEFAULTS", "RedisStore", "StorageDegraded", "StorageRecovered", "parse_uri"]
+__all__ = ["DEFAULTS", "RedisStore", "StorageDegraded", "StorageRecovered", "parse_uri", "redact"]
 
 DEFAULTS: dict[str, Any] = {"namespace": "llm-policy-engine", "policy_set": "default", "timeout_ms": 100.0,
                             "cache_ms": 100.0, "retry_ms": 500.0, "max_retry_ms": 5000.0}
@@ -62,23 +62,38 @@ _NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 _INSTALL = "pip install 'llm-policy-engine[redis]'"
 
 
+def redact(uri: str) -> str:
+    """``uri`` fit for messages and logs: any ``user:password@`` becomes ``***@``.
+
+    Everything up to the last ``@`` after the scheme goes (too much rather than
+    too little when a password holds an unescaped ``/``, ``?`` or ``#``).
+    """
+    scheme, sep, rest = uri.partition("://")
+    if not sep:
+        scheme, rest = "", uri
+    if "@" not in rest:
+        return uri
+    return f"{scheme}{sep}***@{rest.rpartition('@')[2]}"
+
+
 def parse_uri(uri: str) -> dict[str, Any]:
     """Host, port, db, credentials and the options of a ``redis://`` URI; raises StorageError."""
     parts = urlsplit(uri)
     if parts.scheme != "redis":
-        raise StorageError(f"expected a redis:// URI, got {uri!r}")
+        raise StorageError(f"expected a redis:// URI, got {redact(uri)!r}")
     try:
         port = parts.port or 6379
         path = parts.path.strip("/")
         db = int(path) if path else 0
-    except ValueError as exc:
-        raise StorageError(f"expected redis://host:port/db with a numeric port and db, got {uri!r}") from exc
+    except ValueError:
+        raise StorageError(  # not chained: the parser's message may quote the URI
+            f"expected redis://host:port/db with a numeric port and db, got {redact(uri)!r}") from None
     out: dict[str, Any] = dict(DEFAULTS, host=parts.hostname or "127.0.0.1", port=port, db=db,
                                username=unquote(parts.username) if parts.username else None,
                                password=unquote(parts.password) if parts.password else None)
     for key, value in parse_qsl(parts.query, keep_blank_values=True):
         if key not in DEFAULTS:
-            raise StorageError(f"unknown option {key!r} in {uri!r}; expected one of {', '.join(DEFAULTS)}")
+            raise StorageError(f"unknown option {key!r} in {redact(uri)!r}; expected one of {', '.join(DEFAULTS)}")
         if key in ("namespace", "policy_set"):
             if not _NAME.match(value):
                 raise StorageError(f"expected {key} of letters, digits, '.', '_' or '-', got {value!r}")
@@ -100,14 +115,14 @@ class RedisStore(MemoryStore):
     keeps_history = False
 
     def __init__(self, uri: str) -> None:
-        super().__init__(uri)
+        super().__init__(redact(uri))  # ``self.uri`` may be shown: no password in it
         opts = parse_uri(uri)
         try:
             from redis.backoff import NoBackoff
             from redis.connection import Connection
             from redis.retry import Retry
         except ImportError as exc:
-            raise StorageError(f"store {uri!r} needs the redis client: {_INSTALL}") from exc
+            raise StorageError(f"store {redact(uri)!r} needs the redis client: {_INSTALL}") from exc
         self.options = opts
         self.prefix = f"{opts['namespace']}:{opts['policy_set']}"
         self.label = f"redis://{opts['host']}:{opts['port']}/{opts['db']} ({self.prefix})"
@@ -129,6 +144,10 @@ class RedisStore(MemoryStore):
         self._ledgers: dict[str, RedisLedger] = {}
         self._breakers: dict[str, RedisBreaker] = {}
         self._closed = False
+        try:
+            self.link.open()  # a refused password or database fails here; an unreachable server does not
+        except Misconfigured as exc:
+            raise StorageError(f"{exc}; check the user, password and database in the store URI") from exc
 
     # -- the Store interface -----------------------------------------------------
 

@@ -22,6 +22,9 @@ taken as evidence of each model's health over time:
    latency if it has one, else the workload's LLMPerf latency of the model
    (:mod:`engine.workload`); a failure without one, 50-150 ms.
 
+A line naming a model that none of the policy sets knows is a malformed line
+(with a "did you mean"), tier or not: skipped, or fatal with ``--strict``.
+
 Tokens: a call's prompt is its largest recorded ``input_tokens``; its output
 is the ``output_tokens`` of its successful line, else the largest recorded
 (if that is 0: the median output of the trace's successful lines of its tier).
@@ -90,6 +93,11 @@ def _check(ln: TraceLine, policies: Sequence[PolicySet], classes: set[str]) -> s
         if ln.tier is None and ln.model not in p.models:
             return (f"unknown model {ln.model!r}{did_you_mean(str(ln.model), p.models)} and no tier: "
                     "cannot tell which tier to call")
+    # with a tier, a model only needs to be known to one of the sets (--compare may drop a model);
+    # one that none knows is a typo whose recorded outcomes would otherwise never be used
+    if ln.model is not None and not any(ln.model in p.models for p in policies):
+        known = sorted(set().union(*(p.models for p in policies)))
+        return f"unknown model {ln.model!r}{did_you_mean(ln.model, known)}: its recorded outcomes would never apply"
     if ln.outcome is not None and ln.outcome not in classes:
         return (f"unknown outcome {ln.outcome!r}{did_you_mean(ln.outcome, classes)}; expected ok or one of "
                 f"{', '.join(sorted(classes))}")

@@ -44,7 +44,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
 
-from engine.sim_trace import LineProblem, TraceLine, read_trace, write_csv
+from engine.sim_trace import LineProblem, TraceLine, check_timestamp, csv_rows, read_trace, write_csv
 from engine.workload import load_workload
 
 __all__ = ["LLMPERF_MODELS", "SQLITE_MAGIC", "azure", "history", "llmperf", "main"]
@@ -72,7 +72,7 @@ HISTORY_COLUMNS = ("minute", "tier", "model", "calls", "successes", "fallbacks",
 def _azure_time(text: str) -> float:
     date_part, _, frac = text.strip().partition(".")
     dt = datetime.fromisoformat(date_part).replace(tzinfo=UTC)
-    return dt.timestamp() + (float("0." + frac) if frac else 0.0)
+    return check_timestamp(dt.timestamp() + (float("0." + frac) if frac else 0.0), text)
 
 
 def azure(stream: TextIO, *, name: str = "", seed: int = 1) -> Converted:
@@ -84,10 +84,13 @@ def azure(stream: TextIO, *, name: str = "", seed: int = 1) -> Converted:
     rng = random.Random(f"{seed}:{source}")  # noqa: S311 - a reproducible assignment, not cryptography
     reader = csv.reader(stream)
     lines, problems, n = [], [], 0
-    for row in reader:
-        if reader.line_num == 1 or not row:
+    for line_num, row in csv_rows(reader):
+        if line_num == 1 or not row:
             continue
         n += 1
+        if isinstance(row, str):
+            problems.append(LineProblem(line_num, row))
+            continue
         tier = rng.choices(tiers, weights)[0]
         try:
             if len(row) != 3:
@@ -111,8 +114,11 @@ def llmperf(stream: TextIO, *, name: str = "", seed: int = 1) -> Converted:
     """Rows of ``llmperf_requests.csv``, one call each, on the model of their run."""
     reader = csv.DictReader(stream)
     rows, problems, n = [], [], 0
-    for row in reader:
+    for line_num, row in csv_rows(reader):
         n += 1
+        if isinstance(row, str):
+            problems.append(LineProblem(line_num, row))
+            continue
         try:
             model = LLMPERF_MODELS[row["run"]]
             rows.append((row["run"], int(row["seq"]), reader.line_num, model, _llmperf_outcome(row["error_code"]),

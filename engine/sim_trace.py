@@ -37,11 +37,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-__all__ = ["FIELDS", "FORMATS", "LineProblem", "Trace", "TraceError", "TraceLine", "detect_format", "parse_lines",
-           "read_trace", "write_csv"]
+__all__ = ["FIELDS", "FORMATS", "MAX_TIMESTAMP", "LineProblem", "Trace", "TraceError", "TraceLine", "check_timestamp",
+           "csv_rows", "detect_format", "parse_lines", "read_trace", "write_csv"]
 
 FIELDS = ("timestamp", "request_id", "tier", "model", "input_tokens", "output_tokens", "outcome", "latency_ms")
 FORMATS = ("auto", "trace-csv", "trace-jsonl", "azure", "llmperf", "history")
+#: Timestamps are bounded to the years 1970-9999 (what dates and reports can show).
+MAX_TIMESTAMP = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC).timestamp()
+#: An epoch value above this (year 5138) is far more likely milliseconds than seconds.
+MILLISECONDS_HINT = 1e11
 AZURE_HEADER = ("TIMESTAMP", "ContextTokens", "GeneratedTokens")
 LLMPERF_HEADER = ("error_code", "error_msg")
 
@@ -99,9 +103,19 @@ def _timestamp(value: Any) -> float:
                 raise ValueError(f"timestamp: expected ISO 8601 or epoch seconds, got {text!r}") from None
             if dt.tzinfo is None:
                 dt = dt.replace(tzinfo=UTC)
-            t = dt.timestamp()
-    if not math.isfinite(t) or t < 0:
-        raise ValueError(f"timestamp: expected a time after 1970, got {value!r}")
+            try:
+                t = dt.timestamp()
+            except (OverflowError, ValueError):
+                t = -1.0
+    return check_timestamp(t, value)
+
+
+def check_timestamp(t: float, value: Any) -> float:
+    """``t`` if it lies in the years 1970-9999, else a ValueError (with a hint for epoch milliseconds)."""
+    if not math.isfinite(t) or not 0 <= t <= MAX_TIMESTAMP:
+        ms = math.isfinite(t) and MILLISECONDS_HINT < t <= MAX_TIMESTAMP * 1000
+        hint = "; it looks like milliseconds: divide by 1000" if ms else ""
+        raise ValueError(f"timestamp: expected a time in the years 1970-9999, got {value!r}{hint}")
     return t
 
 
@@ -149,11 +163,27 @@ def _record(line: int, rec: dict[str, Any]) -> TraceLine:
                      _count(rec, "output_tokens"), outcome, lat, None if rid in (None, "") else str(rid))
 
 
+def csv_rows(reader: Any) -> Iterator[tuple[int, Any]]:
+    """The rows of a ``csv.reader``/``DictReader`` with their line numbers; a row the CSV module
+    refuses (a field over its 128 KiB limit, a NUL byte, ...) comes as its problem's text instead."""
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:  # a DictReader's own line_num is only set on success
+            yield getattr(reader, "reader", reader).line_num, f"malformed CSV: {exc}"
+            continue
+        yield reader.line_num, row
+
+
 def _csv_records(text: Iterable[str]) -> Iterator[tuple[int, dict[str, Any] | str]]:
     reader = csv.reader(text)
     header: list[str] | None = None
-    for row in reader:
-        line = reader.line_num
+    for line, row in csv_rows(reader):
+        if isinstance(row, str):
+            yield line, row
+            continue
         if not row or all(not c.strip() for c in row):
             continue
         if header is None:
@@ -197,7 +227,10 @@ def detect_format(path: Path, first_line: str) -> str:
     head = first_line.lstrip("\ufeff").strip()
     if head.startswith("{") or path.suffix.lower() in (".jsonl", ".ndjson"):
         return "trace-jsonl"
-    cells = tuple(c.strip() for c in next(csv.reader([head]), []))
+    try:
+        cells = tuple(c.strip() for c in next(csv.reader([head]), []))
+    except csv.Error:  # e.g. a field over the CSV module's limit: read as our CSV, reported line by line
+        cells = ()
     if cells[:3] == AZURE_HEADER:
         return "azure"
     if cells[:2] == LLMPERF_HEADER:

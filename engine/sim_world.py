@@ -20,13 +20,14 @@ and the partial output of a truncated answer.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from datetime import tzinfo
 from types import SimpleNamespace
 from typing import Any
 
 from engine.budget import period_bounds
 from engine.policy import PolicySet
 from engine.sim_scenarios import ResolvedFault
-from engine.workload import Request, Workload, interpolate
+from engine.workload import Request, Workload, interpolate, local_epoch
 
 __all__ = ["GOLDEN", "KINDS", "ProviderError", "TruncatedResponse", "World", "exception_for"]
 
@@ -79,22 +80,23 @@ class _Fault:
 
 class World:
     def __init__(self, workload: Workload, policy: PolicySet, faults: Sequence[ResolvedFault],
-                 day_start: float) -> None:
+                 day_start: float, tz: tzinfo | None = None) -> None:
+        """``tz``: the zone whose wall-clock hours the faults' hours are (None: 24 h days from ``day_start``)."""
         self._latency: dict[str, tuple[Sequence[float], Sequence[float]]] = {}
         for name, spec in policy.models.items():
             run = workload.run_for(name, spec.tier)
             self._latency[name] = (run.ttft_s, run.decode_s_per_token)
         self._faults: dict[str, list[_Fault]] = {}
         for f in faults:
-            shared = self._make(workload, f, day_start)  # a storm's sequence is the provider's, shared
+            shared = self._make(workload, f, day_start, tz)  # a storm's sequence is the provider's, shared
             for model in f.models:
                 self._faults.setdefault(model, []).append(shared if f.kind != "quota"
-                                                          else self._make(workload, f, day_start))
+                                                          else self._make(workload, f, day_start, tz))
         self.quota_refusals = 0
 
     @staticmethod
-    def _make(workload: Workload, f: ResolvedFault, day_start: float) -> _Fault:
-        fault = _Fault(f.kind, day_start + f.start_h * 3600.0, day_start + f.end_h * 3600.0)
+    def _make(workload: Workload, f: ResolvedFault, day_start: float, tz: tzinfo | None) -> _Fault:
+        fault = _Fault(f.kind, local_epoch(day_start, f.start_h, tz), local_epoch(day_start, f.end_h, tz))
         if f.kind in ("storm", "truncating"):
             shape = workload.failure_shapes[f.shape or ""]
             fault.pattern, fault.fractions = shape.pattern, shape.truncated_output_fraction or (0.3,)

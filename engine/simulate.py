@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -39,11 +40,14 @@ from engine.sim_scenarios import SCENARIOS, ResolvedFault, Scenario, describe_lo
 from engine.sim_tally import Tally, prices
 from engine.sim_world import World, exception_for
 from engine.testing import FakeClock
-from engine.workload import Request, Workload, arrivals, load_workload
+from engine.workload import Request, Workload, arrivals, load_workload, local_epoch
 
-__all__ = ["DEFAULT_DATE", "REPORT_WRITERS", "SimOptions", "SimResult", "simulate"]
+__all__ = ["DEFAULT_DATE", "FIRST_DATE", "LAST_DATE", "REPORT_WRITERS", "SimOptions", "SimResult", "map_tiers",
+           "simulate"]
 
 DEFAULT_DATE = date(2026, 1, 1)
+#: The days ``--date`` accepts: the local day (in any time zone) lies within the years 1970-9999.
+FIRST_DATE, LAST_DATE = date(1970, 1, 2), date(9999, 12, 30)
 HISTORY_DIR = Path("memory") / "simulate"
 #: Where the daily report writer is looked up, in order: (module, function).
 REPORT_WRITERS = (("engine.reporting.render", "write_daily_report"),
@@ -200,21 +204,24 @@ def simulate(options: SimOptions, phase: Phase | None = None) -> SimResult:
     policy = load_policies([policy_dir])
     workload = load_workload(options.workload)
     tzname = policy.report.timezone
-    day_start = datetime(options.day.year, options.day.month, options.day.day, tzinfo=ZoneInfo(tzname)).timestamp()
+    tz = ZoneInfo(tzname)
+    day_start = datetime(options.day.year, options.day.month, options.day.day, tzinfo=tz).timestamp()
     faults, notes = resolve(scenario, policy)
     loads = [ld for ld in scenario.loads if ld.tier in policy.tiers]
     requests = arrivals(workload, seed=options.seed, day_start=day_start, start_h=options.start_h,
-                        hours=options.hours, scale=options.scale, loads=loads)
+                        hours=options.hours, scale=options.scale, loads=loads, tz=tz)
+    requests = map_tiers(requests, policy, notes)
     timings = {"arrivals_s": time.perf_counter() - started}
     price = prices(policy)
     tallies = {name: Tally(name, label, price) for name, label in (
         ("engine", "engine"), ("no_fallback", "no-fallback"), ("naive", f"naive retry x{options.retries}"))}
-    world = World(workload, policy, faults, day_start)
+    world = World(workload, policy, faults, day_start, tz)
     progress = phase("engine", len(requests), tzname) if phase else None
-    history_name, history_path = _engine_run(options, policy_dir, day_start, world, requests, tallies["engine"],
+    start = local_epoch(day_start, options.start_h, tz)
+    history_name, history_path = _engine_run(options, policy_dir, start, world, requests, tallies["engine"],
                                              notes, progress, timings)
     t = time.perf_counter()
-    worlds = (World(workload, policy, faults, day_start), World(workload, policy, faults, day_start))
+    worlds = (World(workload, policy, faults, day_start, tz), World(workload, policy, faults, day_start, tz))
     run_baselines(policy, requests, worlds, (tallies["no_fallback"], tallies["naive"]), retries=options.retries,
                   seed=options.seed, progress=phase("baselines", len(requests), tzname) if phase else None)
     timings["baselines_s"] = time.perf_counter() - t
@@ -234,32 +241,80 @@ def simulate(options: SimOptions, phase: Phase | None = None) -> SimResult:
     return result
 
 
-def _engine_run(options: SimOptions, policy_dir: Path, day_start: float, world: World, requests: list[Request],
+def _engine_run(options: SimOptions, policy_dir: Path, start: float, world: World, requests: list[Request],
                 tally: Tally, notes: list[str], progress: Callable[[float, int], None] | None,
                 timings: dict[str, float]) -> tuple[str, Path | None]:
-    """Run the requests through the engine on its history store; the history's name and file."""
-    store, history_name, history_path = _history(options, notes)
-    clock = FakeClock(day_start + options.start_h * 3600.0)
-    engine, stored = _engine(policy_dir, clock, store, notes)
-    if not stored:
-        history_name, history_path = "in memory (the history store failed: see note)", None
+    """Run the requests through the engine on its history store; the history's name and file.
+
+    The trace file (``--record-trace``) is opened first: if it cannot be, nothing has been created
+    or deleted yet (no store, no engine, the previous history untouched)."""
     attempts: Any = world
     trace_file = None
     if options.record_trace is not None:
         classes = {k: _class_of(k) for k in ("http_503", "http_429", "quota", "truncated")}
         trace_file = options.record_trace.open("w", encoding="utf-8")
         attempts = _Recorder(world, trace_file, classes)
-    t = time.perf_counter()
+    store: Any = None
+    engine: PolicyEngine | None = None
     try:
+        store, history_name, history_path = _history(options, notes)
+        clock = FakeClock(start)
+        engine, stored = _engine(policy_dir, clock, store, notes)
+        store = None  # the engine owns it now (or _engine closed it)
+        if not stored:
+            history_name, history_path = "in memory (the history store failed: see note)", None
+        t = time.perf_counter()
         run_engine(engine, clock, attempts, requests, tally, seed=options.seed, make_exc=exception_for,
                    progress=progress)
     finally:
-        engine.close()  # flushes the history
+        if engine is not None:
+            engine.close()  # flushes the history
+        elif store is not None and callable(getattr(store, "close", None)):
+            store.close()  # the engine was never built on it
         if trace_file is not None:
             trace_file.close()
     tally.quota_refusals = world.quota_refusals
     timings["engine_s"] = time.perf_counter() - t
     return history_name, history_path
+
+
+def map_tiers(requests: list[Request], policy: PolicySet, notes: list[str]) -> list[Request]:
+    """Requests of tiers the policy set lacks go to its nearest tier by number (``L3`` to ``L2`` when
+    there are ``L1`` and ``L2``; a tie to the higher tier); with no numbered tier to match, they are
+    dropped. Either way with one note line; the requests are numbered afresh."""
+    missing: dict[str, int] = {}
+    for r in requests:
+        if r.tier not in policy.tiers:
+            missing[r.tier] = missing.get(r.tier, 0) + 1
+    if not missing:
+        return requests
+    numbered = {t: int(m.group(1)) for t in policy.tiers if (m := re.search(r"(\d+)$", t))}
+    target: dict[str, str | None] = {}
+    for tier in missing:
+        m = re.search(r"(\d+)$", tier)
+        if m is None or not numbered:
+            target[tier] = None
+            continue
+        n = int(m.group(1))
+        target[tier] = min(numbered, key=lambda t: (abs(numbered[t] - n), -numbered[t]))
+    moved = [f"{t} -> {target[t]} ({missing[t]:,})" for t in sorted(missing) if target[t] is not None]
+    dropped = [f"{t} ({missing[t]:,})" for t in sorted(missing) if target[t] is None]
+    if moved:
+        notes.append("tiers: requests of workload tiers the policy set lacks go to its nearest tier: "
+                     + ", ".join(moved))
+    if dropped:
+        notes.append(f"tiers: requests of workload tiers the policy set lacks, with no numbered tier to match, "
+                     f"dropped: {', '.join(dropped)}")
+    kept: list[Request] = []
+    for r in requests:
+        if r.tier in target:
+            to = target[r.tier]
+            if to is None:
+                continue
+            r.tier = to
+        r.index = len(kept)
+        kept.append(r)
+    return kept
 
 
 def _incidents(faults: list[ResolvedFault], scenario: Scenario, options: SimOptions) -> list[str]:

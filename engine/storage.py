@@ -122,7 +122,8 @@ def open_store(uri: str) -> Store:
     scheme = uri.split("://", 1)[0] if "://" in uri else ""
     target = BACKENDS.get(scheme)
     if target is None:
-        raise StorageError(f"unsupported store {uri!r}; expected one of "
+        shown = scheme + "://…" if scheme else repr(uri.split("@")[-1])  # never echo credentials
+        raise StorageError(f"unsupported store {shown}; expected one of "
                            f"{', '.join(s + '://' for s in sorted(BACKENDS))}")
     module, _, name = target.partition(":")
     cls = getattr(importlib.import_module(module), name)

@@ -31,11 +31,12 @@ import math
 import random
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime, timedelta, tzinfo
 from pathlib import Path
 from typing import Any
 
 __all__ = ["DEFAULT_WORKLOAD", "Load", "Request", "Workload", "WorkloadError", "arrivals", "interpolate",
-           "load_workload"]
+           "load_workload", "local_epoch"]
 
 DEFAULT_WORKLOAD = Path(__file__).resolve().parent / "data" / "workload.json"
 FORMAT = "llm-policy-engine workload"
@@ -235,24 +236,60 @@ def _parse(path: str, data: Any) -> Workload:
 
 
 # -- the day's requests ------------------------------------------------------------------
+def local_epoch(day_start: float, hour: float, tz: tzinfo | None = None) -> float:
+    """Epoch seconds of local wall-clock ``hour`` (0-24) of the day starting at ``day_start``.
+
+    With ``tz`` the hour is read on the wall clock of that zone, so on a
+    daylight-saving day 03:00 is not 3 h after midnight and hour 24 is the
+    real next local midnight (an hour the clocks skip maps past the gap).
+    Without, every day is 24 h long (``day_start + hour * 3600``).
+    """
+    if tz is None:
+        return day_start + hour * 3600.0
+    midnight = datetime.fromtimestamp(day_start, tz).replace(hour=0, minute=0, second=0, microsecond=0, tzinfo=None)
+    return (midnight + timedelta(hours=hour)).replace(tzinfo=tz).timestamp()
+
+
+def _local_minutes(day_start: float, tz: tzinfo | None) -> list[int]:
+    """The local wall-clock minute of the day (0-1439) of each real minute from local midnight to the next."""
+    if tz is None:
+        return list(range(MINUTES_PER_DAY))
+    n = round((local_epoch(day_start, 24.0, tz) - day_start) / 60)
+    out = []
+    for m in range(n):
+        wall = datetime.fromtimestamp(day_start + m * 60.0, tz)
+        out.append(min(MINUTES_PER_DAY - 1, wall.hour * 60 + wall.minute))
+    return out
+
+
 def arrivals(workload: Workload, *, seed: int, day_start: float, start_h: float = 0.0, hours: float = 24.0,
-             scale: float = 1.0, loads: Sequence[Load] = ()) -> list[Request]:
+             scale: float = 1.0, loads: Sequence[Load] = (), tz: tzinfo | None = None) -> list[Request]:
     """The requests arriving between local hours ``start_h`` and ``start_h + hours`` of the day
     that starts at ``day_start`` (epoch seconds of local midnight), sorted by arrival.
+
+    With ``tz`` (the report's time zone) the hours are wall-clock hours of
+    that zone and a daylight-saving day has 23 or 25 hours of traffic: each
+    real minute takes the rate of its local minute (a repeated hour has the
+    traffic of that hour twice) and the window ends at the real next local
+    midnight at the latest. Without, every day has 24 hours.
 
     Each minute of each trace draws from its own ``random.Random`` seeded
     with ``seed``, the trace and the minute, so a window holds exactly the
     requests the whole day has in it. ``loads`` add scripted extra arrivals.
     """
-    rates = workload.minute_rates(scale)
-    first, last = start_h * 3600.0, (start_h + hours) * 3600.0
-    first_minute, last_minute = int(first // 60), min(MINUTES_PER_DAY, math.ceil(last / 60))
+    day_rates = workload.minute_rates(scale)
+    local = _local_minutes(day_start, tz)
+    day_end = local_epoch(day_start, 24.0, tz) - day_start
+    rates = {name: [v[m] for m in local] for name, v in day_rates.items()}
+    first = local_epoch(day_start, start_h, tz) - day_start
+    last = min(day_end, local_epoch(day_start, start_h + hours, tz) - day_start)
+    first_minute, last_minute = int(first // 60), min(len(local), math.ceil(last / 60))
     out: list[Request] = []
     for name in sorted(rates):
         out.extend(_minutes(f"{seed}:{name}", workload, name, rates[name], first_minute, last_minute))
     for i, load in enumerate(loads):
-        per_minute = [load.rate_per_min * scale if load.start_h * 60 <= m < load.end_h * 60 else 0.0
-                      for m in range(MINUTES_PER_DAY)]
+        per_minute = [load.rate_per_min * scale if load.start_h * 60 <= local[m] < load.end_h * 60 else 0.0
+                      for m in range(len(local))]
         out.extend(_minutes(f"{seed}:load{i}:{load.source}", workload, load.source, per_minute, first_minute,
                             last_minute, tier=load.tier))
     kept = [r for r in out if first <= r.arrival < last]
@@ -265,7 +302,7 @@ def arrivals(workload: Workload, *, seed: int, day_start: float, start_h: float 
 
 def _minutes(stream: str, workload: Workload, name: str, rates: Sequence[float], first: int, last: int,
              tier: str | None = None) -> list[Request]:
-    """Poisson arrivals of trace ``name`` in minutes [first, last) (seconds since midnight)."""
+    """Poisson arrivals of trace ``name`` in real minutes [first, last) (seconds since local midnight)."""
     trace = workload.traces[name]
     ctx, gen = trace.context_tokens, trace.generated_tokens
     tiers = [t for t, _ in workload.tier_mix[name]]

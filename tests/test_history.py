@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -19,7 +20,15 @@ import engine.storage
 from engine import CircuitOpened, Outcome, PolicyEngine, StorageError
 from engine.histogram import LatencyHistogram
 from engine.history import SQLiteStore
-from engine.reporting.historydb import DEFAULT_PATH, connect, decode_latency, migrate, parse_uri
+from engine.reporting.historydb import (
+    DEFAULT_PATH,
+    MIGRATIONS,
+    connect,
+    decode_latency,
+    migrate,
+    open_readonly,
+    parse_uri,
+)
 from engine.testing import FakeClock
 from tests.conftest import POLICIES, ROOT
 
@@ -311,6 +320,77 @@ def test_a_file_that_is_not_a_database_is_refused(db: Path) -> None:
 def test_readers_do_not_create_missing_files(db: Path) -> None:
     with pytest.raises(StorageError, match="no history database"):
         connect(db, create=False)
+    assert not db.exists()
+
+
+# -- read-only opening (report, status) ----------------------------------------------------------------
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_a_read_only_open_reads_a_store_and_cannot_write(db: Path) -> None:
+    store = SQLiteStore(uri(db))
+    store.record_call(T0, "L1", "m", 100.0, None, False, False, 1, 1, 0.0, False)
+    store.close()
+    before = digest(db)
+    conn = open_readonly(db)
+    try:
+        assert conn.execute("SELECT calls FROM minutes").fetchall() == [(1,)]
+        with pytest.raises(sqlite3.OperationalError, match="readonly"):
+            conn.execute("DELETE FROM minutes")
+    finally:
+        conn.close()
+    assert digest(db) == before
+
+
+@pytest.mark.parametrize("setup", [
+    "CREATE TABLE customers (id INTEGER PRIMARY KEY, name TEXT); INSERT INTO customers VALUES (1, 'alice')",
+    "CREATE TABLE minutes (x); PRAGMA user_version = 0",  # a `minutes` table, but no history schema
+    "CREATE TABLE customers (id); PRAGMA user_version = 1",  # a version, but no `minutes` table
+])
+def test_a_read_only_open_refuses_a_file_that_is_not_a_history_store(db: Path, setup: str) -> None:
+    db.parent.mkdir(parents=True)
+    conn = sqlite3.connect(db)
+    conn.executescript(setup)
+    conn.close()
+    before = digest(db)
+    with pytest.raises(StorageError, match="is not a history database"):
+        open_readonly(db)
+    assert digest(db) == before
+    assert rows(db, "PRAGMA journal_mode") == [("delete",)]  # not switched to WAL
+    assert sorted(p.name for p in db.parent.iterdir()) == ["history.db"]
+
+
+def test_a_read_only_open_refuses_a_file_that_is_not_sqlite(db: Path) -> None:
+    db.parent.mkdir(parents=True)
+    db.write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(StorageError, match="is not a history database"):
+        open_readonly(db)
+    assert db.read_bytes() == b"this is not sqlite" * 100
+
+
+def test_a_read_only_open_does_not_migrate_an_older_schema(db: Path) -> None:
+    SQLiteStore(uri(db)).close()
+    before = digest(db)
+    newer = (*MIGRATIONS, ("CREATE TABLE notes (text TEXT)",))
+    with pytest.raises(StorageError, match=r"version 1 .* is older than this engine's \(2\); open it with the "
+                                           r"engine once"):
+        open_readonly(db, migrations=newer)
+    assert digest(db) == before
+    assert rows(db, "PRAGMA user_version") == [(1,)]
+
+
+def test_a_read_only_open_refuses_a_newer_schema_unchanged(db: Path) -> None:
+    connect(db, create=True).execute("PRAGMA user_version = 99").connection.close()
+    before = digest(db)
+    with pytest.raises(StorageError, match=r"schema version 99 .* is newer"):
+        open_readonly(db)
+    assert digest(db) == before
+
+
+def test_a_read_only_open_does_not_create_a_missing_file(db: Path) -> None:
+    with pytest.raises(StorageError, match="no history database"):
+        open_readonly(db)
     assert not db.exists()
 
 

@@ -10,6 +10,7 @@ real processes (spawned) sharing budgets and breakers.
 from __future__ import annotations
 
 import json
+import logging
 import multiprocessing
 import sys
 import time
@@ -186,7 +187,7 @@ def test_failures_from_every_process_count_in_one_window(stores: Callable[..., A
 
 
 def test_half_open_permits_are_global(stores: Callable[..., Any]) -> None:
-    breakers = [s.make_breaker("m", BREAKER, ev) for s, ev in ((stores(), []), (stores(), []), (stores(), []))]
+    breakers = [stores().make_breaker("m", BREAKER, []) for _ in range(3)]
     events: list[list[Event]] = [b._events for b in breakers]
     breakers[0].force("open", T0)
     breakers[0].restore({"state": "open", "open_until": T0 + 10, "open_for": 10.0, "consecutive_opens": 1}, T0)
@@ -228,10 +229,12 @@ def test_a_reservation_admitted_by_the_client_is_booked_even_if_the_budget_fille
 # -- round trips -------------------------------------------------------------------------
 
 
-def _pairs(eng: PolicyEngine, n: int, model: str | None = None) -> None:
+def _pairs(eng: PolicyEngine, n: int, model: str | None = None) -> bool:
+    """``n`` decide/record pairs; False (so ``_pairs(...) or condition`` runs them, then checks)."""
     for _ in range(n):
         d = eng.decide("L1", model=model, estimated_tokens=10)
         eng.record(d, Outcome(latency_ms=5.0, input_tokens=4, output_tokens=6))
+    return False
 
 
 def test_a_decision_with_one_budget_costs_one_round_trip(redis_server: RedisServer, tmp_path: Path) -> None:  # noqa: F811
@@ -257,7 +260,7 @@ def test_a_model_without_budgets_decides_from_the_cache(redis_server: RedisServe
         _pairs(eng, 5, "beta")
         before = eng.store.stats()["round_trips"]  # type: ignore[attr-defined]
         _pairs(eng, 200, "beta")
-        assert eng.store.stats()["round_trips"] - before <= 1  # replies read once MAX_PENDING wait
+        assert eng.store.stats()["round_trips"] - before <= 1  # type: ignore[attr-defined]  # replies read once MAX_PENDING wait
         d = eng.decide("L1", model="beta")
         eng.record(d, Outcome(latency_ms=5.0, error="timeout"))  # a failure is sent and waited for
         assert eng.state("beta")["breaker"]["failures"] == 1
@@ -317,10 +320,11 @@ def test_a_restarted_server_gets_all_usage_back(fresh_redis: RedisServer, tmp_pa
     eng.subscribe(seen.append)
     calls = 0
 
-    def pairs(n: int) -> None:
+    def pairs(n: int) -> bool:
         nonlocal calls
         _pairs(eng, n, "alpha")
         calls += n
+        return False
     try:
         pairs(50)
         eng.force("beta", "open")
@@ -329,7 +333,7 @@ def test_a_restarted_server_gets_all_usage_back(fresh_redis: RedisServer, tmp_pa
         assert kinds(seen).count("StorageDegraded") == 1
         eng.force("beta", "disabled")  # a manual change while down is replayed
         fresh_redis.start()
-        assert _until(lambda: (pairs(1), "StorageRecovered" in kinds(seen))[1])
+        assert _until(lambda: pairs(1) or "StorageRecovered" in kinds(seen))
         recovered = next(e for e in seen if type(e).__name__ == "StorageRecovered")
         assert recovered.data_lost is True  # type: ignore[attr-defined]
         eng.store.link.flush()  # type: ignore[attr-defined]
@@ -385,7 +389,7 @@ def test_no_exception_escapes_while_the_server_flaps(fresh_redis: RedisServer, t
             eng.record(d, Outcome(latency_ms=5.0, input_tokens=4, output_tokens=6))
             tokens += 10 if d.model == "alpha" else 0
         time.sleep(0.02)
-    assert _until(lambda: (_pairs(eng, 1, "beta"), not eng.store.link.degraded)[1])  # type: ignore[attr-defined]
+    assert _until(lambda: _pairs(eng, 1, "beta") or not eng.store.link.degraded)  # type: ignore[attr-defined]
     eng.close()
     assert _server_tokens(fresh_redis, uri) == tokens
 
@@ -417,6 +421,171 @@ def test_status_shows_the_shared_state(redis_server: RedisServer, tmp_path: Path
     with pytest.raises(SystemExit) as exc:
         main_status(["--store", "memory://"])
     assert exc.value.code == 2
+
+
+# -- credentials and misconfiguration ----------------------------------------------------------
+
+SECRET = "TopSecret"  # noqa: S105 - a test password, to look for in messages
+
+
+def _chain(exc: BaseException | None) -> str:
+    """The text of ``exc`` and of every exception behind it."""
+    parts = []
+    while exc is not None:
+        parts.append(f"{exc!r} {exc}")
+        exc = exc.__cause__ or exc.__context__
+    return " | ".join(parts)
+
+
+@pytest.mark.parametrize("uri", [
+    f"redis://admin:{SECRET}@127.0.0.1:6379/0?timeout=5",  # unknown option
+    f"redis://admin:{SECRET}@127.0.0.1:port/0",  # bad port
+    f"redis://admin:{SECRET}@127.0.0.1:6379/x",  # bad db
+    f"redis://admin:Top/{SECRET}@127.0.0.1:6379/0",  # an unescaped '/' in the password
+])
+def test_a_password_never_appears_in_uri_errors(uri: str) -> None:
+    with pytest.raises(StorageError) as exc:
+        open_store(uri)
+    assert SECRET not in _chain(exc.value) and "Top/" not in _chain(exc.value)
+    assert "***@" in str(exc.value)
+
+
+def test_a_password_never_appears_when_the_client_is_missing(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "redis", None)
+    monkeypatch.setitem(sys.modules, "redis.connection", None)
+    with pytest.raises(StorageError) as exc:
+        open_store(f"redis://admin:{SECRET}@127.0.0.1:6379/0")
+    assert SECRET not in _chain(exc.value) and "***@127.0.0.1:6379/0" in str(exc.value)
+
+
+def test_redact_drops_the_userinfo() -> None:
+    from engine.redis_store import redact
+
+    assert redact(f"redis://admin:{SECRET}@h:1/0?namespace=a") == "redis://***@h:1/0?namespace=a"
+    assert redact(f"redis://:{SECRET}@h") == "redis://***@h"
+    assert redact("redis://h:1/0") == "redis://h:1/0"
+
+
+def _protect(server: RedisServer, password: str = SECRET) -> Any:
+    """Require ``password`` on ``server``; returns an admin client that has it."""
+    import redis
+
+    server.client().config_set("requirepass", password)
+    return redis.Redis(host="127.0.0.1", port=server.port, password=password, socket_timeout=1.0)
+
+
+def _with_auth(uri: str, userinfo: str) -> str:
+    return uri.replace("redis://", f"redis://{userinfo}@", 1)
+
+
+def test_the_status_command_never_shows_the_password(fresh_redis: RedisServer,  # noqa: F811
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    from engine.redis_status import main_status
+
+    _protect(fresh_redis)
+    wrong = _with_auth(fresh_redis.uri(), f"admin:{SECRET}x")
+    assert main_status(["--store", wrong]) == 1
+    out = capsys.readouterr()
+    assert SECRET not in out.out + out.err and "***@" in out.err and "misconfigured" in out.err
+    assert main_status(["--store", f"redis://admin:{SECRET}@127.0.0.1:{fresh_redis.port}/0?timeout=5"]) == 1
+    out = capsys.readouterr()
+    assert SECRET not in out.out + out.err and "unknown option 'timeout'" in out.err
+    with pytest.raises(SystemExit):
+        main_status(["--store", f"rediss://admin:{SECRET}@127.0.0.1:{fresh_redis.port}/0"])
+    out = capsys.readouterr()
+    assert SECRET not in out.out + out.err
+    right = _with_auth(fresh_redis.uri(), f":{SECRET}")
+    assert main_status(["--store", right]) == 0
+    out = capsys.readouterr()
+    assert SECRET not in out.out + out.err
+
+
+def test_a_store_with_a_password_works_and_does_not_show_it(fresh_redis: RedisServer) -> None:  # noqa: F811
+    _protect(fresh_redis)
+    store = open_store(_with_auth(fresh_redis.uri(), f"admin:{SECRET}".replace("admin", "default")))
+    try:
+        led = store.make_ledger(BUDGET, [])
+        led.settle(T0, None, 7, 0.0)
+        assert led.snapshot(T0)["tokens_used"] == 7 and not store.link.degraded  # type: ignore[attr-defined]
+        assert SECRET not in store.uri and SECRET not in repr(store)
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize(("userinfo", "db", "message"), [
+    (f":{SECRET}x", 0, "authentication failed"),  # wrong password
+    (None, 0, "authentication failed"),  # none given
+    (f":{SECRET}", 99, "the database index was refused"),
+    ("noscript:pw", 0, "permission denied"),  # may not SCRIPT LOAD
+    ("noevalsha:pw", 0, "permission denied"),  # may load but not run scripts
+])
+def test_a_misconfigured_store_is_refused_at_once(fresh_redis: RedisServer, tmp_path: Path,  # noqa: F811
+                                                  userinfo: str | None, db: int, message: str) -> None:
+    admin = _protect(fresh_redis)
+    admin.execute_command("ACL", "SETUSER", "noscript", "on", ">pw", "~*", "+@all", "-script")
+    admin.execute_command("ACL", "SETUSER", "noevalsha", "on", ">pw", "~*", "+@all", "-evalsha")
+    uri = fresh_redis.uri().replace("/0?", f"/{db}?")
+    if userinfo is not None:
+        uri = _with_auth(uri, userinfo)
+    before = admin.info("clients")["connected_clients"]
+    with pytest.raises(StorageError, match=f"misconfigured: {message}") as exc:
+        open_store(uri)
+    assert SECRET not in _chain(exc.value)
+    with pytest.raises(StorageError, match=f"misconfigured: {message}"):
+        PolicyEngine.from_path(write_policies(tmp_path / "p"), store=uri)
+    assert _until(lambda: admin.info("clients")["connected_clients"] == before)  # refused connections closed
+
+
+def test_a_server_down_at_start_degrades_then_recovers(fresh_redis: RedisServer, tmp_path: Path,  # noqa: F811
+                                                       caplog: pytest.LogCaptureFixture) -> None:
+    fresh_redis.stop()
+    caplog.set_level(logging.WARNING, logger="engine.redis")
+    eng = PolicyEngine.from_path(write_policies(tmp_path / "p"), store=fresh_redis.uri(retry_ms=20, max_retry_ms=20))
+    seen: list[Event] = []
+    eng.subscribe(seen.append)
+    try:
+        _pairs(eng, 5, "alpha")
+        assert kinds(seen) == ["StorageDegraded"]
+        assert "misconfigured" not in seen[0].error  # type: ignore[attr-defined]
+        assert "unreachable" in caplog.text and "misconfigured" not in caplog.text
+        fresh_redis.start()
+        assert _until(lambda: _pairs(eng, 1, "alpha") or "StorageRecovered" in kinds(seen))
+    finally:
+        eng.close()
+
+
+@pytest.mark.parametrize("change", ["rotate the password", "revoke EVALSHA"])
+def test_a_misconfiguration_seen_later_is_logged_and_decisions_go_on(
+        fresh_redis: RedisServer, tmp_path: Path, caplog: pytest.LogCaptureFixture, change: str) -> None:  # noqa: F811
+    admin = _protect(fresh_redis)
+    admin.execute_command("ACL", "SETUSER", "app", "on", ">pw", "~*", "+@all")
+    uri = _with_auth(fresh_redis.uri(retry_ms=20, max_retry_ms=20), "app:pw")
+    eng = PolicyEngine.from_path(write_policies(tmp_path / "p"), store=uri)
+    seen: list[Event] = []
+    eng.subscribe(seen.append)
+    caplog.set_level(logging.WARNING, logger="engine.redis")
+    try:
+        _pairs(eng, 3, "alpha")
+        assert seen == []
+        if change == "rotate the password":
+            admin.execute_command("ACL", "SETUSER", "app", "resetpass", ">new")
+            admin.client_kill_filter(_type="normal")  # the next connection must authenticate again
+        else:
+            admin.execute_command("ACL", "SETUSER", "app", "-evalsha")
+
+        def misconfigured() -> bool:
+            _pairs(eng, 1, "alpha")  # no exception: decided on local state
+            return any("misconfigured" in getattr(e, "error", "") for e in seen)
+        assert _until(misconfigured)
+        assert "StorageDegraded" in kinds(seen) and "StorageRecovered" not in kinds(seen)
+        errors = [r for r in caplog.records if r.levelno == logging.ERROR and "misconfigured" in r.getMessage()]
+        assert len(errors) == 1 and "pw" not in errors[0].getMessage().replace("permission", "")
+        _pairs(eng, 5, "alpha")
+        assert len([r for r in caplog.records if r.levelno == logging.ERROR]) == 1  # once per outage
+        admin.execute_command("ACL", "SETUSER", "app", ">pw", "+evalsha")  # fixed: sharing resumes
+        assert _until(lambda: _pairs(eng, 1, "alpha") or "StorageRecovered" in kinds(seen))
+    finally:
+        eng.close()
 
 
 # -- real processes ---------------------------------------------------------------------------

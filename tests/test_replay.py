@@ -241,3 +241,71 @@ def test_the_llmperf_trace_keeps_its_failures_on_their_models(tmp_path: Path) ->
     assert {ln.model for ln in trace.lines if ln.outcome == "rate_limit"} == {"gemini-2.5-flash", "gpt-4.1"}
     done = replay(str(LLMPERF), "--policies", POLICIES, "-q")
     assert done.returncode == 0 and "2,845 calls" in done.stdout
+
+
+
+def test_an_unknown_model_is_a_line_problem_with_or_without_a_tier(tmp_path: Path) -> None:
+    rows = [*healthy_rows(2), f"{T0 + 10},L2,openai/gpt-4.1-mini,100,0,server_error,50",
+            f"{T0 + 11},,openai/gpt-4.1-mini,100,0,server_error,50"]
+    trace = write_csv(tmp_path / "t.csv", rows)
+    done = replay(str(trace), "--policies", POLICIES, "-q")
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.splitlines() == [
+        f"{trace}:4: unknown model 'openai/gpt-4.1-mini' (did you mean 'gpt-4.1-mini'?): "
+        "its recorded outcomes would never apply",
+        f"{trace}:5: unknown model 'openai/gpt-4.1-mini' (did you mean 'gpt-4.1-mini'?) and no tier: "
+        "cannot tell which tier to call"]
+    strict = replay(str(trace), "--policies", POLICIES, "--strict")
+    assert strict.returncode == 1 and strict.stdout == "" and f"{trace}:4: unknown model" in strict.stderr
+    # a model only the --compare set knows is not a problem
+    other = policy_copy(tmp_path, "other", ("models.yaml", "gpt-4.1-mini:", "gpt-4.1-mini-2:"))
+    (other / "routing.yaml").write_text((other / "routing.yaml").read_text(encoding="utf-8").replace(
+        "gpt-4.1-mini,", "gpt-4.1-mini-2,").replace("gpt-4.1-mini]", "gpt-4.1-mini-2]"), encoding="utf-8")
+    known = write_csv(tmp_path / "k.csv", [*healthy_rows(2), f"{T0 + 10},L2,gpt-4.1-mini-2,100,0,server_error,50"])
+    both = replay(str(known), "--policies", POLICIES, "--compare", str(other), "-q")
+    assert both.returncode == 0 and both.stderr == "", both.stderr
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    ("1767261600000", "timestamp: expected a time in the years 1970-9999, got '1767261600000'; "
+                      "it looks like milliseconds: divide by 1000"),
+    ("1e300", "timestamp: expected a time in the years 1970-9999, got '1e300'"),
+    ("0001-01-01T00:00:00+05:00", "timestamp: expected a time in the years 1970-9999"),
+    ("-5", "timestamp: expected a time in the years 1970-9999, got '-5'"),
+])
+def test_timestamps_outside_1970_to_9999_are_line_problems(tmp_path: Path, value: str, message: str) -> None:
+    trace = write_csv(tmp_path / "t.csv", [*healthy_rows(2), f"{value},L2,,100,10,ok,"])
+    done = replay(str(trace), "--policies", POLICIES, "-q")
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.splitlines() == [f"{trace}:4: {message}"] or done.stderr.startswith(f"{trace}:4: {message}")
+    assert "Traceback" not in done.stderr
+
+
+def test_a_csv_field_over_the_csv_limit_is_a_line_problem(tmp_path: Path) -> None:
+    trace = write_csv(tmp_path / "t.csv", [*healthy_rows(2)])
+    with trace.open("a", encoding="utf-8") as f:
+        f.write(f'{T0 + 9},"{"x" * 200_000}",,100,10,ok,\n{T0 + 20},L2,,100,10,ok,\n')
+    done = replay(str(trace), "--policies", POLICIES, "-q")
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.splitlines() == [f"{trace}:4: malformed CSV: field larger than field limit (131072)"]
+    assert "3 calls from 3 of 4 lines" in done.stdout
+    strict = replay(str(trace), "--policies", POLICIES, "--strict")
+    assert strict.returncode == 1 and "Traceback" not in strict.stderr
+
+
+def test_the_converters_report_an_oversized_csv_field_as_a_line_problem() -> None:
+    import io
+
+    from engine import sim_convert
+
+    big = "x" * 200_000
+    lines, problems, _ = sim_convert.azure(io.StringIO(
+        f'TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:15:46.6805900,374,44\n"{big}",1,1\n'
+        "2023-11-16 18:15:50.9951690,396,109\n"), name="conv")
+    assert len(lines) == 2 and [(p.line, p.message) for p in problems] == [
+        (3, "malformed CSV: field larger than field limit (131072)")]
+    lines, problems, _ = sim_convert.llmperf(io.StringIO(
+        "run,seq,error_code,end_to_end_latency_s,number_input_tokens,number_output_tokens\n"
+        f'groq_70b,1,,1.0,100,10\ngroq_70b,2,"{big}",1.0,100,10\n'))
+    assert len(lines) == 1 and [p.line for p in problems] == [3]
+    assert problems[0].message.startswith("malformed CSV: field larger than field limit")

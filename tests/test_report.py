@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
+import sqlite3
 import subprocess
 import sys
 from contextlib import closing
@@ -32,7 +34,7 @@ from engine.history import SQLiteStore
 from engine.reporting.build import build_report
 from engine.reporting.charts import line_chart, nice_max
 from engine.reporting.data import read_day
-from engine.reporting.historydb import connect
+from engine.reporting.historydb import connect, open_readonly
 from engine.reporting.render import ReportError, write
 from engine.testing import FakeClock
 from tests.conftest import ROOT
@@ -352,11 +354,109 @@ def test_a_missing_store_is_a_clear_failure(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("args", "message"), [
     (("--date", "2026-13-01"), "expected a date as YYYY-MM-DD, got '2026-13-01'"),
+    (("--date", "9999-12-31"), "expected a date from 1970-01-01 to 9998-12-31, got '9999-12-31'"),
+    (("--date", "0001-01-01"), "expected a date from 1970-01-01 to 9998-12-31, got '0001-01-01'"),
     (("--store", "memory://"), "expected a sqlite:// URI"),
 ])
 def test_usage_errors_exit_2(args: tuple[str, ...], message: str) -> None:
     result = report_cli("--policies", str(POLICIES), *args)
     assert result.returncode == 2 and message in result.stderr
+
+
+@pytest.mark.parametrize("day", [date(1970, 1, 1), date(9998, 12, 31)])
+def test_the_first_and_last_reportable_days_render(history: Path, tmp_path: Path, day: date) -> None:
+    md, _ = render_day(history, tmp_path, day)
+    assert "Traceback" not in md
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_report_and_status_leave_a_foreign_database_unchanged(tmp_path: Path) -> None:
+    foreign = tmp_path / "customers.db"
+    conn = sqlite3.connect(foreign)
+    conn.executescript("CREATE TABLE customers (id INTEGER PRIMARY KEY, name TEXT); "
+                       "INSERT INTO customers VALUES (1, 'alice');")
+    conn.close()
+    before = _digest(foreign)
+    for result in (report_cli("--policies", str(POLICIES), "--store", f"sqlite:///{foreign}", "--date", "2026-01-02",
+                              "--out", str(tmp_path / "out")),
+                   status_cli("--policies", str(POLICIES), "--store", f"sqlite:///{foreign}")):
+        assert result.returncode == 1, result.stderr
+        assert f"{foreign} is not a history database" in result.stderr
+        assert "Traceback" not in result.stderr
+        assert _digest(foreign) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["customers.db"]  # no -wal/-shm, no report
+
+
+def test_report_and_status_do_not_touch_a_store_of_another_schema_version(tmp_path: Path) -> None:
+    path = tmp_path / "future.db"
+    SQLiteStore(f"sqlite:///{path}").close()
+    with closing(sqlite3.connect(path)) as conn:
+        conn.execute("PRAGMA user_version = 99")
+    before = _digest(path)
+    for result in (report_cli("--policies", str(POLICIES), "--store", f"sqlite:///{path}", "--date", "2026-01-02",
+                              "--out", str(tmp_path / "out")),
+                   status_cli("--policies", str(POLICIES), "--store", f"sqlite:///{path}")):
+        assert result.returncode == 1 and "history schema version 99" in result.stderr, result.stderr
+        assert _digest(path) == before
+
+
+def test_report_and_status_leave_a_history_store_unchanged(live: Path, tmp_path: Path) -> None:
+    before = _digest(live)
+    assert render_day(live, tmp_path / "out", date(2026, 1, 2))
+    assert status_cli("--policies", str(POLICIES), "--store", f"sqlite:///{live}").returncode == 0
+    assert _digest(live) == before
+
+
+def test_a_missing_templates_directory_is_an_error(history: Path, tmp_path: Path, policy_dir: Path) -> None:
+    missing = tmp_path / "tempaltes"
+    result = report_cli("--policies", str(POLICIES), "--store", f"sqlite:///{history}", "--date", "2026-01-02",
+                        "--out", str(tmp_path / "out"), "--templates", str(missing))
+    assert result.returncode == 1
+    assert f"templates directory {missing} (--templates) does not exist" in result.stderr
+    (policy_dir / "report.yaml").write_text(f"kind: report\nversion: 1\ntemplates_dir: {missing}\n")
+    result = report_cli("--policies", str(policy_dir), "--store", f"sqlite:///{history}", "--date", "2026-01-02",
+                        "--out", str(tmp_path / "out"))
+    assert result.returncode == 1
+    assert f"templates directory {missing} (the report policy's templates_dir) does not exist" in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_write_refuses_a_missing_templates_directory(history: Path, tmp_path: Path) -> None:
+    with closing(open_readonly(history)) as conn:
+        report = build_report(read_day(conn, DAY, "Europe/Berlin"), load_policies(POLICIES))
+    with pytest.raises(ReportError, match=r"templates directory .*nope does not exist"):
+        write(report, tmp_path / "out", ("markdown",), tmp_path / "nope")
+
+
+def _report_with_umask(history: Path, out: Path, umask: int) -> subprocess.CompletedProcess[str]:
+    code = (f"import os, sys; os.umask({umask:#o}); from engine.cli_report import main_report; "
+            "sys.exit(main_report(sys.argv[1:]))")
+    return subprocess.run([sys.executable, "-c", code, "--policies", str(POLICIES), "--store", f"sqlite:///{history}",
+                           "--date", "2026-01-02", "--out", str(out)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120, check=False)
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o027, 0o640), (0o002, 0o664)],
+                         ids=["022", "027", "002"])
+def test_report_files_get_the_mode_of_an_ordinary_file(history: Path, tmp_path: Path, umask: int,
+                                                       mode: int) -> None:
+    result = _report_with_umask(history, tmp_path, umask)
+    assert result.returncode == 0, result.stderr
+    for name in ("260102-DAILY-REPORT.md", "260102-DAILY-REPORT.html"):
+        assert (tmp_path / name).stat().st_mode & 0o7777 == mode
+
+
+def test_a_replaced_report_keeps_its_mode(history: Path, tmp_path: Path) -> None:
+    assert _report_with_umask(history, tmp_path, 0o022).returncode == 0
+    md = tmp_path / "260102-DAILY-REPORT.md"
+    md.chmod(0o604)
+    result = _report_with_umask(history, tmp_path, 0o077)
+    assert result.returncode == 0, result.stderr
+    assert md.stat().st_mode & 0o7777 == 0o604
+    assert (tmp_path / "260102-DAILY-REPORT.html").stat().st_mode & 0o7777 == 0o644
 
 
 def test_invalid_policies_are_reported(tmp_path: Path, policy_dir: Path, history: Path) -> None:

@@ -6,15 +6,18 @@ import json
 import shutil
 import subprocess
 import sys
+import threading
+from datetime import date, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
+from zoneinfo import ZoneInfo
 
 import pytest
 
 from engine.resources import resource_dir
 from engine.sim_scenarios import SCENARIOS, Scenario
-from engine.simulate import SimOptions, simulate
-from engine.workload import Load
+from engine.simulate import SimOptions, map_tiers, simulate
+from engine.workload import Load, Request
 
 ROOT = Path(__file__).resolve().parent.parent
 SIMULATE = "import sys; from engine.cli_sim import main_simulate; sys.exit(main_simulate(sys.argv[1:]))"
@@ -112,6 +115,8 @@ def test_scenarios_are_listed() -> None:
     (["--hours", "0"], "--hours: expected 0 < H <= 24"),
     (["--start-hour", "20", "--hours", "5"], "the window ends by midnight"),
     (["--date", "2026-13-01"], "--date: expected YYYY-MM-DD"),
+    (["--date", "9999-12-31"], "--date: expected a day from 1970-01-02 to 9999-12-30, got 9999-12-31"),
+    (["--date", "0001-01-01"], "--date: expected a day from 1970-01-02 to 9999-12-30, got 0001-01-01"),
     (["--scale", "-1"], "--scale: expected 0 < F <= 100"),
     (["--seed", "x"], "invalid int value"),
     (["--no-such-option"], "unrecognized arguments"),
@@ -219,3 +224,79 @@ def test_a_clone_without_the_shared_traces_simulates_on_the_shipped_workload(tmp
     d = json.loads(done.stdout)
     assert d["workload"] == str(clone / "engine" / "data" / "workload.json")
     assert d["policies"] == str(clone / "policies") and d["requests"] > 1_500
+
+
+TWO_MODELS = """kind: models
+version: 1
+models:
+  a-fast: {tier: L1, provider: x, context_window: 100000, price: {input_per_1m: 0.10, output_per_1m: 0.40}}
+  b-fast: {tier: L1, provider: y, context_window: 100000, price: {input_per_1m: 0.10, output_per_1m: 0.40}}
+"""
+
+
+def test_a_policy_set_without_l2_to_l4_sends_their_requests_to_the_nearest_tier(tmp_path: Path) -> None:
+    (tmp_path / "p").mkdir()
+    (tmp_path / "p" / "models.yaml").write_text(TWO_MODELS, encoding="utf-8")
+    (tmp_path / "p" / "routing.yaml").write_text(
+        "kind: routing\nversion: 1\ntiers:\n  L1:\n    candidates: [a-fast, b-fast]\n", encoding="utf-8")
+    done = run("--policies", str(tmp_path / "p"), *SHORT, "--history", "none", "--no-report", "-q", "--json",
+               cwd=tmp_path)
+    assert done.returncode == 0, done.stderr  # was a KeyError traceback in the baselines
+    d = json.loads(done.stdout)
+    assert any(n.startswith("tiers: requests of workload tiers the policy set lacks go to its nearest tier: "
+                            "L2 -> L1") for n in d["notes"])
+    assert set(d["engine"]["tiers"]) == {"L1"} and d["engine"]["calls"] == d["requests"]
+    check_counts(d["no_fallback"], d["requests"])
+
+
+def test_requests_of_missing_tiers_map_by_number_or_are_dropped_with_a_note() -> None:
+    reqs = [Request(float(i), t, 1, 1, 0.5, "conv", i) for i, t in enumerate(["L1", "L2", "L3", "L4", "L2"])]
+
+    class P:
+        tiers: ClassVar[dict[str, None]] = {"L1": None, "L3": None}
+
+    notes: list[str] = []
+    got = map_tiers(list(reqs), P(), notes)  # type: ignore[arg-type]
+    assert [r.tier for r in got] == ["L1", "L3", "L3", "L3", "L3"]  # L2: a tie, to the higher tier
+    assert notes == ["tiers: requests of workload tiers the policy set lacks go to its nearest tier: "
+                     "L2 -> L3 (2), L4 -> L3 (1)"]
+
+    class Named:
+        tiers: ClassVar[dict[str, None]] = {"fast": None}
+
+    reqs = [Request(float(i), t, 1, 1, 0.5, "conv", i) for i, t in enumerate(["L1", "fast", "L2"])]
+    notes = []
+    got = map_tiers(reqs, Named(), notes)  # type: ignore[arg-type]
+    assert [(r.tier, r.index) for r in got] == [("fast", 0)]
+    assert notes == ["tiers: requests of workload tiers the policy set lacks, with no numbered tier to match, "
+                     "dropped: L1 (1), L2 (1)"]
+
+
+def test_an_unopenable_record_trace_leaves_the_previous_history_and_no_thread(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("engine.history", reason="the SQLite history store is not in this build")
+    monkeypatch.chdir(tmp_path)
+    previous = tmp_path / "memory" / "simulate" / "default-seed1-260101.db"
+    previous.parent.mkdir(parents=True)
+    previous.write_bytes(b"the previous run's history")
+    before = set(threading.enumerate())
+    with pytest.raises(OSError):
+        simulate(SimOptions(start_h=10, hours=0.1, scale=0.02, report=False,
+                            record_trace=tmp_path / "no" / "such" / "dir" / "t.jsonl"))
+    assert previous.read_bytes() == b"the previous run's history"
+    assert [t.name for t in set(threading.enumerate()) - before if t.is_alive()] == []
+
+
+def test_a_daylight_saving_day_runs_on_the_wall_clock(tmp_path: Path) -> None:
+    berlin = ZoneInfo("Europe/Berlin")
+    trace = tmp_path / "t.jsonl"
+    r = simulate(SimOptions(scenario="l2-outage", day=date(2026, 3, 29), start_h=10, hours=0.5, scale=0.05,
+                            history="none", report=False, record_trace=trace))
+    assert r.timezone == "Europe/Berlin" and datetime.fromtimestamp(r.day_start, berlin).hour == 0
+    local = [datetime.fromtimestamp(json.loads(x)["timestamp"], berlin)
+             for x in trace.read_text(encoding="utf-8").splitlines()]
+    assert local and {(t.hour, t.minute < 30) for t in local} <= {(10, True), (10, False)}  # not 11:00-11:30
+    assert min(local).minute < 5
+    # the outage (10:00-11:00 local) covers the whole window: the no-fallback baseline loses every L2 call
+    tiers = r.no_fallback["tiers"]
+    assert tiers["L2"]["successes"] == 0 < tiers["L2"]["calls"]

@@ -26,6 +26,7 @@ from engine.workload import (
     arrivals,
     interpolate,
     load_workload,
+    local_epoch,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -211,3 +212,28 @@ def test_roles_that_a_policy_set_cannot_fill_are_skipped_with_a_note(tmp_path: P
     faults, notes = resolve(SCENARIOS["default"], policy)
     assert {f.kind for f in faults} == {"outage", "storm"}
     assert notes == ["quota on gpt-5 (L4 primary) skipped: it has no fixed-period token budget"]
+
+
+@pytest.mark.parametrize(("day", "hours"), [((2026, 3, 29), 23), ((2026, 10, 25), 25), ((2026, 1, 1), 24)])
+def test_a_daylight_saving_day_has_its_real_length_on_the_wall_clock(wl, policy, day, hours) -> None:  # type: ignore[no-untyped-def]
+    y, m, d = day
+    start = datetime(y, m, d, tzinfo=BERLIN).timestamp()
+    end = local_epoch(start, 24, BERLIN)
+    assert end - start == hours * 3600 and datetime.fromtimestamp(end, BERLIN).hour == 0
+    reqs = arrivals(wl, seed=1, day_start=start, scale=0.02, tz=BERLIN)
+    assert start <= reqs[0].arrival and reqs[-1].arrival < end  # nothing past the real next midnight
+    assert end - reqs[-1].arrival < 600  # ... and the last local hour has its traffic
+    window = arrivals(wl, seed=1, day_start=start, start_h=10, hours=1, scale=0.02, tz=BERLIN)
+    assert {datetime.fromtimestamp(r.arrival, BERLIN).hour for r in window} == {10}
+    faults, _ = resolve(SCENARIOS["l2-outage"], policy)
+    world = World(wl, policy, faults, start, BERLIN)
+    ten = datetime(y, m, d, 10, tzinfo=BERLIN).timestamp()
+    assert world.attempt("gpt-4.1-mini", ten - 1, _req(), 0)[0] is None
+    assert world.attempt("gpt-4.1-mini", ten, _req(), 0)[0] == "http_503"
+
+
+def test_without_a_zone_every_day_has_24_hours(wl) -> None:  # type: ignore[no-untyped-def]
+    assert local_epoch(DAY, 10) == DAY + 36_000
+    plain = arrivals(wl, seed=1, day_start=DAY, start_h=10, hours=0.5, scale=0.05)
+    zoned = arrivals(wl, seed=1, day_start=DAY, start_h=10, hours=0.5, scale=0.05, tz=BERLIN)
+    assert [(r.arrival, r.tier) for r in plain] == [(r.arrival, r.tier) for r in zoned]  # a 24 h day: the same

@@ -93,6 +93,46 @@ def connect(path: Path, *, create: bool, timeout_s: float = 30.0) -> sqlite3.Con
     return conn
 
 
+def open_readonly(path: Path, *, timeout_s: float = 30.0,
+                  migrations: tuple[tuple[str, ...], ...] = MIGRATIONS) -> sqlite3.Connection:
+    """Open the history at ``path`` for reading only (``report``, ``status``): the file is never written.
+
+    No journal-mode switch, no migration: a file that is not a history store, or whose schema is older or
+    newer than this engine's, raises StorageError saying what to do.
+    """
+    if not path.is_file():
+        raise StorageError(f"no history database at {path}")
+    target = len(migrations)
+    try:
+        conn = sqlite3.connect(f"file:{quote(str(path.resolve()))}?mode=ro", uri=True, timeout=timeout_s,
+                               isolation_level=None, check_same_thread=False)
+    except sqlite3.Error as exc:
+        raise StorageError(f"cannot open history database {path}: {exc}") from exc
+    try:
+        conn.execute(f"PRAGMA busy_timeout = {int(timeout_s * 1000):d}")
+        found = int(conn.execute("PRAGMA user_version").fetchone()[0])
+        has_minutes = conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'minutes'").fetchone() is not None
+    except sqlite3.DatabaseError as exc:
+        conn.close()
+        if "not a database" in str(exc):
+            raise StorageError(f"{path} is not a history database (not an SQLite file)") from exc
+        raise StorageError(f"cannot open history database {path}: {exc}") from exc
+    problem = None
+    if found == 0 or not has_minutes:
+        problem = f"{path} is not a history database (no policy-engine history schema); check --store"
+    elif found > target:
+        problem = (f"history schema version {found} at {path} is newer than this engine's ({target}); "
+                   "upgrade llm-policy-engine")
+    elif found < target:
+        problem = (f"history schema version {found} at {path} is older than this engine's ({target}); "
+                   "open it with the engine once (store='sqlite:///...'), which migrates it, then retry")
+    if problem is not None:
+        conn.close()
+        raise StorageError(problem)
+    return conn
+
+
 def migrate(conn: sqlite3.Connection, migrations: tuple[tuple[str, ...], ...] = MIGRATIONS) -> int:
     """Bring the schema to ``len(migrations)``; returns the version found before."""
     target = len(migrations)

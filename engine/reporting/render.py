@@ -11,6 +11,7 @@ Rendering is deterministic: the same history and policies give the same bytes.
 from __future__ import annotations
 
 import os
+import stat
 import tempfile
 import traceback
 from collections.abc import Iterable
@@ -84,9 +85,33 @@ def render(report: Report, fmt: str, env: Any) -> str:
     return text
 
 
+def _umask() -> int:
+    """The process umask, read without changing it where the system allows (Linux), else set and restored."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _file_mode(path: Path) -> int:
+    """The mode a report written to ``path`` gets: that of the file it replaces, else what ``open`` would give."""
+    try:
+        return stat.S_IMODE(os.stat(path).st_mode)
+    except FileNotFoundError:
+        return 0o666 & ~_umask()
+
+
 def write(report: Report, out_dir: str | os.PathLike[str], formats: Iterable[str] = ("markdown", "html"),
           templates_dir: str | os.PathLike[str] | None = None) -> list[Path]:
     """Render every format first, then write each file atomically; returns the paths written."""
+    if templates_dir and not Path(templates_dir).is_dir():
+        raise ReportError(f"templates directory {templates_dir} does not exist or is not a directory")
     env = environment(templates_dir)
     texts = [(FORMATS[f][1], render(report, f, env)) for f in formats]
     out = Path(out_dir)
@@ -97,6 +122,7 @@ def write(report: Report, out_dir: str | os.PathLike[str], formats: Iterable[str
         fd, tmp = tempfile.mkstemp(dir=out, prefix=f".{path.name}.", suffix=".tmp")
         try:
             with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
+                os.fchmod(fh.fileno(), _file_mode(path))  # mkstemp makes it 0600; a report is an ordinary file
                 fh.write(text)
             os.replace(tmp, path)
         except BaseException:
