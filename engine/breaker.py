@@ -143,7 +143,10 @@ class CircuitBreaker:
         counts in both rates. ``latency_ms`` is trusted (validated upstream).
         """
         slow = latency_ms > self.spec.slow_call_ms
-        with self._lock:
+        lock = self._lock
+        if not lock.try_acquire(False):  # the uncontended path without a Python-level __enter__
+            lock.acquire()
+        try:
             state = self._state
             if state != "closed":
                 self._tick(now)
@@ -158,6 +161,8 @@ class CircuitBreaker:
                 self._window.record(now, failed, slow)
                 if state == "closed":
                     self._check_trip(now)
+        finally:
+            lock.release()
 
     def reconfigure(self, spec: BreakerSpec, now: float) -> None:
         """Apply a reloaded spec, keeping the state.

@@ -179,6 +179,7 @@ class PolicyEngine:
             name: verdicts[c.breaker] for name, c in policy.error_classes.items()}
         self._failed_of[None] = False
         self._chains = {t: self._chain(policy, t) for t in policy.tiers}
+        self._scored = frozenset(t for t, spec in policy.tiers.items() if spec.strategy == "score")
         self._ranked: dict[str, tuple[float, tuple[str, ...]]] = {}
         self._monitor = monitor
         for ledger in ledgers.values():
@@ -334,8 +335,10 @@ class PolicyEngine:
             elif model is not None:
                 home = (self._models[model].spec.tier, model)
                 order = (next((c for c in self._chains[tier] if c[1] == model), home),)
-            else:
+            elif tier in self._scored:
                 order = self._order(tier, now)
+            else:
+                order = self._chains[tier]
             retry_at: float | None = None
             for t, name in order:
                 st = self._models[name]
@@ -360,7 +363,8 @@ class PolicyEngine:
                 if now >= self._monitor.next_at:
                     events.extend(self._tick(now))
                 break
-            self._take_events(events)
+            if self._sink:
+                self._take_events(events)
         finally:
             lock.release()
         if events:
@@ -375,7 +379,9 @@ class PolicyEngine:
 
         Returns ``(why_not, ticket, reservations, recovers_at)``; lock held.
         """
-        why = self._skip(st, st.spec.name, exclude, min_context)
+        why = None
+        if exclude or min_context is not None or st.in_flight >= st.limit or not st.spec.enabled:
+            why = self._skip(st, st.spec.name, exclude, min_context)
         if why is not None:
             # only a full model recovers by itself: a slot frees when a call in flight is recorded
             busy = why.startswith("at max_in_flight")
@@ -427,7 +433,7 @@ class PolicyEngine:
     # -- recording -----------------------------------------------------------
     def record(self, decision: Decision, outcome: Outcome) -> None:
         """Settle one decision with the call's outcome; raises ValueError on bad input."""
-        if not isinstance(decision, Decision) or decision.owner is not self:
+        if type(decision) is not Decision or decision.owner is not self:
             raise ValueError("decision was not made by this engine")
         if not isinstance(outcome, Outcome):
             raise ValueError(f"expected an Outcome, got {type(outcome).__name__}")
@@ -475,7 +481,8 @@ class PolicyEngine:
                                           failed is True, slow, tin, tout, cost, decision.is_fallback)
             if now >= self._monitor.next_at:
                 events.extend(self._tick(now))
-            self._take_events(events)  # after the tick: its reads may move breakers and budgets
+            if self._sink:  # after the tick: its reads may move breakers and budgets
+                self._take_events(events)
         finally:
             lock.release()
         if events:

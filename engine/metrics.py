@@ -79,22 +79,32 @@ class RollingMetrics:
             if b.index >= 0:
                 total.subtract(b)
             b.clear(index)
-        for x in (b, total):
-            x.calls += 1
-            if error is None:
-                x.successes += 1
-            else:
-                x.errors[error] = x.errors.get(error, 0) + 1
-            if failed:
-                x.failures += 1
-            if slow:
-                x.slow += 1
-            x.latency.add_at(key, latency_ms)
-            x.tokens_in += tokens_in
-            x.tokens_out += tokens_out
-            x.cost += cost
-            if fallback:
-                x.fallbacks += 1
+        # the same updates to both, written out: this runs once per recorded call
+        b.calls += 1
+        total.calls += 1
+        if error is None:
+            b.successes += 1
+            total.successes += 1
+        else:
+            b.errors[error] = b.errors.get(error, 0) + 1
+            total.errors[error] = total.errors.get(error, 0) + 1
+        if failed:
+            b.failures += 1
+            total.failures += 1
+        if slow:
+            b.slow += 1
+            total.slow += 1
+        b.latency.add_at(key, latency_ms)
+        total.latency.add_at(key, latency_ms)
+        b.tokens_in += tokens_in
+        total.tokens_in += tokens_in
+        b.tokens_out += tokens_out
+        total.tokens_out += tokens_out
+        b.cost += cost
+        total.cost += cost
+        if fallback:
+            b.fallbacks += 1
+            total.fallbacks += 1
         self.total_calls += 1
         if error is not None:
             self.total_errors += 1
