@@ -30,6 +30,16 @@ def edit(path: Path, old: str, new: str) -> None:
     path.write_text(text.replace(old, new, 1))
 
 
+def remove_mistral(policy_dir: Path) -> None:
+    """Take mistral-small-latest out of the set: its model entry, its L2 slot and its breaker override."""
+    models = policy_dir / "models.yaml"
+    text = models.read_text()
+    models.write_text(text[: text.index("  mistral-small-latest:")] + text[text.index("  # --- L3"):])
+    edit(policy_dir / "routing.yaml", ", mistral-small-latest]", "]")
+    breakers = policy_dir / "breakers.yaml"
+    breakers.write_text(breakers.read_text()[: breakers.read_text().index("overrides:")])
+
+
 def test_valid_edit_takes_effect_and_reports(eng: PolicyEngine, policy_dir: Path) -> None:
     events: list[Event] = []
     eng.subscribe(events.append)
@@ -107,20 +117,12 @@ def test_budget_usage_carries_over_and_a_lowered_limit_exhausts_at_once(
 def test_removed_model_is_dropped_and_its_open_decision_still_records(
         eng: PolicyEngine, policy_dir: Path) -> None:
     held = eng.decide("L2", model="mistral-small-latest")
-    models = policy_dir / "models.yaml"
-    text = models.read_text()
-    start = text.index("  mistral-small-latest:")
-    end = text.index("  # --- L3")
-    models.write_text(text[:start] + text[end:])
-    edit(policy_dir / "routing.yaml", ", mistral-small-latest]", "]")
-    breakers = policy_dir / "breakers.yaml"
-    text = breakers.read_text()
-    breakers.write_text(text[: text.index("overrides:")])
+    remove_mistral(policy_dir)
     assert eng.reload() is True, eng.reload_status()
     assert "mistral-small-latest" not in eng.policy.models
     with pytest.raises(KeyError):
         eng.state("mistral-small-latest")
-    eng.record(held, OK)  # accepted and dropped: its model is gone
+    eng.record(held, OK)  # accepted: its usage goes to the budgets that remain
     with pytest.raises(ValueError, match="already recorded"):
         eng.record(held, OK)
 
@@ -186,12 +188,7 @@ def test_a_fresh_ledger_after_a_period_change_keeps_other_reservations(eng: Poli
 
 def test_usage_of_a_removed_model_still_reaches_the_budgets_that_remain(eng: PolicyEngine, policy_dir: Path) -> None:
     held = eng.decide("L2", model="mistral-small-latest")
-    models = policy_dir / "models.yaml"
-    text = models.read_text()
-    models.write_text(text[: text.index("  mistral-small-latest:")] + text[text.index("  # --- L3"):])
-    edit(policy_dir / "routing.yaml", ", mistral-small-latest]", "]")
-    breakers = policy_dir / "breakers.yaml"
-    breakers.write_text(breakers.read_text()[: breakers.read_text().index("overrides:")])
+    remove_mistral(policy_dir)
     assert eng.reload() is True
     eng.record(held, Outcome(100.0, 3000, 1000))
     monthly = next(b for b in eng.state("gpt-5")["budgets"] if b["name"] == "everything-monthly")
@@ -206,12 +203,7 @@ def test_active_anomalies_of_a_removed_model_resolve(eng: PolicyEngine, policy_d
         eng.record(eng.decide("L2", model="mistral-small-latest"), Outcome(10.0, error="rate_limit"))
         clock.advance(0.1)
     assert [e.rule for e in events if type(e).__name__ == "AnomalyDetected"] == ["rate-limit-storm"]
-    models = policy_dir / "models.yaml"
-    text = models.read_text()
-    models.write_text(text[: text.index("  mistral-small-latest:")] + text[text.index("  # --- L3"):])
-    edit(policy_dir / "routing.yaml", ", mistral-small-latest]", "]")
-    breakers = policy_dir / "breakers.yaml"
-    breakers.write_text(breakers.read_text()[: breakers.read_text().index("overrides:")])
+    remove_mistral(policy_dir)
     assert eng.reload() is True
     resolved = [(e.rule, e.target) for e in events if type(e).__name__ == "AnomalyResolved"]
     assert ("rate-limit-storm", "mistral-small-latest") in resolved
@@ -243,13 +235,8 @@ def test_a_retry_whose_model_a_reload_removed_falls_back(eng: PolicyEngine, poli
 
     def sleep_and_reload(seconds: float) -> None:  # the reload lands during the backoff
         clock.advance(seconds)
-        models = policy_dir / "models.yaml"
-        text = models.read_text()
-        if "  mistral-small-latest:" in text:
-            models.write_text(text[: text.index("  mistral-small-latest:")] + text[text.index("  # --- L3"):])
-            edit(policy_dir / "routing.yaml", ", mistral-small-latest]", "]")
-            breakers = policy_dir / "breakers.yaml"
-            breakers.write_text(breakers.read_text()[: breakers.read_text().index("overrides:")])
+        if "  mistral-small-latest:" in (policy_dir / "models.yaml").read_text():
+            remove_mistral(policy_dir)
             assert eng.reload() is True
 
     for m in ("gpt-4.1-mini", "gemini-2.5-flash", "claude-haiku-4-5"):
