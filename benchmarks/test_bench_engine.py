@@ -87,3 +87,27 @@ def test_pybreaker_8_threads(benchmark: pytest.FixtureRequest) -> None:
     breaker = pybreaker.CircuitBreaker(fail_max=5, reset_timeout=60)
     rate = benchmark.pedantic(lambda: _threaded(lambda: breaker.call(int)), rounds=3)
     benchmark.extra_info["calls_per_s"] = round(rate)
+
+
+def test_litellm_router_mocked_call_in_its_own_interpreter(benchmark: pytest.FixtureRequest) -> None:
+    """Peer named by the design: LiteLLM's Router routing a mocked call across four deployments.
+
+    Runs in the interpreter named by LITELLM_PYTHON (see benchmarks/litellm_router.py),
+    in this same benchmark session, and reports its own median and p99.
+    """
+    import json
+    import os
+    import subprocess
+
+    python = os.environ.get("LITELLM_PYTHON")
+    if not python:
+        pytest.skip("set LITELLM_PYTHON to an interpreter with litellm installed")
+    script = str(ROOT / "benchmarks" / "litellm_router.py")
+    result: dict[str, float] = {}
+
+    def run() -> None:
+        out = subprocess.run([python, script, "500"], capture_output=True, text=True, check=True, timeout=600)
+        result.update(json.loads(out.stdout.strip().splitlines()[-1]))
+
+    benchmark.pedantic(run, rounds=1, iterations=1)
+    benchmark.extra_info.update(result)
