@@ -22,10 +22,12 @@ import yaml
 
 from engine.problems import Problem
 
+from yaml import SafeLoader as _PyLoader
+
 try:  # libyaml's parser, when available: an order of magnitude faster
     from yaml import CSafeLoader as _Loader
 except ImportError:  # pragma: no cover - depends on how PyYAML was built
-    from yaml import SafeLoader as _Loader  # type: ignore[assignment]
+    _Loader = _PyLoader  # type: ignore[assignment,misc]
 
 MAX_BYTES = 1 << 20
 MAX_DEPTH = 32
@@ -234,9 +236,31 @@ class _Builder:
 
 
 def parse(file: str, text: str) -> Document:
-    """Parse one YAML document from ``text``; raises YamlProblem on the first problem."""
+    """Parse one YAML document from ``text``; raises YamlProblem on the first problem.
+
+    Newer libyaml builds (PyYAML >= 6.0.4) refuse nesting past 1000 levels while
+    *scanning*, which runs up to 1024 characters ahead of the events this reader
+    sees, so such a file would get libyaml's ``yaml-syntax`` at column 1001 before
+    our own depth check could say ``too-deep`` at the 33rd level. When libyaml
+    gives that error, the file is parsed again with PyYAML's pure-Python parser,
+    which has no such cap, so the code and position are the same on every
+    supported PyYAML.
+    """
+    try:
+        return _parse(file, text, _Loader)
+    except YamlProblem as exc:
+        if _Loader is _PyLoader or not exc.problem.message.endswith(_LIBYAML_DEPTH):
+            raise
+    return _parse(file, text, _PyLoader)
+
+
+# the end of libyaml's own nesting-limit message ("while increasing flow level ...")
+_LIBYAML_DEPTH = "exceeded maximum nesting depth"
+
+
+def _parse(file: str, text: str, loader_class: Any) -> Document:
     builder = _Builder(file)
-    loader = _Loader(text)
+    loader = loader_class(text)
     try:
         documents = 0
         while True:
