@@ -28,10 +28,10 @@ import pytest
 
 from benchmarks.conftest import ROOT
 from engine import CircuitClosed, CircuitOpened, FallbackTriggered, Outcome, PolicyEngine, load_policies
-from engine.history import SQLiteStore
+from engine.store.sqlite import SQLiteStore
 from engine.reporting.build import build_report
 from engine.reporting.data import read_day
-from engine.reporting.historydb import connect
+from engine.store.historydb import connect
 from engine.reporting.render import write
 
 OK = Outcome(latency_ms=812.0, input_tokens=1200, output_tokens=310)
@@ -137,7 +137,7 @@ def test_report_1m_calls_in_process(benchmark: pytest.FixtureRequest, busy_day: 
 
 
 def test_report_1m_calls_as_a_process(benchmark: pytest.FixtureRequest, busy_day: Path, tmp_path: Path) -> None:
-    code = "import sys; from engine.cli_report import main_report; sys.exit(main_report(sys.argv[1:]))"
+    code = "import sys; from engine.cli.report import main_report; sys.exit(main_report(sys.argv[1:]))"
     args = [sys.executable, "-c", code, "--policies", str(POLICIES), "--store", f"sqlite:///{busy_day}",
             "--date", DAY.date().isoformat(), "--out", str(tmp_path)]
     result = benchmark.pedantic(lambda: subprocess.run(args, capture_output=True, text=True, check=False),

@@ -10,7 +10,7 @@ import simpleeval
 
 from benchmarks.conftest import ROOT
 from engine import load_policies
-from engine.expressions import FUNCTIONS, compile_expression
+from engine.policy.expressions import FUNCTIONS, compile_expression
 
 NAMES = {"success_rate": "number", "p95_ms": "number", "error_rate": "number", "calls": "number"}
 SOURCE = "calls >= 20 and (error_rate > 0.2 or success_rate * 100 - p95_ms / 1000 < 90)"
@@ -19,7 +19,7 @@ VALUES = {"success_rate": 0.97, "p95_ms": 2400.0, "error_rate": 0.03, "calls": 1
 
 def test_validate_policies_process(benchmark: pytest.FixtureRequest) -> None:
     """`validate-policies policies/` as a whole process (interpreter start included)."""
-    cmd = [sys.executable, "-c", "from engine.cli import validate_entry; validate_entry()", "policies"]
+    cmd = [sys.executable, "-c", "from engine.cli.main import validate_entry; validate_entry()", "policies"]
 
     def once() -> None:
         subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True)

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-import engine.storage
+import engine.store.base
 from benchmarks.conftest import ROOT
 from engine import Outcome, PolicyEngine
 from tests.redis_server import RedisServer, redis_server  # noqa: F401 - a fixture
@@ -30,7 +30,7 @@ ROUNDS, WARMUP = 5_000, 500
 
 @pytest.fixture
 def redis_engine(redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch) -> Iterator[PolicyEngine]:  # noqa: F811
-    monkeypatch.setitem(engine.storage.BACKENDS, "redis", "engine.redis_store:RedisStore")
+    monkeypatch.setitem(engine.store.base.BACKENDS, "redis", "engine.store.redis.store:RedisStore")
     eng = PolicyEngine.from_path(ROOT / "policies", store=redis_server.uri())
     yield eng
     eng.close()

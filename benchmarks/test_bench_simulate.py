@@ -21,8 +21,8 @@ import pytest
 
 from benchmarks.conftest import ROOT
 
-SIMULATE = "import sys; from engine.cli_sim import main_simulate; sys.exit(main_simulate(sys.argv[1:]))"
-REPLAY = "import sys; from engine.cli_sim import main_replay; sys.exit(main_replay(sys.argv[1:]))"
+SIMULATE = "import sys; from engine.cli.sim import main_simulate; sys.exit(main_simulate(sys.argv[1:]))"
+REPLAY = "import sys; from engine.cli.sim import main_replay; sys.exit(main_replay(sys.argv[1:]))"
 AZURE_CONV = ROOT.parent / "shared" / "traces" / "azure-llm-2023" / "AzureLLMInferenceTrace_conv.csv"
 
 

@@ -25,10 +25,10 @@ from engine.events import (
     StorageDegraded,
     StorageRecovered,
 )
-from engine.loader import check, load_policies
+from engine.policy.loader import check, load_policies
 from engine.outcome import Decision, Outcome
-from engine.policy import PolicySet
-from engine.problems import CODES, Problem
+from engine.policy.model import PolicySet
+from engine.policy.problems import CODES, Problem
 
 if typing.TYPE_CHECKING:
     from engine.core import PolicyEngine

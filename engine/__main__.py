@@ -1,3 +1,3 @@
-from engine.cli import main_entry
+from engine.cli.main import main_entry
 
 main_entry()

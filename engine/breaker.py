@@ -37,7 +37,7 @@ from typing import Any, Literal
 
 from engine.events import CircuitClosed, CircuitHalfOpened, CircuitOpened, Event
 from engine.locks import YieldingLock
-from engine.policy import BreakerSpec
+from engine.policy.model import BreakerSpec
 from engine.window import window_for
 
 __all__ = ["CALL", "REFUSED", "BreakerState", "CircuitBreaker", "ForceTarget"]

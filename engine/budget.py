@@ -42,7 +42,7 @@ from typing import Any, Final, TypeAlias
 from zoneinfo import ZoneInfo
 
 from engine.events import BudgetExhausted, BudgetReset, BudgetWarning
-from engine.policy import BudgetSpec
+from engine.policy.model import BudgetSpec
 
 __all__ = ["ROLLING_BUCKETS", "BudgetEvent", "BudgetLedger", "period_bounds"]
 

@@ -50,7 +50,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from engine.classify import Classifier, classify
 from engine.errors import NoModelAvailable
 from engine.outcome import Decision, Outcome
-from engine.policy import ErrorClassSpec, RetrySpec
+from engine.policy.model import ErrorClassSpec, RetrySpec
 
 if TYPE_CHECKING:
     from engine.core import PolicyEngine

@@ -30,13 +30,13 @@ from engine.breaker import REFUSED, CircuitBreaker
 from engine.budget import BudgetLedger
 from engine.errors import NoModelAvailable
 from engine.events import Event, FallbackTriggered, PolicyReloaded, ReloadFailed
-from engine.loader import check, load_policies
+from engine.policy.loader import check, load_policies
 from engine.locks import YieldingLock
 from engine.metrics import RollingMetrics, summarize
 from engine.monitor import Monitor, health
 from engine.outcome import Decision, Outcome
-from engine.policy import ModelSpec, PolicySet
-from engine.storage import Store, open_store
+from engine.policy.model import ModelSpec, PolicySet
+from engine.store.base import Store, open_store
 
 log = logging.getLogger("engine")
 

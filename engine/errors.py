@@ -20,7 +20,7 @@ from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from engine.problems import Problem
+    from engine.policy.problems import Problem
 
 
 class PolicyEngineError(Exception):

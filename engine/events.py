@@ -121,7 +121,7 @@ class ReloadFailed(Event):
     """An edit did not take effect; ``kept`` is the revision still in force."""
 
     kept: str
-    problems: tuple[Any, ...]  # engine.problems.Problem, each with file:line:col
+    problems: tuple[Any, ...]  # engine.policy.problems.Problem, each with file:line:col
 
     def describe(self) -> str:
         return "\n".join(p.format() for p in self.problems)

@@ -5,7 +5,7 @@ fixed buckets (memory is bounded however many calls are recorded) plus a
 running total of the live buckets: recording adds to both, and a bucket that
 leaves the window is subtracted from the total once. Recording is O(1);
 :meth:`RollingMetrics.snapshot` turns the total into the names rule
-expressions use (see :mod:`engine.contexts`) without walking the buckets.
+expressions use (see :mod:`engine.policy.contexts`) without walking the buckets.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from engine.events import AnomalyDetected, AnomalyResolved, Event
-from engine.policy import Expression, HealthSpec, MonitoringSpec
+from engine.policy.model import Expression, HealthSpec, MonitoringSpec
 
 log = logging.getLogger("engine.monitor")
 

@@ -40,7 +40,7 @@ class Outcome:
             if isinstance(n, bool) or not isinstance(n, int) or n < 0:
                 return f"{name} must be an integer >= 0, got {n!r}"
         if self.error is not None and self.error not in error_classes:
-            from engine.problems import did_you_mean
+            from engine.policy.problems import did_you_mean
 
             return (f"unknown error class {self.error!r}{did_you_mean(str(self.error), error_classes)}; "
                     f"expected None or one of {', '.join(sorted(error_classes))}")

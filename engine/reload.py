@@ -66,7 +66,7 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
-from engine.loader import policy_files
+from engine.policy.loader import policy_files
 
 if TYPE_CHECKING:
     from engine.core import PolicyEngine

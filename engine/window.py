@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 from typing import Protocol
 
-from engine.policy import BreakerSpec
+from engine.policy.model import BreakerSpec
 
 __all__ = ["CountWindow", "OutcomeWindow", "TimeWindow", "window_for"]
 

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from engine.breaker import CALL, REFUSED, CircuitBreaker
 from engine.events import CircuitClosed, CircuitHalfOpened, CircuitOpened
-from engine.policy import BreakerSpec
+from engine.policy.model import BreakerSpec
 
 T0 = 1_767_225_600.0
 SPEC = BreakerSpec(

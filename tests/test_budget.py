@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from engine.budget import ROLLING_BUCKETS, BudgetLedger, period_bounds
 from engine.events import BudgetExhausted, BudgetReset, BudgetWarning
-from engine.policy import BudgetSpec
+from engine.policy.model import BudgetSpec
 
 HOUR = 3600.0
 DAY = 86400.0

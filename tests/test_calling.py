@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from engine import NoModelAvailable, Outcome, PolicyEngine
 from engine.calling import acall, backoff_delay, call, usage_tokens
 from engine.events import Event, FallbackTriggered
-from engine.policy import RetrySpec
+from engine.policy.model import RetrySpec
 from engine.testing import FakeClock
 
 L2 = ["gpt-4.1-mini", "gemini-2.5-flash", "claude-haiku-4-5", "mistral-small-latest"]

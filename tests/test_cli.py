@@ -16,7 +16,7 @@ def run(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
 
 
 def run_validate(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
-    code = "from engine.cli import validate_entry; validate_entry()"
+    code = "from engine.cli.main import validate_entry; validate_entry()"
     return subprocess.run([sys.executable, "-c", code, *args], cwd=cwd,
                           capture_output=True, text=True, timeout=60)
 

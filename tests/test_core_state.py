@@ -52,7 +52,7 @@ def test_state_from_another_policy_shape_is_skipped(policy_dir: object) -> None:
 def test_a_storage_policy_picks_the_store(policy_dir: object, tmp_path: object) -> None:
     from pathlib import Path
 
-    from engine.history import SQLiteStore
+    from engine.store.sqlite import SQLiteStore
 
     assert isinstance(policy_dir, Path) and isinstance(tmp_path, Path)
     db = tmp_path / "h.db"

@@ -8,7 +8,7 @@ Layout
 
 ``tests/corpus/invalid/<case>.yaml``
     One invalid policy file per case. Its header comments declare what
-    ``engine.loader.check`` must report, exactly:
+    ``engine.policy.loader.check`` must report, exactly:
 
     ``# expect: <line>:<col> <code>``
         a problem located in the case file itself;
@@ -66,8 +66,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.loader import check
-from engine.problems import CODES, Problem
+from engine.policy.loader import check
+from engine.policy.problems import CODES, Problem
 
 CORPUS = Path(__file__).parent / "corpus"
 BASE = CORPUS / "base"
@@ -282,7 +282,7 @@ CLI_CASE = "semantic-unknown-model-candidate"
 def _cli_commands(path: Path) -> list[list[str]]:
     cmds = [
         [sys.executable, "-m", "engine", "validate", "--format", "json", str(path)],
-        [sys.executable, "-c", "from engine.cli import validate_main; raise SystemExit(validate_main())",
+        [sys.executable, "-c", "from engine.cli.main import validate_main; raise SystemExit(validate_main())",
          "--format", "json", str(path)],
     ]
     script = shutil.which("validate-policies")

@@ -7,7 +7,7 @@ import simpleeval
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.expressions import FUNCTIONS, ExprError, compile_expression
+from engine.policy.expressions import FUNCTIONS, ExprError, compile_expression
 
 NAMES = {"calls": "number", "error_rate": "number", "p95_ms": "number", "tier": "string", "model": "string"}
 

@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pytest
 
-import engine.storage
+import engine.store.base
 from engine import CircuitOpened, Outcome, PolicyEngine, StorageError
 from engine.histogram import LatencyHistogram
-from engine.history import SQLiteStore
-from engine.reporting.historydb import (
+from engine.store.sqlite import SQLiteStore
+from engine.store.historydb import (
     DEFAULT_PATH,
     MIGRATIONS,
     connect,
@@ -38,7 +38,7 @@ LATENCY = "lat_zero, lat_total, lat_min, lat_max, latency"
 
 @pytest.fixture(autouse=True)
 def sqlite_backend(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(engine.storage.BACKENDS, "sqlite", "engine.history:SQLiteStore")
+    monkeypatch.setitem(engine.store.base.BACKENDS, "sqlite", "engine.store.sqlite:SQLiteStore")
 
 
 @pytest.fixture
@@ -85,7 +85,7 @@ def test_uri_forms() -> None:
 
 
 def test_open_store_makes_a_history_store_with_its_directory(db: Path) -> None:
-    s = engine.storage.open_store(uri(db, flush_s=2, instance="worker-1"))
+    s = engine.store.base.open_store(uri(db, flush_s=2, instance="worker-1"))
     try:
         assert isinstance(s, SQLiteStore) and s.keeps_history
         assert (s.flush_s, s.instance) == (2.0, "worker-1")
@@ -294,7 +294,7 @@ def test_schema_migrations_step_forward_once(db: Path) -> None:
     conn = connect(db, create=True)
     try:
         assert rows(db, "PRAGMA user_version") == [(1,)]
-        extra = (*__import__("engine.reporting.historydb", fromlist=["MIGRATIONS"]).MIGRATIONS,
+        extra = (*__import__("engine.store.historydb", fromlist=["MIGRATIONS"]).MIGRATIONS,
                  ("CREATE TABLE notes (text TEXT)",))
         assert migrate(conn, extra) == 1
         assert migrate(conn, extra) == 2  # already there: nothing runs twice
@@ -402,7 +402,7 @@ COMMIT_SLACK_S = 0.3
 _HAMMER = """
 import sys, time
 from engine import Outcome, PolicyEngine
-from engine.history import SQLiteStore
+from engine.store.sqlite import SQLiteStore
 path, log, policies, flush_s = sys.argv[1:]
 eng = PolicyEngine.from_path(policies, store=SQLiteStore(f"sqlite:///{path}?flush_s={flush_s}"))
 ok = Outcome(5.0, 10, 5)
@@ -467,7 +467,7 @@ def test_sigkill_loses_at_most_one_flush_interval(tmp_path: Path) -> None:
 _WRITER = """
 import sys, time
 from pathlib import Path
-from engine.history import SQLiteStore
+from engine.store.sqlite import SQLiteStore
 path, name, go, calls = sys.argv[1], sys.argv[2], Path(sys.argv[3]), int(sys.argv[4])
 store = SQLiteStore(f"sqlite:///{path}?flush_s=0.01&instance={name}")
 Path(path + "." + name + ".ready").touch()

@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from engine import PolicyError, check, load_policies
-from engine.policy import BreakerSpec
+from engine.policy.model import BreakerSpec
 from tests.conftest import POLICIES
 
 

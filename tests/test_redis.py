@@ -21,15 +21,15 @@ from typing import Any
 
 import pytest
 
-import engine.storage
+import engine.store.base
 from engine import NoModelAvailable, Outcome, PolicyEngine
 from engine.errors import StorageError
 from engine.events import BudgetReset, BudgetWarning, CircuitHalfOpened, Event
-from engine.policy import BreakerSpec, BudgetSpec
-from engine.storage import open_store
+from engine.policy.model import BreakerSpec, BudgetSpec
+from engine.store.base import open_store
 from tests.redis_server import RedisServer, free_port, fresh_redis, redis_server  # noqa: F401 - fixtures
 
-BACKEND = "engine.redis_store:RedisStore"
+BACKEND = "engine.store.redis.store:RedisStore"
 T0 = 1_767_225_600.0
 BREAKER = BreakerSpec(window="count", window_size=10, minimum_calls=4, failure_rate=50.0, open_for_s=10.0,
                       half_open_permits=2, half_open_max_wait_s=5.0)
@@ -72,7 +72,7 @@ def write_policies(directory: Path, tokens: int = 10_000_000, open_for_s: float 
 
 @pytest.fixture(autouse=True)
 def redis_backend(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(engine.storage.BACKENDS, "redis", BACKEND)
+    monkeypatch.setitem(engine.store.base.BACKENDS, "redis", BACKEND)
 
 
 @pytest.fixture
@@ -98,7 +98,7 @@ def kinds(events: list[Event]) -> list[str]:
 
 
 def test_uri_options_and_defaults() -> None:
-    from engine.redis_store import parse_uri
+    from engine.store.redis.store import parse_uri
 
     opts = parse_uri("redis://:s%40cret@10.0.0.5:6380/2?namespace=billing&policy_set=eu.prod&timeout_ms=50")
     assert (opts["host"], opts["port"], opts["db"], opts["password"]) == ("10.0.0.5", 6380, 2, "s@cret")
@@ -399,7 +399,7 @@ def test_no_exception_escapes_while_the_server_flaps(fresh_redis: RedisServer, t
 
 def test_status_shows_the_shared_state(redis_server: RedisServer, tmp_path: Path,  # noqa: F811
                                        capsys: pytest.CaptureFixture[str]) -> None:
-    from engine.redis_status import main_status
+    from engine.store.redis.status import main_status
 
     uri = redis_server.uri(namespace="statusapp")
     eng = PolicyEngine.from_path(write_policies(tmp_path / "p", tokens=1000), store=uri)
@@ -459,7 +459,7 @@ def test_a_password_never_appears_when_the_client_is_missing(monkeypatch: pytest
 
 
 def test_redact_drops_the_userinfo() -> None:
-    from engine.redis_store import redact
+    from engine.store.redis.store import redact
 
     assert redact(f"redis://admin:{SECRET}@h:1/0?namespace=a") == "redis://***@h:1/0?namespace=a"
     assert redact(f"redis://:{SECRET}@h") == "redis://***@h"
@@ -480,7 +480,7 @@ def _with_auth(uri: str, userinfo: str) -> str:
 
 def test_the_status_command_never_shows_the_password(fresh_redis: RedisServer,  # noqa: F811
                                                      capsys: pytest.CaptureFixture[str]) -> None:
-    from engine.redis_status import main_status
+    from engine.store.redis.status import main_status
 
     _protect(fresh_redis)
     wrong = _with_auth(fresh_redis.uri(), f"admin:{SECRET}x")
@@ -594,7 +594,7 @@ SPAWN = multiprocessing.get_context("spawn")
 
 
 def _engine(policies: str, uri: str) -> PolicyEngine:
-    engine.storage.BACKENDS["redis"] = BACKEND
+    engine.store.base.BACKENDS["redis"] = BACKEND
     return PolicyEngine.from_path(policies, store=uri)
 
 

@@ -27,7 +27,7 @@ from watchdog.observers import Observer
 import engine.reload as reload_mod
 from engine import Outcome, PolicyEngine
 from engine.events import Event, PolicyReloaded, ReloadFailed
-from engine.loader import check
+from engine.policy.loader import check
 from engine.reload import PolicyWatcher, needs_polling, watch
 
 WAIT_S = 10.0  # a deadline, not a delay: every wait returns as soon as its condition holds

@@ -11,15 +11,15 @@ from typing import Any
 
 import pytest
 
-from engine.resources import resource_dir
-from engine.sim_trace import read_trace
+from engine.policy.resources import resource_dir
+from engine.sim.trace import read_trace
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared" / "traces"
 AZURE_CONV = SHARED / "azure-llm-2023" / "AzureLLMInferenceTrace_conv.csv"
 LLMPERF = SHARED / "llmperf-2023" / "llmperf_requests.csv"
-REPLAY = "import sys; from engine.cli_sim import main_replay; sys.exit(main_replay(sys.argv[1:]))"
-SIMULATE = "import sys; from engine.cli_sim import main_simulate; sys.exit(main_simulate(sys.argv[1:]))"
+REPLAY = "import sys; from engine.cli.sim import main_replay; sys.exit(main_replay(sys.argv[1:]))"
+SIMULATE = "import sys; from engine.cli.sim import main_simulate; sys.exit(main_simulate(sys.argv[1:]))"
 POLICIES = str(resource_dir("policies"))
 T0 = 1_767_258_000.0  # 2026-01-01 10:00 Europe/Berlin
 
@@ -197,7 +197,7 @@ def test_a_trace_recorded_by_simulate_replays_to_the_same_run(tmp_path: Path) ->
 
 
 def test_the_engines_history_replays(tmp_path: Path) -> None:
-    pytest.importorskip("engine.history", reason="the SQLite history store is not in this build")
+    pytest.importorskip("engine.store.sqlite", reason="the SQLite history store is not in this build")
     sim = subprocess.run([sys.executable, "-c", SIMULATE, "--start-hour", "10", "--hours", "0.5", "--scale", "0.1",
                           "--no-report", "--json", "-q"], capture_output=True, text=True, timeout=120, cwd=tmp_path,
                          check=False)
@@ -220,7 +220,7 @@ def test_the_azure_trace_is_read_directly_and_converts_to_the_trace_format(tmp_p
     assert {ln.tier for ln in trace.lines} == {"L2", "L3", "L4"}
     assert trace.lines[0].input_tokens == 374 and trace.lines[0].output_tokens == 44
     out = tmp_path / "conv.csv"
-    done = subprocess.run([sys.executable, "-m", "engine.sim_convert", str(AZURE_CONV), "-o", str(out)],
+    done = subprocess.run([sys.executable, "-m", "engine.sim.convert", str(AZURE_CONV), "-o", str(out)],
                           capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0, done.stderr
     back = read_trace(out)
@@ -296,7 +296,7 @@ def test_a_csv_field_over_the_csv_limit_is_a_line_problem(tmp_path: Path) -> Non
 def test_the_converters_report_an_oversized_csv_field_as_a_line_problem() -> None:
     import io
 
-    from engine import sim_convert
+    from engine.sim import convert as sim_convert
 
     big = "x" * 200_000
     lines, problems, _ = sim_convert.azure(io.StringIO(

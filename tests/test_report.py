@@ -30,11 +30,11 @@ from engine import (
     load_policies,
 )
 from engine.events import Event, PolicyReloaded
-from engine.history import SQLiteStore
+from engine.store.sqlite import SQLiteStore
 from engine.reporting.build import build_report
 from engine.reporting.charts import line_chart, nice_max
 from engine.reporting.data import read_day
-from engine.reporting.historydb import connect, open_readonly
+from engine.store.historydb import connect, open_readonly
 from engine.reporting.render import ReportError, write
 from engine.testing import FakeClock
 from tests.conftest import ROOT
@@ -162,13 +162,13 @@ def history(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def report_cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
-    code = "import sys; from engine.cli_report import main_report; sys.exit(main_report(sys.argv[1:]))"
+    code = "import sys; from engine.cli.report import main_report; sys.exit(main_report(sys.argv[1:]))"
     return subprocess.run([sys.executable, "-c", code, *args], cwd=cwd, capture_output=True, text=True,
                           timeout=120, check=False)
 
 
 def status_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    code = "import sys; from engine.cli_report import main_status; sys.exit(main_status(sys.argv[1:]))"
+    code = "import sys; from engine.cli.report import main_status; sys.exit(main_status(sys.argv[1:]))"
     return subprocess.run([sys.executable, "-c", code, *args], cwd=ROOT, capture_output=True, text=True,
                           timeout=120, check=False)
 
@@ -432,7 +432,7 @@ def test_write_refuses_a_missing_templates_directory(history: Path, tmp_path: Pa
 
 
 def _report_with_umask(history: Path, out: Path, umask: int) -> subprocess.CompletedProcess[str]:
-    code = (f"import os, sys; os.umask({umask:#o}); from engine.cli_report import main_report; "
+    code = (f"import os, sys; os.umask({umask:#o}); from engine.cli.report import main_report; "
             "sys.exit(main_report(sys.argv[1:]))")
     return subprocess.run([sys.executable, "-c", code, "--policies", str(POLICIES), "--store", f"sqlite:///{history}",
                            "--date", "2026-01-02", "--out", str(out)], cwd=ROOT, capture_output=True, text=True,

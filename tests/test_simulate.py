@@ -14,13 +14,13 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from engine.resources import resource_dir
-from engine.sim_scenarios import SCENARIOS, Scenario
-from engine.simulate import SimOptions, map_tiers, simulate
-from engine.workload import Load, Request
+from engine.policy.resources import resource_dir
+from engine.sim.scenarios import SCENARIOS, Scenario
+from engine.sim.simulate import SimOptions, map_tiers, simulate
+from engine.sim.workload import Load, Request
 
 ROOT = Path(__file__).resolve().parent.parent
-SIMULATE = "import sys; from engine.cli_sim import main_simulate; sys.exit(main_simulate(sys.argv[1:]))"
+SIMULATE = "import sys; from engine.cli.sim import main_simulate; sys.exit(main_simulate(sys.argv[1:]))"
 # the first 40 minutes of the L2 outage, at a tenth of the traffic: ~2,000 calls
 SHORT = ["--start-hour", "10", "--hours", "0.67", "--scale", "0.1"]
 
@@ -145,7 +145,7 @@ def test_a_broken_workload_file_fails_with_exit_1(tmp_path: Path) -> None:
 
 
 def test_history_goes_to_a_fresh_file_under_memory_and_the_report_is_written(tmp_path: Path) -> None:
-    pytest.importorskip("engine.history", reason="the SQLite history store is not in this build")
+    pytest.importorskip("engine.store.sqlite", reason="the SQLite history store is not in this build")
     args = ["--start-hour", "10", "--hours", "0.25", "--scale", "0.05", "-q", "--json"]
     first = run(*args, cwd=tmp_path)
     assert first.returncode == 0, first.stderr
@@ -196,7 +196,7 @@ def test_the_record_trace_option_writes_every_attempt(tmp_path: Path) -> None:
 
 def test_a_failing_report_is_said_and_exits_1_after_the_complete_summary(tmp_path: Path) -> None:
     pytest.importorskip("engine.reporting.render", reason="the report renderer is not in this build")
-    pytest.importorskip("engine.history", reason="the SQLite history store is not in this build")
+    pytest.importorskip("engine.store.sqlite", reason="the SQLite history store is not in this build")
     policies = tmp_path / "p"
     shutil.copytree(resource_dir("policies"), policies)
     (tmp_path / "tpl").mkdir()
@@ -274,7 +274,7 @@ def test_requests_of_missing_tiers_map_by_number_or_are_dropped_with_a_note() ->
 
 def test_an_unopenable_record_trace_leaves_the_previous_history_and_no_thread(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    pytest.importorskip("engine.history", reason="the SQLite history store is not in this build")
+    pytest.importorskip("engine.store.sqlite", reason="the SQLite history store is not in this build")
     monkeypatch.chdir(tmp_path)
     previous = tmp_path / "memory" / "simulate" / "default-seed1-260101.db"
     previous.parent.mkdir(parents=True)

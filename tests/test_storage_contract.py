@@ -1,4 +1,4 @@
-"""The storage contract: every backend behaves alike behind ``engine.storage``.
+"""The storage contract: every backend behaves alike behind ``engine.store.base``.
 
 Each test takes a ``store`` built by one factory of :data:`STORES` and
 asserts exact behaviour, so every backend must produce the same events,
@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-import engine.storage
+import engine.store.base
 from engine import Outcome, PolicyEngine
 from engine.budget import BudgetLedger
 from engine.events import (
@@ -32,8 +32,8 @@ from engine.events import (
     Event,
     FallbackTriggered,
 )
-from engine.policy import BreakerSpec, BudgetSpec
-from engine.storage import Store, open_store
+from engine.policy.model import BreakerSpec, BudgetSpec
+from engine.store.base import Store, open_store
 from engine.testing import FakeClock
 from tests.redis_server import redis_server  # noqa: F401 - a fixture
 
@@ -47,7 +47,7 @@ def memory_store(request: pytest.FixtureRequest) -> Store:
 
 def redis_store(request: pytest.FixtureRequest) -> Store:
     server = request.getfixturevalue("redis_server")
-    request.getfixturevalue("monkeypatch").setitem(engine.storage.BACKENDS, "redis", "engine.redis_store:RedisStore")
+    request.getfixturevalue("monkeypatch").setitem(engine.store.base.BACKENDS, "redis", "engine.store.redis.store:RedisStore")
     return open_store(server.uri())
 
 

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.policy import BreakerSpec
+from engine.policy.model import BreakerSpec
 from engine.window import CountWindow, OutcomeWindow, TimeWindow, window_for
 
 T0 = 1_767_225_600.0

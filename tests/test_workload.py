@@ -14,11 +14,11 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from engine.loader import load_policies
-from engine.resources import resource_dir
-from engine.sim_scenarios import SCENARIOS, resolve
-from engine.sim_world import World
-from engine.workload import (
+from engine.policy.loader import load_policies
+from engine.policy.resources import resource_dir
+from engine.sim.scenarios import SCENARIOS, resolve
+from engine.sim.world import World
+from engine.sim.workload import (
     DEFAULT_WORKLOAD,
     Load,
     Request,

@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from engine.yamlread import MAX_BYTES, YamlProblem, read
+from engine.policy.yamlread import MAX_BYTES, YamlProblem, read
 
 
 def problem(raw: bytes | str) -> tuple[int, int, str]:

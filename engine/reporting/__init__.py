@@ -1,7 +1,7 @@
 """The history database format and the daily report built from it.
 
-* :mod:`engine.reporting.historydb` — the SQLite schema, its migrations and
-  the row codecs (the writer is :class:`engine.history.SQLiteStore`);
+* :mod:`engine.store.historydb` — the SQLite schema, its migrations and
+  the row codecs (the writer is :class:`engine.store.sqlite.SQLiteStore`);
 * :mod:`engine.reporting.data` — reads one day of history;
 * :mod:`engine.reporting.model` — the report's view-model dataclasses;
 * :mod:`engine.reporting.build` (with :mod:`~engine.reporting.sections`,

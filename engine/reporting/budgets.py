@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from engine.budget import period_bounds
-from engine.policy import BudgetSpec, PolicySet
+from engine.policy.model import BudgetSpec, PolicySet
 from engine.reporting.data import DayHistory
 
 BURN_NOTE = ("Budget burn is recomputed from the recorded calls: for every minute, the usage in the budget's "

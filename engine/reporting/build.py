@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from engine.policy import PolicySet
+from engine.policy.model import PolicySet
 from engine.reporting import budgets as burn_mod
 from engine.reporting import fmt, rules, sections, stats, timeline
 from engine.reporting.data import Cell, DayHistory, merged

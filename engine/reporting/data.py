@@ -21,8 +21,8 @@ from zoneinfo import ZoneInfo
 from engine.budget import period_bounds
 from engine.errors import StorageError
 from engine.histogram import LatencyHistogram
-from engine.policy import BudgetSpec
-from engine.reporting.historydb import ACCURACY
+from engine.policy.model import BudgetSpec
+from engine.store.historydb import ACCURACY
 
 Usage = dict[str, dict[int, tuple[int, float]]]  # model -> minute -> (tokens, cost)
 #: The ``minutes`` columns :meth:`Cell.add_row` takes, in order.
@@ -45,7 +45,7 @@ class Cell:
         self.buckets: dict[str, int] = {}  # bucket key (as JSON has it) -> count
 
     def add_row(self, row: tuple[Any, ...]) -> None:
-        """Add a row of :data:`ROW` columns (see :mod:`engine.reporting.historydb`)."""
+        """Add a row of :data:`ROW` columns (see :mod:`engine.store.historydb`)."""
         self.calls += row[0]
         self.successes += row[1]
         self.failures += row[2]

@@ -20,7 +20,7 @@ from typing import Any
 
 from engine.errors import PolicyEngineError
 from engine.reporting.model import Report
-from engine.resources import resource_dir
+from engine.policy.resources import resource_dir
 
 #: format -> (template name, file suffix)
 FORMATS: dict[str, tuple[str, str]] = {

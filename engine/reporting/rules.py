@@ -6,12 +6,12 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from engine import contexts
-from engine.expressions import compile_expression
-from engine.policy import Expression, RecommendationRule
+from engine.policy import contexts
+from engine.policy.expressions import compile_expression
+from engine.policy.model import Expression, RecommendationRule
 from engine.reporting import fmt
 from engine.reporting.model import RankedModel, Recommendation
-from engine.templating import render
+from engine.policy.templating import render
 
 log = logging.getLogger("engine.report")
 

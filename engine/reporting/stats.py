@@ -1,4 +1,4 @@
-"""A day's aggregates as the names rule expressions use (:data:`engine.contexts.DAILY`).
+"""A day's aggregates as the names rule expressions use (:data:`engine.policy.contexts.DAILY`).
 
 Availability, as the report and the ``availability`` name define it: the
 share of recorded calls that did not fail through the model's fault,

@@ -18,7 +18,7 @@ from zoneinfo import ZoneInfo
 from engine.budget import BudgetLedger
 from engine.errors import StorageError
 from engine.monitor import health
-from engine.policy import PolicySet
+from engine.policy.model import PolicySet
 from engine.reporting import fmt
 from engine.reporting.data import ROW, Cell
 from engine.reporting.stats import metrics

@@ -1,0 +1,170 @@
+"""``policy-engine report`` and ``policy-engine status``.
+
+Exit codes (stable), for both:
+
+====  ==============================================================
+0     success
+1     failure: no history at the store's path, a file that is not a
+      history store (or of another schema version), invalid policies,
+      unreadable history, a missing templates directory, or a template
+      error (file:line reported)
+2     usage error: unknown option, malformed or out-of-range date,
+      non-sqlite store
+====  ==============================================================
+
+``report`` renders ``<out>/YYMMDD-DAILY-REPORT.md`` and ``.html`` for one day
+in the report's time zone from history alone. Without ``--date`` it is today
+if today has any recorded call, else yesterday.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sqlite3
+import sys
+from collections.abc import Sequence
+from datetime import date, datetime, timedelta
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+from engine.errors import PolicyError, StorageError
+from engine.policy.model import PolicySet
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+DEFAULT_STORE = "sqlite:///memory/history.db"
+
+
+#: The days a report can be asked for: history is kept in Unix time, and the report also computes the day
+#: before and after and the budget periods (months) around the day, which must stay within year 1..9999.
+MIN_DAY, MAX_DAY = date(1970, 1, 1), date(9998, 12, 31)
+
+
+def _day(text: str) -> date:
+    try:
+        day = date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a date as YYYY-MM-DD, got {text!r}") from None
+    if not MIN_DAY <= day <= MAX_DAY:
+        raise argparse.ArgumentTypeError(f"expected a date from {MIN_DAY} to {MAX_DAY}, got {text!r}")
+    return day
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--policies", default="policies", metavar="DIR", help="policy directory (default: ./policies)")
+    p.add_argument("--store", default=DEFAULT_STORE, metavar="URI",
+                   help=f"history store (default: {DEFAULT_STORE})")
+
+
+def report_parser(prog: str = "policy-engine report") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description="Render the daily report from the recorded history.",
+                                epilog="exit status: 0 written, 1 failed, 2 usage error")
+    _common(p)
+    p.add_argument("--date", type=_day, metavar="YYYY-MM-DD",
+                   help="the day, in the report's time zone (default: today if it has calls, else yesterday)")
+    p.add_argument("--out", metavar="DIR", help="output directory (default: the report policy's output_dir)")
+    p.add_argument("--templates", metavar="DIR",
+                   help="your own Jinja templates, searched before the shipped ones (default: the report "
+                        "policy's templates_dir)")
+    p.add_argument("--format", action="append", choices=("markdown", "html"), dest="formats",
+                   help="write only this format (repeatable; default: the report policy's formats)")
+    return p
+
+
+def status_parser(prog: str = "policy-engine status") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description="Breakers, budgets and health per model from the "
+                                "history store.", epilog="exit status: 0 shown, 1 failed, 2 usage error")
+    _common(p)
+    p.add_argument("--format", choices=("text", "json"), default="text", help="text table (default) or json")
+    p.add_argument("--instance", help="the writer instance to show (default: the one that wrote last)")
+    return p
+
+
+def _open(args: argparse.Namespace, parser: argparse.ArgumentParser) -> tuple[PolicySet, sqlite3.Connection]:
+    """The policy set and the history; raises PolicyError or StorageError."""
+    from engine.policy.loader import load_policies
+    from engine.store.historydb import open_readonly, parse_uri
+
+    if not str(args.store).startswith("sqlite://"):
+        parser.error(f"--store: expected a sqlite:// URI (the history store), got {args.store!r}")
+    policy = load_policies(args.policies)
+    path, _ = parse_uri(args.store)
+    if not path.is_file():
+        raise StorageError(f"no history database at {path} (store {args.store}); run the engine with "
+                           f"store={args.store!r} first")
+    return policy, open_readonly(path)  # read-only: report and status never write, migrate or convert
+
+
+def _fail(exc: Exception) -> int:
+    if isinstance(exc, PolicyError):
+        for problem in exc.problems:
+            print(problem.format(), file=sys.stderr)
+        print(f"policy-engine: {len(exc.problems)} policy problem(s)", file=sys.stderr)
+    else:
+        print(f"policy-engine: {exc}", file=sys.stderr)
+    return EXIT_FAILED
+
+
+def run_report(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """``report`` with parsed arguments (for ``policy-engine``'s subcommand table)."""
+    from engine.reporting.build import build_report
+    from engine.reporting.data import has_calls, read_day
+    from engine.reporting.render import ReportError, write
+
+    try:
+        policy, conn = _open(args, parser)
+        spec = policy.report
+        templates = args.templates or spec.templates_dir
+        if templates and not Path(templates).is_dir():
+            conn.close()
+            source = "--templates" if args.templates else "the report policy's templates_dir"
+            raise ReportError(f"templates directory {templates} ({source}) does not exist or is not a directory")
+        try:
+            day = args.date
+            if day is None:
+                today = datetime.now(ZoneInfo(spec.timezone)).date()
+                day = today if has_calls(conn, today, spec.timezone) else today - timedelta(days=1)
+            hist = read_day(conn, day, spec.timezone, policy.budgets)
+        finally:
+            conn.close()
+        paths = write(build_report(hist, policy), args.out or spec.output_dir, args.formats or spec.formats,
+                      templates)
+    except (PolicyError, StorageError, ReportError, OSError) as exc:
+        return _fail(exc)
+    for path in paths:
+        print(path)
+    return EXIT_OK
+
+
+def run_status(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """``status`` with parsed arguments (for ``policy-engine``'s subcommand table)."""
+    from engine.reporting.status import format_table, read_status
+
+    try:
+        policy, conn = _open(args, parser)
+        try:
+            status = read_status(conn, policy, args.instance)
+        finally:
+            conn.close()
+    except (PolicyError, StorageError, OSError) as exc:
+        return _fail(exc)
+    if args.format == "json":
+        print(json.dumps(status, indent=2, sort_keys=True))
+    else:
+        sys.stdout.write(format_table(status, policy.report.timezone))
+    return EXIT_OK
+
+
+def main_report(argv: Sequence[str] | None = None) -> int:
+    """``policy-engine report [--policies DIR] [--store URI] [--date D] [--out DIR] [--templates DIR]``."""
+    parser = report_parser()
+    return run_report(parser.parse_args(argv), parser)
+
+
+def main_status(argv: Sequence[str] | None = None) -> int:
+    """``policy-engine status [--policies DIR] [--store URI] [--format text|json] [--instance NAME]``."""
+    parser = status_parser()
+    return run_status(parser.parse_args(argv), parser)
+
+
+__all__ = ["main_report", "main_status", "report_parser", "run_report", "run_status", "status_parser"]

@@ -1,0 +1,225 @@
+"""The compiled policy model: immutable dataclasses built by the loader.
+
+A :class:`PolicySet` is what the engine runs on. It is produced by
+:func:`engine.policy.loader.load_policies` from a directory of YAML files after every
+schema and semantic check has passed, so code that receives one may rely on
+every cross-reference being resolved and every number being in range.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Literal
+
+WindowKind = Literal["count", "time"]
+BreakerVerdict = Literal["failure", "ignore", "success"]
+FallbackRule = Literal["any", "larger_context", "none"]
+Period = Literal["hourly", "daily", "monthly", "rolling"]
+Severity = Literal["info", "warning", "critical"]
+Scope = Literal["model", "tier"]
+
+#: Error classes every policy set knows; the ``errors`` policy may add more.
+BUILTIN_ERROR_CLASSES: tuple[str, ...] = (
+    "timeout",
+    "rate_limit",
+    "server_error",
+    "connection",
+    "context_window",
+    "content_policy",
+    "auth",
+    "bad_request",
+)
+
+
+def frozen_map(data: Mapping[str, Any] | None = None) -> Mapping[str, Any]:
+    """A read-only view of a fresh dict copy of ``data``."""
+    return MappingProxyType(dict(data or {}))
+
+
+@dataclass(frozen=True, slots=True)
+class Price:
+    """List price in US dollars per one million tokens."""
+
+    input_per_1m: float
+    output_per_1m: float
+
+    def cost(self, input_tokens: int, output_tokens: int) -> float:
+        return (input_tokens * self.input_per_1m + output_tokens * self.output_per_1m) / 1e6
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerSpec:
+    """Resolved circuit-breaker settings for one model (defaults, profile, override)."""
+
+    window: WindowKind = "count"
+    window_size: int = 20  # calls for a count window
+    window_s: float = 60.0  # seconds for a time window
+    window_buckets: int = 12  # buckets of a time window
+    minimum_calls: int = 10
+    failure_rate: float = 50.0  # percent
+    slow_call_rate: float = 100.0  # percent
+    slow_call_ms: float = 60_000.0
+    open_for_s: float = 30.0
+    backoff: float = 1.0
+    max_open_for_s: float = 600.0
+    half_open_permits: int = 3
+    half_open_max_wait_s: float = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSpec:
+    name: str
+    tier: str
+    provider: str
+    context_window: int
+    price: Price
+    breaker: BreakerSpec
+    breaker_profile: str = "default"
+    max_in_flight: int | None = None
+    enabled: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetSpec:
+    """A token and/or cost budget over a period.
+
+    ``scope`` is ``"model"``, ``"tier"`` or ``"global"``; ``target`` names the
+    model or tier (``None`` for global).
+    """
+
+    name: str
+    scope: Literal["model", "tier", "global"]
+    target: str | None
+    period: Period
+    tokens: int | None
+    cost_usd: float | None
+    warn_at: float = 0.9
+    exhaust_at: float = 1.0
+    rolling_s: float | None = None
+    timezone: str = "UTC"
+    reservation_ttl_s: float = 300.0
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorClassSpec:
+    name: str
+    breaker: BreakerVerdict = "failure"
+    fallback: FallbackRule = "any"
+    retry: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class RetrySpec:
+    max_attempts: int = 4
+    same_model_retries: int = 0
+    initial_backoff_s: float = 0.1
+    backoff_multiplier: float = 2.0
+    max_backoff_s: float = 5.0
+    jitter: Literal["none", "full", "equal"] = "full"
+    honour_retry_after: bool = True
+    max_retry_after_s: float = 30.0
+    max_wait_s: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Expression:
+    """A checked, compiled rule expression.
+
+    ``fn`` takes one mapping of names to values and returns the value of the
+    expression; ``source`` is the text as written in the policy.
+    """
+
+    source: str
+    names: frozenset[str]
+    fn: Callable[[Mapping[str, Any]], Any] = field(compare=False, repr=False)
+
+    def __call__(self, names: Mapping[str, Any]) -> Any:
+        return self.fn(names)
+
+
+@dataclass(frozen=True, slots=True)
+class TierSpec:
+    name: str
+    candidates: tuple[str, ...]
+    strategy: Literal["priority", "score"] = "priority"
+    score: Expression | None = None
+    degrade_to: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class AnomalyRule:
+    name: str
+    scope: Scope
+    when: Expression
+    for_s: float = 0.0
+    severity: Severity = "warning"
+    description: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class HealthSpec:
+    degraded_when: Expression | None = None
+    unhealthy_when: Expression | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MonitoringSpec:
+    evaluate_every_s: float = 10.0
+    window_s: float = 300.0
+    health: HealthSpec = HealthSpec()
+    anomalies: tuple[AnomalyRule, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class RecommendationRule:
+    name: str
+    scope: Literal["model", "tier", "global"]
+    when: Expression
+    severity: Severity
+    message: str
+    suggest: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ReportSpec:
+    output_dir: str = "memory/reports"
+    templates_dir: str | None = None
+    formats: tuple[str, ...] = ("markdown", "html")
+    timezone: str = "UTC"
+    top_models: int = 10
+
+
+@dataclass(frozen=True, slots=True)
+class PolicySet:
+    """Every policy file of a directory, compiled, checked and frozen.
+
+    ``revision`` is a SHA-256 over the file names and bytes, so two loads of
+    the same content compare equal and any edit changes it.
+    """
+
+    revision: str
+    source: str
+    files: tuple[str, ...]
+    models: Mapping[str, ModelSpec]
+    tiers: Mapping[str, TierSpec]
+    tier_order: tuple[str, ...]
+    budgets: tuple[BudgetSpec, ...]
+    error_classes: Mapping[str, ErrorClassSpec]
+    retry: RetrySpec
+    monitoring: MonitoringSpec
+    recommendations: tuple[RecommendationRule, ...]
+    report: ReportSpec
+    storage_uri: str | None = None  # the storage policy's uri, if any
+
+    def budgets_for(self, model: str) -> tuple[BudgetSpec, ...]:
+        """Every budget that a call to ``model`` spends from."""
+        spec = self.models[model]
+        return tuple(
+            b
+            for b in self.budgets
+            if b.scope == "global"
+            or (b.scope == "model" and b.target == model)
+            or (b.scope == "tier" and b.target == spec.tier)
+        )

@@ -1,0 +1,169 @@
+"""JSON Schema validation of policy documents, with located problems.
+
+Each policy file declares ``kind`` and ``version``; the kind picks
+``schemas/<kind>.schema.json`` (draft 2020-12). jsonschema's errors are
+turned into stable problem codes that point at the offending key or value.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from functools import cache
+from typing import Any
+
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import ValidationError
+
+from engine.policy.problems import Problem, did_you_mean
+from engine.policy.resources import resource_dir
+from engine.policy.yamlread import Document
+
+KINDS: tuple[str, ...] = (
+    "breakers",
+    "budgets",
+    "errors",
+    "models",
+    "monitoring",
+    "recommendations",
+    "report",
+    "routing",
+    "storage",
+)
+
+_CODES = {
+    "type": "wrong-type",
+    "enum": "invalid-value",
+    "const": "invalid-value",
+    "minimum": "out-of-range",
+    "maximum": "out-of-range",
+    "exclusiveMinimum": "out-of-range",
+    "exclusiveMaximum": "out-of-range",
+    "pattern": "invalid-format",
+    "minLength": "too-few-items",
+    "maxLength": "too-many-items",
+    "minItems": "too-few-items",
+    "maxItems": "too-many-items",
+    "minProperties": "too-few-items",
+    "maxProperties": "too-many-items",
+    "uniqueItems": "duplicate-item",
+}
+_JSON_TYPES = {
+    dict: "a mapping", list: "a list", str: "a string", bool: "a boolean",
+    int: "an integer", float: "a number", type(None): "null",
+}
+
+
+@cache
+def schema(kind: str) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((resource_dir("schemas") / f"{kind}.schema.json").read_text("utf-8"))
+    return data
+
+
+@cache
+def validator(kind: str) -> Draft202012Validator:
+    return Draft202012Validator(schema(kind))
+
+
+def _got(value: Any) -> str:
+    text = repr(value)
+    if len(text) > 60:
+        text = text[:57] + "..."
+    what = _JSON_TYPES.get(type(value), type(value).__name__)
+    return f"{what} {text}" if not isinstance(value, (dict, list)) else what
+
+
+def _expected_type(t: Any) -> str:
+    names = {"object": "a mapping", "array": "a list", "string": "a string", "integer": "an integer",
+             "number": "a number", "boolean": "true or false", "null": "null"}
+    ts = t if isinstance(t, list) else [t]
+    return " or ".join(names.get(str(x), str(x)) for x in ts)
+
+
+def _message(err: ValidationError) -> str:
+    v, val, inst = err.validator, _any(err.validator_value), _any(err.instance)
+    if v == "type":
+        return f"expected {_expected_type(val)}, got {_got(inst)}"
+    if v == "enum":
+        opts = ", ".join(repr(o) for o in val)
+        return f"expected one of {opts}, got {_got(inst)}{did_you_mean(str(inst), map(str, val))}"
+    if v == "const":
+        return f"expected {val!r}, got {_got(inst)}"
+    if v in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
+        op = {"minimum": ">=", "maximum": "<=", "exclusiveMinimum": ">", "exclusiveMaximum": "<"}[str(v)]
+        return f"expected a number {op} {val}, got {inst!r}"
+    if v == "pattern":
+        return f"expected a string matching {val}, got {inst!r}"
+    if v in ("minItems", "minProperties"):
+        return f"expected at least {val} item{'s' if val != 1 else ''}, got {len(inst)}"
+    if v in ("maxItems", "maxProperties"):
+        return f"expected at most {val} item{'s' if val != 1 else ''}, got {len(inst)}"
+    if v == "minLength":
+        return f"expected at least {val} character{'s' if val != 1 else ''}, got {len(inst)}"
+    if v == "maxLength":
+        return f"expected at most {val} characters, got {len(inst)}"
+    if v == "uniqueItems":
+        return "expected every item once, got a repeated item"
+    return str(err.message)
+
+
+def _any(value: object) -> Any:
+    """jsonschema's stubs type error fields as ``Any | Unset``; they are set on real errors."""
+    return value
+
+
+def _problems(doc: Document, err: ValidationError) -> Iterator[Problem]:
+    path = tuple(err.absolute_path)
+    instance, schema = _any(err.instance), _any(err.schema)
+    if err.validator == "additionalProperties" and isinstance(instance, dict):
+        known = set(schema.get("properties", {}))
+        for key in instance:
+            if key not in known:
+                allowed = ", ".join(sorted(known))
+                yield doc.problem(path + (key,), "unknown-key",
+                                  f"unknown key {key!r}{did_you_mean(key, known)}; expected one of: {allowed}",
+                                  key=True)
+    elif err.validator == "required" and isinstance(instance, dict):
+        for key in _any(err.validator_value):
+            if key not in instance:
+                yield doc.problem(path, "missing-key", f"missing required key {key!r}", key=True)
+    elif "propertyNames" in err.schema_path:
+        yield doc.problem(path + (instance,), _CODES.get(str(err.validator), "schema-violation"),
+                          f"name {instance!r}: {_message(err)}", key=True)
+    elif err.validator == "uniqueItems" and isinstance(instance, list):
+        seen: list[Any] = []
+        for i, item in enumerate(instance):
+            if item in seen:
+                yield doc.problem(path + (i,), "duplicate-item", f"expected every item once, got {item!r} again")
+                break
+            seen.append(item)
+    elif path == ("version",) and err.validator == "const":
+        yield doc.problem(path, "unsupported-version",
+                          f"expected version {err.validator_value}, got {_got(err.instance)}")
+    else:
+        yield doc.problem(path, _CODES.get(str(err.validator), "schema-violation"), _message(err))
+
+
+def _kind_problem(doc: Document) -> Problem | None:
+    data = doc.data
+    if not isinstance(data, dict):
+        return doc.problem((), "wrong-type", f"expected a mapping with 'kind' and 'version', got {_got(data)}")
+    if "kind" not in data:
+        return doc.problem((), "missing-key",
+                           f"missing required key 'kind'; expected one of: {', '.join(KINDS)}", key=True)
+    kind = data["kind"]
+    if kind not in KINDS:
+        return doc.problem(("kind",), "unknown-kind",
+                           f"expected one of {', '.join(KINDS)}, got {_got(kind)}{did_you_mean(str(kind), KINDS)}")
+    return None
+
+
+def validate(doc: Document) -> list[Problem]:
+    """Every schema problem of one document (its kind picks the schema)."""
+    first = _kind_problem(doc)
+    if first is not None:
+        return [first]
+    problems: dict[Problem, None] = {}
+    for err in validator(doc.data["kind"]).iter_errors(doc.data):
+        problems.update(dict.fromkeys(_problems(doc, err)))
+    return list(problems)

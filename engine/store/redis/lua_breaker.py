@@ -1,0 +1,284 @@
+"""The server-side half of the Redis circuit breaker: a Lua script.
+
+A port of :class:`engine.breaker.CircuitBreaker` (same transitions, same
+arithmetic) run atomically per operation, with the state in a hash and the
+rolling window in a list (count windows) or a bucket hash (time windows).
+"""
+
+from __future__ import annotations
+
+from engine.store.redis.lua import COMMON
+
+__all__ = ["BREAKER"]
+
+#: KEYS: epoch, breaker hash, breaker window (a list for count, a hash for time windows).
+#: ARGV: epoch, op, now, window kind, size, window_s, buckets, minimum calls (effective),
+#: probes needed, failure_rate, slow_call_rate, open_for_s, backoff, max_open_for_s,
+#: half_open_permits, half_open_max_wait_s, model name, then the op's own arguments:
+#: acquire | sync | release TICKET | result TICKET FAILED(1/0/-1) SLOW(1/0)
+#: | force TARGET | restore STATE OPEN_UNTIL OPEN_FOR CONSECUTIVE | adopt (restore if closed)
+BREAKER = COMMON + r"""
+local H, W = KEYS[2], KEYS[3]
+local op, now = ARGV[2], tonumber(ARGV[3])
+local kind, size, wsec, nb = ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
+local minc, needed = tonumber(ARGV[8]), tonumber(ARGV[9])
+local frate, srate = tonumber(ARGV[10]), tonumber(ARGV[11])
+local ofs, backoff, maxof = tonumber(ARGV[12]), tonumber(ARGV[13]), tonumber(ARGV[14])
+local P, maxwait = tonumber(ARGV[15]), tonumber(ARGV[16])
+local s = {}
+local raw = redis.call('HGETALL', H)
+for i = 1, #raw, 2 do s[raw[i]] = raw[i + 1] end
+local function n(key, dflt)
+  local v = tonumber(s[key] or '')
+  if v == nil then return dflt end
+  return v
+end
+local st = s.st or 'closed'
+local ou, of, co, sq, ep = n('ou', INF), n('of', 0), n('co', 0), n('sq', 0), n('ep', 0)
+local pm = n('pm', P)
+local us, fl, pc, pf, ps, nd = n('us', 0), n('fl', 0), n('pc', 0), n('pf', 0), n('ps', 0), n('nd', INF)
+local wc, wx, ws, we = n('wc', 0), n('wx', 0), n('ws', 0), n('we', nil)
+local tk, dl = {}, {}
+for i = 1, pm do tk[i], dl[i] = n('t' .. i, 0), n('d' .. i, INF) end
+local evs, dirty, ticket = {}, false, 0
+local wfp = kind .. ':' .. ARGV[5] .. ':' .. ARGV[6] .. ':' .. ARGV[7]
+local width = wsec / nb
+
+local function wreset()
+  redis.call('DEL', W)
+  wc, wx, ws, we, dirty = 0, 0, 0, nil, true
+end
+if s.wfp ~= wfp then wreset() end
+local function advance(t)
+  local ep_ = math.floor(t / width)
+  if we == nil then we, dirty = ep_, true return ep_ end
+  if ep_ > we then
+    if ep_ - we >= nb then
+      if wc > 0 then wreset() end
+    else
+      local f = {}
+      for h = we + 1, ep_ do local o = h - nb; f[#f + 1] = 'c' .. o; f[#f + 1] = 'f' .. o; f[#f + 1] = 's' .. o end
+      local v = redis.call('HMGET', W, unpack(f))
+      for i = 1, #v, 3 do
+        wc, wx, ws = wc - tonumber(v[i] or '0'), wx - tonumber(v[i + 1] or '0'), ws - tonumber(v[i + 2] or '0')
+      end
+      redis.call('HDEL', W, unpack(f))
+    end
+    we, dirty = ep_, true
+  end
+  return ep_
+end
+local function counts(t)
+  if kind == 'time' then advance(t) end
+  return wc, wx, ws
+end
+local function wrecord(t, failed, slow)
+  dirty = true
+  if kind == 'count' then
+    if wc >= size then
+      local old = tonumber(redis.call('LPOP', W) or '0') or 0
+      wx, ws = wx - old % 2, ws - math.floor(old / 2)
+    else
+      wc = wc + 1
+    end
+    redis.call('RPUSH', W, (failed and 1 or 0) + (slow and 2 or 0))
+  else
+    local ep_ = advance(t)
+    if ep_ <= we - nb then return end
+    redis.call('HINCRBY', W, 'c' .. ep_, 1)
+    wc = wc + 1
+    if failed then redis.call('HINCRBY', W, 'f' .. ep_, 1) end
+    if slow then redis.call('HINCRBY', W, 's' .. ep_, 1) end
+  end
+  if failed then wx = wx + 1 end
+  if slow then ws = ws + 1 end
+end
+local function clear_episode()
+  for i = 1, pm do tk[i], dl[i] = 0, INF end
+  us, fl, pc, pf, ps, nd, dirty = 0, 0, 0, 0, 0, INF, true
+end
+if pm ~= P then
+  sq = math.floor((sq + 1) * pm / P) + 1
+  local f = {}
+  for i = 1, pm do f[#f + 1] = 't' .. i; f[#f + 1] = 'd' .. i end
+  redis.call('HDEL', H, unpack(f))
+  pm = P
+  clear_episode()
+end
+local function opened(reason, fr, sr, c, f, sl)
+  evs[#evs + 1] = {'opened', reason, f17(fr), f17(sr), c, f, sl, co, f17(ou)}
+end
+local function open(reason, fr, sr, c, f, sl)
+  co = co + 1
+  local grown = ofs
+  if co > 1 then grown = of * backoff end
+  of = math.min(grown, maxof)
+  ou, st = now + of, 'open'
+  clear_episode()
+  opened(reason, fr, sr, c, f, sl)
+end
+local function half_open()
+  st, ou, ep = 'half_open', INF, ep + 1
+  clear_episode()
+  evs[#evs + 1] = {'half', pm}
+end
+local function admit()
+  if us >= pm then return 0 end
+  local slot = 1
+  while tk[slot] ~= 0 do slot = slot + 1 end
+  local t = 2 + sq * pm + slot - 1
+  sq = sq + 1
+  local dd = now + maxwait
+  tk[slot], dl[slot] = t, dd
+  if dd < nd then nd = dd end
+  us, fl, dirty = us + 1, fl + 1, true
+  return t
+end
+local function probe_slot(t)
+  if t < 2 or st ~= 'half_open' then return -1 end
+  local slot = (t - 2) % pm + 1
+  if tk[slot] == t then return slot end
+  return -1
+end
+local function free_slot(slot)
+  tk[slot], dl[slot], fl, dirty = 0, INF, fl - 1, true
+end
+local function count_probe(failed, slow, reason)
+  pc = pc + 1
+  if failed then pf = pf + 1 end
+  if slow then ps = ps + 1 end
+  dirty = true
+  if pc < needed then return false end
+  local fr, sr = 100.0 * pf / pc, 100.0 * ps / pc
+  if fr >= frate or sr >= srate then
+    open(reason, fr, sr, pc, pf, ps)
+  else
+    st, co = 'closed', 0
+    wreset()
+    clear_episode()
+    evs[#evs + 1] = {'closed', 'probes_succeeded', f17(fr), f17(sr)}
+  end
+  return true
+end
+local function expire()
+  local earliest = INF
+  for i = 1, pm do
+    if tk[i] ~= 0 then
+      if now > dl[i] then
+        free_slot(i)
+        if count_probe(true, false, 'probe_expired') then return end
+      elseif dl[i] < earliest then
+        earliest = dl[i]
+      end
+    end
+  end
+  nd = earliest
+end
+local function tick()
+  if st == 'open' and now >= ou then half_open() end
+  if st == 'half_open' and now > nd then expire() end
+end
+local function check_trip()
+  local c, f, sl = counts(now)
+  if c < minc then return end
+  local fr, sr = 100.0 * f / c, 100.0 * sl / c
+  if fr >= frate then open('failure_rate', fr, sr, c, f, sl)
+  elseif sr >= srate then open('slow_call_rate', fr, sr, c, f, sl) end
+end
+local function restore(state, until_, of_, co_)
+  co, of = tonumber(co_), tonumber(of_)
+  clear_episode()
+  if state == 'open' or state == 'half_open' then
+    st, ou = 'open', tonumber(until_) or now
+  else
+    st, ou = state, INF
+  end
+end
+local blocking = {open = true, half_open = true, forced_open = true}
+
+if op == 'acquire' then
+  if st == 'closed' or st == 'disabled' or st == 'metrics_only' then ticket = 1
+  else
+    tick()
+    if st == 'half_open' then ticket = admit()
+    elseif blocking[st] then ticket = 0
+    else ticket = 1 end
+  end
+elseif op == 'sync' then
+  tick()
+elseif op == 'release' then
+  local t = tonumber(ARGV[18])
+  if t >= 2 then
+    tick()
+    local slot = probe_slot(t)
+    if slot >= 0 then free_slot(slot); us = us - 1 end
+  end
+elseif op == 'result' then
+  local t, fcode, slow = tonumber(ARGV[18]), ARGV[19], ARGV[20] == '1'
+  local failed = nil
+  if fcode == '1' then failed = true elseif fcode == '0' then failed = false end
+  local state, done = st, false
+  if state ~= 'closed' then
+    tick()
+    local slot = probe_slot(t)
+    if slot >= 0 then
+      free_slot(slot)
+      if failed == nil then us = us - 1
+      else
+        wrecord(now, failed, slow)
+        count_probe(failed, slow, 'half_open_failed')
+      end
+      done = true
+    end
+    state = st
+    if state == 'disabled' then done = true end
+  end
+  if not done and failed ~= nil then
+    wrecord(now, failed, slow)
+    if state == 'closed' then check_trip() end
+  end
+elseif op == 'force' then
+  local target, old = ARGV[18], st
+  local c, f, sl = counts(now)
+  local fr, sr = 0.0, 0.0
+  if c > 0 then fr, sr = 100.0 * f / c, 100.0 * sl / c end
+  wreset()
+  clear_episode()
+  co, ou, st = 0, INF, target
+  if target == 'forced_open' then
+    if old ~= 'forced_open' then evs[#evs + 1] = {'opened', 'forced', f17(fr), f17(sr), '', '', '', 0, 'inf'} end
+  elseif blocking[old] then
+    evs[#evs + 1] = {'closed', ARGV[19], f17(fr), f17(sr)}
+  end
+elseif op == 'restore' then
+  restore(ARGV[18], ARGV[19], ARGV[20], ARGV[21])
+elseif op == 'adopt' then
+  if st == 'closed' then restore(ARGV[18], ARGV[19], ARGV[20], ARGV[21]) end
+end
+
+local c, f, sl = counts(now)
+if dirty or s.wfp ~= wfp or s.name ~= ARGV[17] then
+  local set = {'st', st, 'of', f17(of), 'co', f17(co), 'sq', f17(sq), 'ep', f17(ep), 'pm', f17(pm),
+               'us', f17(us), 'fl', f17(fl), 'pc', f17(pc), 'pf', f17(pf), 'ps', f17(ps),
+               'wc', f17(wc), 'wx', f17(wx), 'ws', f17(ws), 'wfp', wfp, 'name', ARGV[17]}
+  local del = {}
+  local function put(key, v, none)
+    if v == none then del[#del + 1] = key else set[#set + 1] = key; set[#set + 1] = f17(v) end
+  end
+  put('ou', ou, INF)
+  put('nd', nd, INF)
+  put('we', we, nil)
+  for i = 1, pm do put('t' .. i, tk[i], 0); put('d' .. i, dl[i], INF) end
+  redis.call('HSET', H, unpack(set))
+  if #del > 0 then redis.call('HDEL', H, unpack(del)) end
+end
+local mind = ''
+if st == 'half_open' and us >= pm then
+  local m = INF
+  for i = 1, pm do if tk[i] ~= 0 and dl[i] < m then m = dl[i] end end
+  if m < INF then mind = f17(m) end
+end
+local until_ = ''
+if st == 'open' then until_ = f17(ou) end
+return reply({'OK', f17(ticket), st, until_, f17(of), co, us, fl, pm, mind, c, f, sl}, evs)
+"""

@@ -1,0 +1,227 @@
+"""The Redis store: breakers and budgets shared by every executor process.
+
+``RedisStore("redis://[user:password@]host:port/db?options")`` plugs in
+behind :mod:`engine.store.base`; the ``redis`` client is an optional extra
+(``pip install 'llm-policy-engine[redis]'``). Options:
+
+================  ===================  =============================================
+``namespace``     ``llm-policy-engine``  the application: first part of every key
+``policy_set``    ``default``          which policy set of that application
+``timeout_ms``    ``100``              connect and reply timeout; slower counts as down
+``cache_ms``      ``100``              how stale a cached breaker state or budget
+                                       view may be where the semantics allow one
+``retry_ms``      ``500``              first wait before retrying an unreachable
+                                       server (doubling per failure)
+``max_retry_ms``  ``5000``             the longest such wait
+================  ===================  =============================================
+
+Keys (``P`` = ``{namespace}:{policy_set}``)::
+
+    P:epoch                     random id of the server's data (see engine.store.redis.link)
+    P:ack:{client}              last settlement applied from one client (expires after a day)
+    P:k:{model}                 breaker hash: state, open_until, open_for, consecutive opens,
+                                probe slots, window totals
+    P:k:{model}:w               breaker window: a list (count) or bucket hash (time)
+    P:b:{budget}:{kind}         budget meta hash: current period start, limits
+    P:b:{budget}:{kind}:{start} usage in the period starting at {start} (+ ':r' reservations,
+                                ':x' their expiry); expires an hour after the period ends
+    P:b:{budget}:{kind}:roll    a rolling budget (+ ':k' buckets, ':r', ':x')
+
+``{kind}`` is ``daily@Europe/Berlin``, ``hourly@UTC``, ``monthly@…`` or
+``rolling@3600.0``: a budget whose period kind changes starts afresh.
+
+History is not kept here (``keeps_history`` is False: that is the SQLite
+store's job); like :class:`~engine.store.base.MemoryStore` the store keeps the
+newest events of this process in memory. Call :meth:`RedisStore.close` (or
+``PolicyEngine.close``) at the end: it reads the last replies and pushes
+what an outage left unsent.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Any
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+from engine.errors import StorageError
+from engine.events import Event
+from engine.policy.model import BreakerSpec, BudgetSpec
+from engine.store.redis.breaker import RedisBreaker
+from engine.store.redis.budget import RedisLedger, budget_key
+from engine.store.redis.link import Cmd, Link, Misconfigured, StorageDegraded, StorageRecovered
+from engine.store.redis.lua import LEDGER
+from engine.store.redis.lua_breaker import BREAKER
+from engine.store.base import MemoryStore
+
+__all__ = ["DEFAULTS", "RedisStore", "StorageDegraded", "StorageRecovered", "parse_uri", "redact"]
+
+DEFAULTS: dict[str, Any] = {"namespace": "llm-policy-engine", "policy_set": "default", "timeout_ms": 100.0,
+                            "cache_ms": 100.0, "retry_ms": 500.0, "max_retry_ms": 5000.0}
+_NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+_INSTALL = "pip install 'llm-policy-engine[redis]'"
+
+
+def redact(uri: str) -> str:
+    """``uri`` fit for messages and logs: any ``user:password@`` becomes ``***@``.
+
+    Everything up to the last ``@`` after the scheme goes (too much rather than
+    too little when a password holds an unescaped ``/``, ``?`` or ``#``).
+    """
+    scheme, sep, rest = uri.partition("://")
+    if not sep:
+        scheme, rest = "", uri
+    if "@" not in rest:
+        return uri
+    return f"{scheme}{sep}***@{rest.rpartition('@')[2]}"
+
+
+def parse_uri(uri: str) -> dict[str, Any]:
+    """Host, port, db, credentials and the options of a ``redis://`` URI; raises StorageError."""
+    parts = urlsplit(uri)
+    if parts.scheme != "redis":
+        raise StorageError(f"expected a redis:// URI, got {redact(uri)!r}")
+    try:
+        port = parts.port or 6379
+        path = parts.path.strip("/")
+        db = int(path) if path else 0
+    except ValueError:
+        raise StorageError(  # not chained: the parser's message may quote the URI
+            f"expected redis://host:port/db with a numeric port and db, got {redact(uri)!r}") from None
+    out: dict[str, Any] = dict(DEFAULTS, host=parts.hostname or "127.0.0.1", port=port, db=db,
+                               username=unquote(parts.username) if parts.username else None,
+                               password=unquote(parts.password) if parts.password else None)
+    for key, value in parse_qsl(parts.query, keep_blank_values=True):
+        if key not in DEFAULTS:
+            raise StorageError(f"unknown option {key!r} in {redact(uri)!r}; expected one of {', '.join(DEFAULTS)}")
+        if key in ("namespace", "policy_set"):
+            if not _NAME.match(value):
+                raise StorageError(f"expected {key} of letters, digits, '.', '_' or '-', got {value!r}")
+            out[key] = value
+        else:
+            try:
+                number = float(value)
+            except ValueError:
+                number = -1.0
+            if not 0.0 <= number < 3.6e6 or (key == "timeout_ms" and number == 0.0):
+                raise StorageError(f"expected {key} as milliseconds (a number >= 0), got {value!r}")
+            out[key] = number
+    return out
+
+
+class RedisStore(MemoryStore):
+    """Shared breakers and budgets on a Redis server; see the module docstring."""
+
+    keeps_history = False
+
+    def __init__(self, uri: str) -> None:
+        super().__init__(redact(uri))  # ``self.uri`` may be shown: no password in it
+        opts = parse_uri(uri)
+        try:
+            from redis.backoff import NoBackoff
+            from redis.connection import Connection
+            from redis.retry import Retry
+        except ImportError as exc:
+            raise StorageError(f"store {redact(uri)!r} needs the redis client: {_INSTALL}") from exc
+        self.options = opts
+        self.prefix = f"{opts['namespace']}:{opts['policy_set']}"
+        self.label = f"redis://{opts['host']}:{opts['port']}/{opts['db']} ({self.prefix})"
+        timeout = opts["timeout_ms"] / 1000.0
+
+        def connect() -> Any:
+            return Connection(  # type: ignore[no-untyped-call]
+                host=opts["host"], port=opts["port"], db=opts["db"], username=opts["username"],
+                password=opts["password"], socket_timeout=timeout, socket_connect_timeout=timeout,
+                retry=Retry(NoBackoff(), 0), client_name=f"llm-policy-engine:{self.prefix}")
+
+        self.link = Link(connect, {"ledger": LEDGER, "breaker": BREAKER}, self.prefix, self.label,
+                         retry_s=opts["retry_ms"] / 1000.0, max_retry_s=opts["max_retry_ms"] / 1000.0)
+        self.link.recoverer = self
+        self.link.fallback_log = self.append_event
+        self._cache_s = opts["cache_ms"] / 1000.0
+        # the engine clock (time.monotonic by default) to wall time, in whole seconds (exact float sums)
+        self._offset = float(round(time.time() - time.monotonic()))
+        self._ledgers: dict[str, RedisLedger] = {}
+        self._breakers: dict[str, RedisBreaker] = {}
+        self._closed = False
+        try:
+            self.link.open()  # a refused password or database fails here; an unreachable server does not
+        except Misconfigured as exc:
+            raise StorageError(f"{exc}; check the user, password and database in the store URI") from exc
+
+    # -- the Store interface -----------------------------------------------------
+
+    def make_breaker(self, name: str, spec: BreakerSpec, events: list[Event]) -> RedisBreaker:  # type: ignore[override]
+        """A breaker on the server shared by every process of this namespace and policy set."""
+        with self.link.lock:
+            self.link.sinks[id(events)] = events
+            breaker = RedisBreaker(self.link, self.prefix, name, spec, events, self._cache_s, self._offset)
+            self._breakers[name] = breaker
+            return breaker
+
+    def make_ledger(self, spec: BudgetSpec, events: list[Event],  # type: ignore[override]
+                    saved: dict[str, Any] | None = None) -> RedisLedger:
+        """A budget on the server; ``saved`` is only checked against ``spec`` (the server is the truth)."""
+        if saved is not None:
+            from engine.budget import BudgetLedger
+
+            BudgetLedger.from_dict(spec, saved)  # raises ValueError when it does not fit
+        with self.link.lock:
+            self.link.sinks[id(events)] = events
+            key = budget_key(self.prefix, spec)
+            ledger = RedisLedger(self.link, self.prefix, spec, events, self._cache_s, self._ledgers.get(key))
+            self._ledgers[key] = ledger
+            return ledger
+
+    def close(self) -> None:
+        """Read the last replies, try once to push what an outage left unsent, disconnect."""
+        with self.link.lock:
+            if self._closed:
+                return
+            self._closed = True
+            self.link.flush()
+            if self.link.degraded or any(led.unconfirmed() for led in self._ledgers.values()):
+                self.link.retry_now()
+                try:
+                    self.link.raw("PING")
+                except Exception:  # noqa: S110 - best effort: what cannot be pushed is logged below
+                    pass
+            left = sum(led.unconfirmed() for led in self._ledgers.values())
+            if left:
+                import logging
+
+                logging.getLogger("engine.redis").warning(
+                    "redis store %s closed with %d settlements not confirmed by the server", self.label, left)
+            self.link.close()
+
+    # -- recovery (called by the link with its lock held) ------------------------
+
+    def replay(self, data_lost: bool) -> list[Cmd]:
+        """Everything to send after an outage: breakers first, then settlements by sequence."""
+        cmds: list[Cmd] = []
+        for breaker in self._breakers.values():
+            cmds.extend(breaker.replay(data_lost))
+        settles = [c for led in self._ledgers.values() for c in led.replay(data_lost, self.link.epoch)]
+        return cmds + sorted(settles, key=lambda c: c.seq)
+
+    def recovered(self) -> None:
+        for breaker in self._breakers.values():
+            breaker.recovered()
+        for ledger in self._ledgers.values():
+            ledger.recovered()
+
+    def forked(self) -> None:
+        for breaker in self._breakers.values():
+            breaker.forked()
+        for ledger in self._ledgers.values():
+            ledger.forked()
+
+    # -- inspection ---------------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        """Round trips and commands sent so far, and whether the server is reachable."""
+        return {"round_trips": self.link.round_trips, "commands": self.link.commands,
+                "degraded": self.link.degraded, "prefix": self.prefix}
+
+    def __repr__(self) -> str:
+        return f"RedisStore({self.label})"
