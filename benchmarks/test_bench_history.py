@@ -28,11 +28,11 @@ import pytest
 
 from benchmarks.conftest import ROOT
 from engine import CircuitClosed, CircuitOpened, FallbackTriggered, Outcome, PolicyEngine, load_policies
-from engine.store.sqlite import SQLiteStore
 from engine.reporting.build import build_report
 from engine.reporting.data import read_day
-from engine.store.historydb import connect
 from engine.reporting.render import write
+from engine.store.historydb import connect
+from engine.store.sqlite import SQLiteStore
 
 OK = Outcome(latency_ms=812.0, input_tokens=1200, output_tokens=310)
 CALLS = 1_000_000

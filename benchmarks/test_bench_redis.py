@@ -4,7 +4,7 @@ Each Redis row runs the default policy set on a ``redis-server`` that the
 fixture starts on a free loopback port (skipped when it or the ``redis``
 package is missing) and reports, besides pytest-benchmark's table, the p99
 and the round trips and commands per pair (from the store's counters, which
-``tests/test_redis.py`` checks against the server's ``INFO commandstats``)::
+``tests/store/test_redis.py`` checks against the server's ``INFO commandstats``)::
 
     python -m pytest benchmarks/test_bench_redis.py --benchmark-only -s
 

@@ -25,8 +25,8 @@ from engine.events import (
     StorageDegraded,
     StorageRecovered,
 )
-from engine.policy.loader import check, load_policies
 from engine.outcome import Decision, Outcome
+from engine.policy.loader import check, load_policies
 from engine.policy.model import PolicySet
 from engine.policy.problems import CODES, Problem
 

@@ -30,11 +30,11 @@ from engine.breaker import REFUSED, CircuitBreaker
 from engine.budget import BudgetLedger
 from engine.errors import NoModelAvailable
 from engine.events import Event, FallbackTriggered, PolicyReloaded, ReloadFailed
-from engine.policy.loader import check, load_policies
 from engine.locks import YieldingLock
 from engine.metrics import RollingMetrics, summarize
 from engine.monitor import Monitor, health
 from engine.outcome import Decision, Outcome
+from engine.policy.loader import check, load_policies
 from engine.policy.model import ModelSpec, PolicySet
 from engine.store.base import Store, open_store
 

@@ -423,7 +423,7 @@ class Proc:
     """``main_watch`` in a child process, its stdout read line by line with a deadline."""
 
     def __init__(self, *args: str, cwd: Path) -> None:
-        code = "import sys; from engine.reload import main_watch; sys.exit(main_watch(sys.argv[1:]))"
+        code = "import sys; from engine.cli.watch import main_watch; sys.exit(main_watch(sys.argv[1:]))"
         self.p = subprocess.Popen([sys.executable, "-c", code, *args], cwd=cwd,
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self.lines: queue.Queue[str | None] = queue.Queue()

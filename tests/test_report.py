@@ -30,12 +30,12 @@ from engine import (
     load_policies,
 )
 from engine.events import Event, PolicyReloaded
-from engine.store.sqlite import SQLiteStore
 from engine.reporting.build import build_report
 from engine.reporting.charts import line_chart, nice_max
 from engine.reporting.data import read_day
-from engine.store.historydb import connect, open_readonly
 from engine.reporting.render import ReportError, write
+from engine.store.historydb import connect, open_readonly
+from engine.store.sqlite import SQLiteStore
 from engine.testing import FakeClock
 from tests.conftest import ROOT
 

@@ -88,16 +88,22 @@ def main(argv: Sequence[str] | None = None) -> int:
                    add_help=False)
     sub.add_parser("status", help="breakers, budgets and health per model from the history store",
                    add_help=False)
+    sub.add_parser("convert", help="write a shared trace or a history database as a replay trace CSV",
+                   add_help=False)
     args, rest = parser.parse_known_args(argv)
     # each command's module is imported only when used, so validation starts fast
+    if args.command == "convert":
+        from engine.cli.convert import main as main_convert
+
+        return main_convert(rest)
     if args.command == "watch":
-        from engine.reload import main_watch
+        from engine.cli.watch import main_watch
 
         return main_watch(rest)
     if args.command == "status" and _store_arg(rest).startswith("redis"):
-        from engine.store.redis.status import main_status as shared_status
+        from engine.cli.report import main_shared_status
 
-        return shared_status(_without(rest, "--policies"))
+        return main_shared_status(_without(rest, "--policies"))
     if args.command in ("report", "status"):
         from engine.cli.report import main_report, main_status
 

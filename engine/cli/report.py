@@ -26,6 +26,7 @@ import sys
 from collections.abc import Sequence
 from datetime import date, datetime, timedelta
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from engine.errors import PolicyError, StorageError
@@ -167,4 +168,51 @@ def main_status(argv: Sequence[str] | None = None) -> int:
     return run_status(parser.parse_args(argv), parser)
 
 
-__all__ = ["main_report", "main_status", "report_parser", "run_report", "run_status", "status_parser"]
+# -- ``policy-engine status --store redis://…``: the shared state as the server holds it
+
+def _shared_text(status: dict[str, Any], when: Any) -> str:
+    lines = [f"store {status['store']} ({status['prefix']}), epoch {status['epoch'] or '-'}"]
+    lines.append(f"breakers: {len(status['breakers'])}")
+    for name, b in status["breakers"].items():
+        until = f" until {when(b['open_until'])}" if b["open_until"] else ""
+        lines.append(f"  {name:<28} {b['state']}{until}; opened {b['consecutive_opens']}x in a row; "
+                     f"{b['probes_in_flight']} probes in flight; window {b['window_calls']} calls, "
+                     f"{b['window_failures']} failed, {b['window_slow']} slow")
+    lines.append(f"budgets: {len(status['budgets'])}")
+    for name, u in status["budgets"].items():
+        parts = []
+        if u["tokens_limit"]:
+            parts.append(f"{u['tokens_used']:,} (+{u['tokens_reserved']:,} reserved) / {u['tokens_limit']:,} tokens")
+        if u["cost_limit"]:
+            parts.append(f"${u['cost_used']:,.2f} (+${u['cost_reserved']:,.2f}) / ${u['cost_limit']:,.2f}")
+        flags = ", exhausted" if u["exhausted"] else ", warned" if u["warned"] else ""
+        lines.append(f"  {name:<28} {u['period']}: {'; '.join(parts)} = {u['used_fraction']:.1%}; "
+                     f"{u['reservations']} reservations{flags}")
+    return "\n".join(lines)
+
+
+def main_shared_status(argv: Sequence[str] | None = None) -> int:
+    """``policy-engine status --store URI [--format text|json]``; returns the exit status."""
+    p = argparse.ArgumentParser(prog="policy-engine status",
+                                description="Show the shared breakers and budgets held by a store.",
+                                epilog="exit status: 0 shown, 1 the store could not be read, 2 usage error")
+    p.add_argument("--store", required=True, metavar="URI", help="redis://host:port/db?namespace=...&policy_set=...")
+    p.add_argument("--format", choices=("text", "json"), default="text")
+    args = p.parse_args(argv)
+    if not args.store.startswith("redis://"):
+        from engine.store.redis.store import redact
+
+        p.error(f"expected a redis:// store, got {redact(args.store)!r}")
+    from engine.store.redis.status import read_status, when
+
+    try:
+        status = read_status(args.store)
+    except StorageError as exc:
+        print(f"policy-engine status: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(status, indent=2) if args.format == "json" else _shared_text(status, when))
+    return 0
+
+
+__all__ = ["main_report", "main_shared_status", "main_status", "report_parser", "run_report", "run_status",
+           "status_parser"]

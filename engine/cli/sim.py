@@ -145,8 +145,8 @@ def main_simulate(argv: Sequence[str] | None = None) -> int:
 
 def _run_simulate(args: argparse.Namespace) -> int:
     from engine.sim.progress import Progress
-    from engine.sim.summary import format_simulation, simulation_dict
     from engine.sim.simulate import SimOptions, simulate
+    from engine.sim.summary import format_simulation, simulation_dict
     from engine.sim.workload import WorkloadError
 
     prog = "policy-engine simulate"
@@ -248,8 +248,8 @@ def main_replay(argv: Sequence[str] | None = None) -> int:
 
 def _run_replay(args: argparse.Namespace, dirs: list[Path]) -> int:
     from engine.policy.loader import load_policies
-    from engine.sim.replay import prepare, replay
     from engine.sim.progress import Progress
+    from engine.sim.replay import prepare, replay
     from engine.sim.summary import format_replay
     from engine.sim.trace import TraceError, read_trace
 

@@ -15,8 +15,8 @@ import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from engine.policy.compile import Compiler
 from engine.errors import PolicyError
+from engine.policy.compile import Compiler
 from engine.policy.model import PolicySet
 from engine.policy.problems import Problem, sort_problems
 from engine.policy.schema import validate

@@ -19,15 +19,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
+from yaml import SafeLoader as _PyLoader
 
 from engine.policy.problems import Problem
 
-from yaml import SafeLoader as _PyLoader
-
 try:  # libyaml's parser, when available: an order of magnitude faster
     from yaml import CSafeLoader as _Loader
+
+    _LIBYAML = True
 except ImportError:  # pragma: no cover - depends on how PyYAML was built
     _Loader = _PyLoader  # type: ignore[assignment,misc]
+    _LIBYAML = False
 
 MAX_BYTES = 1 << 20
 MAX_DEPTH = 32
@@ -249,7 +251,7 @@ def parse(file: str, text: str) -> Document:
     try:
         return _parse(file, text, _Loader)
     except YamlProblem as exc:
-        if _Loader is _PyLoader or not exc.problem.message.endswith(_LIBYAML_DEPTH):
+        if not _LIBYAML or not exc.problem.message.endswith(_LIBYAML_DEPTH):
             raise
     return _parse(file, text, _PyLoader)
 

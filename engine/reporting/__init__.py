@@ -1,7 +1,7 @@
-"""The history database format and the daily report built from it.
+"""The daily report and the ``status`` view, built from the recorded history.
 
-* :mod:`engine.store.historydb` — the SQLite schema, its migrations and
-  the row codecs (the writer is :class:`engine.store.sqlite.SQLiteStore`);
+* the history database itself is :mod:`engine.store.historydb` (schema, migrations, row
+  codecs; the writer is :class:`engine.store.sqlite.SQLiteStore`);
 * :mod:`engine.reporting.data` — reads one day of history;
 * :mod:`engine.reporting.model` — the report's view-model dataclasses;
 * :mod:`engine.reporting.build` (with :mod:`~engine.reporting.sections`,
@@ -13,6 +13,7 @@
 * :mod:`engine.reporting.status` — the live view of ``policy-engine status``.
 
 Importing this package is cheap: nothing here imports Jinja until rendering.
+May import: the core, the policy and store packages. Never simulation or the command line.
 """
 
 from __future__ import annotations

@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import PolicyEngineError
-from engine.reporting.model import Report
 from engine.policy.resources import resource_dir
+from engine.reporting.model import Report
 
 #: format -> (template name, file suffix)
 FORMATS: dict[str, tuple[str, str]] = {

@@ -9,9 +9,9 @@ from typing import Any
 from engine.policy import contexts
 from engine.policy.expressions import compile_expression
 from engine.policy.model import Expression, RecommendationRule
+from engine.policy.templating import render
 from engine.reporting import fmt
 from engine.reporting.model import RankedModel, Recommendation
-from engine.policy.templating import render
 
 log = logging.getLogger("engine.report")
 

@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING, Any
 from engine.reporting import charts as chart_mod
 from engine.reporting import fmt, rules
 from engine.reporting.data import DayHistory, merged
-from engine.store.historydb import fallback_reason
 from engine.reporting.model import BudgetRow, Chart, FallbackRow, HourRow, TierRanking
+from engine.store.historydb import fallback_reason
 
 if TYPE_CHECKING:
     from engine.reporting.build import Day

@@ -23,8 +23,8 @@ from engine.calling import backoff_delay
 from engine.classify import classify
 from engine.policy.model import PolicySet
 from engine.sim.tally import Tally
-from engine.sim.world import World, exception_for
 from engine.sim.workload import Request
+from engine.sim.world import World, exception_for
 
 __all__ = ["primaries", "run_baselines"]
 

@@ -4,9 +4,9 @@
 or, for the history, the SQLite magic); this module also writes them out as
 a trace CSV::
 
-    python -m engine.sim.convert ../shared/traces/azure-llm-2023/AzureLLMInferenceTrace_conv.csv -o conv.csv
-    python -m engine.sim.convert ../shared/traces/llmperf-2023/llmperf_requests.csv -o llmperf.csv
-    python -m engine.sim.convert memory/history.db -o yesterday.csv
+    policy-engine convert ../shared/traces/azure-llm-2023/AzureLLMInferenceTrace_conv.csv -o conv.csv
+    policy-engine convert ../shared/traces/llmperf-2023/llmperf_requests.csv -o llmperf.csv
+    policy-engine convert memory/history.db -o yesterday.csv
 
 * **Azure LLM trace** (``TIMESTAMP, ContextTokens, GeneratedTokens``): one
   call per row at its timestamp (UTC), tier drawn from the workload's
@@ -33,21 +33,19 @@ a trace CSV::
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import random
 import sqlite3
-import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
 
-from engine.sim.trace import LineProblem, TraceLine, check_timestamp, csv_rows, read_trace, write_csv
+from engine.sim.trace import LineProblem, TraceLine, check_timestamp, csv_rows
 from engine.sim.workload import load_workload
 
-__all__ = ["LLMPERF_MODELS", "SQLITE_MAGIC", "azure", "history", "llmperf", "main"]
+__all__ = ["LLMPERF_MODELS", "SQLITE_MAGIC", "azure", "history", "llmperf"]
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
 LLMPERF_IN_FLIGHT = 5
@@ -224,37 +222,3 @@ def _minute_lines(minute: int, tier: str, members: Iterable[tuple[int, sqlite3.R
             rid, at = f"h{minute}-{tier}-f{j}", minute * 60.0 + (len(ok) + j + 0.5) * step
         out.append(TraceLine(i, max(at, minute * 60.0), tier, model, tin or mean_prompt, 0, cls, lat, rid))
     return out
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m engine.sim.convert",
-                                description="Write a shared trace or an engine history as a replay trace CSV.",
-                                epilog="exit status: 0 converted, 1 unreadable input or malformed lines, 2 usage")
-    p.add_argument("source", type=Path, help="Azure LLM CSV, llmperf_requests.csv or a history .db")
-    p.add_argument("-o", "--output", type=Path, help="where to write the CSV (default: stdout)")
-    p.add_argument("--seed", type=int, default=1, help="seed of the Azure tier assignment (default 1)")
-    try:
-        args = p.parse_args(argv)
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    from engine.sim.trace import TraceError
-
-    try:
-        trace = read_trace(args.source, seed=args.seed)
-    except TraceError as exc:
-        print(f"sim_convert: {exc}", file=sys.stderr)
-        return 1
-    for problem in trace.problems:
-        print(problem.format(trace.path), file=sys.stderr)
-    if args.output is None:
-        n = write_csv(trace.lines, sys.stdout)
-    else:
-        with args.output.open("w", encoding="utf-8", newline="") as f:
-            n = write_csv(trace.lines, f)
-    print(f"{trace.path}: {trace.format}, {n:,} lines written"
-          + (f", {len(trace.problems)} malformed lines skipped" if trace.problems else ""), file=sys.stderr)
-    return 1 if trace.problems else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -35,8 +35,8 @@ from engine.events import (
     FallbackTriggered,
 )
 from engine.sim.tally import Tally
-from engine.testing import FakeClock
 from engine.sim.workload import Request
+from engine.testing import FakeClock
 
 __all__ = ["Wait", "WorldLike", "run_engine"]
 

@@ -48,9 +48,9 @@ from engine.policy.problems import did_you_mean
 from engine.sim.driver import run_engine
 from engine.sim.tally import Tally, prices
 from engine.sim.trace import LineProblem, Trace, TraceLine
+from engine.sim.workload import Request, Workload, load_workload
 from engine.sim.world import GOLDEN, World
 from engine.testing import FakeClock
-from engine.sim.workload import Request, Workload, load_workload
 
 __all__ = ["DEFAULT_HORIZON_S", "ReplayError", "ReplayResult", "prepare", "replay"]
 

@@ -38,9 +38,9 @@ from engine.sim.baselines import primaries, run_baselines
 from engine.sim.driver import run_engine
 from engine.sim.scenarios import SCENARIOS, ResolvedFault, Scenario, describe_loads, resolve
 from engine.sim.tally import Tally, prices
+from engine.sim.workload import Request, Workload, arrivals, load_workload, local_epoch
 from engine.sim.world import World, exception_for
 from engine.testing import FakeClock
-from engine.sim.workload import Request, Workload, arrivals, load_workload, local_epoch
 
 __all__ = ["DEFAULT_DATE", "FIRST_DATE", "LAST_DATE", "REPORT_WRITERS", "SimOptions", "SimResult", "map_tiers",
            "simulate"]

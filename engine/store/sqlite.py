@@ -41,6 +41,7 @@ from typing import Any
 
 from engine.errors import StorageError
 from engine.events import Event, FallbackTriggered
+from engine.store.base import local_breaker, local_ledger
 from engine.store.historydb import (
     BUCKETS,
     CALLS,
@@ -74,7 +75,6 @@ from engine.store.historydb import (
     parse_uri,
     to_wall,
 )
-from engine.store.base import local_breaker, local_ledger
 
 log = logging.getLogger("engine.history")
 

@@ -9,17 +9,13 @@ changing anything. Exit status: 0 shown, 1 the store could not be read,
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
 import time
-from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 from engine.errors import StorageError
 
-__all__ = ["main_status", "read_status"]
+__all__ = ["read_status", "when"]
 
 
 def read_status(uri: str) -> dict[str, Any]:
@@ -84,49 +80,7 @@ def _read(client: Any, prefix: str, opts: dict[str, Any]) -> dict[str, Any]:
             "breakers": breakers, "budgets": budgets}
 
 
-def _when(t: float | None) -> str:
+def when(t: float | None) -> str:
     if t is None:
         return "-"
     return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-
-
-def _text(status: dict[str, Any]) -> str:
-    lines = [f"store {status['store']} ({status['prefix']}), epoch {status['epoch'] or '-'}"]
-    lines.append(f"breakers: {len(status['breakers'])}")
-    for name, b in status["breakers"].items():
-        until = f" until {_when(b['open_until'])}" if b["open_until"] else ""
-        lines.append(f"  {name:<28} {b['state']}{until}; opened {b['consecutive_opens']}x in a row; "
-                     f"{b['probes_in_flight']} probes in flight; window {b['window_calls']} calls, "
-                     f"{b['window_failures']} failed, {b['window_slow']} slow")
-    lines.append(f"budgets: {len(status['budgets'])}")
-    for name, u in status["budgets"].items():
-        parts = []
-        if u["tokens_limit"]:
-            parts.append(f"{u['tokens_used']:,} (+{u['tokens_reserved']:,} reserved) / {u['tokens_limit']:,} tokens")
-        if u["cost_limit"]:
-            parts.append(f"${u['cost_used']:,.2f} (+${u['cost_reserved']:,.2f}) / ${u['cost_limit']:,.2f}")
-        flags = ", exhausted" if u["exhausted"] else ", warned" if u["warned"] else ""
-        lines.append(f"  {name:<28} {u['period']}: {'; '.join(parts)} = {u['used_fraction']:.1%}; "
-                     f"{u['reservations']} reservations{flags}")
-    return "\n".join(lines)
-
-
-def main_status(argv: Sequence[str] | None = None) -> int:
-    """``policy-engine status --store URI [--format text|json]``; returns the exit status."""
-    p = argparse.ArgumentParser(prog="policy-engine status",
-                                description="Show the shared breakers and budgets held by a store.",
-                                epilog="exit status: 0 shown, 1 the store could not be read, 2 usage error")
-    p.add_argument("--store", required=True, metavar="URI", help="redis://host:port/db?namespace=...&policy_set=...")
-    p.add_argument("--format", choices=("text", "json"), default="text")
-    args = p.parse_args(argv)
-    if not args.store.startswith("redis://"):
-        from engine.store.redis.store import redact
-
-        p.error(f"expected a redis:// store, got {redact(args.store)!r}")
-    try:
-        status = read_status(args.store)
-    except StorageError as exc:
-        print(f"policy-engine status: {exc}", file=sys.stderr)
-        return 1
-    print(json.dumps(status, indent=2) if args.format == "json" else _text(status))
-    return 0

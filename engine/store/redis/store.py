@@ -47,12 +47,12 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 from engine.errors import StorageError
 from engine.events import Event
 from engine.policy.model import BreakerSpec, BudgetSpec
+from engine.store.base import MemoryStore
 from engine.store.redis.breaker import RedisBreaker
 from engine.store.redis.budget import RedisLedger, budget_key
 from engine.store.redis.link import Cmd, Link, Misconfigured, StorageDegraded, StorageRecovered
 from engine.store.redis.lua import LEDGER
 from engine.store.redis.lua_breaker import BREAKER
-from engine.store.base import MemoryStore
 
 __all__ = ["DEFAULTS", "RedisStore", "StorageDegraded", "StorageRecovered", "parse_uri", "redact"]
 

@@ -17,7 +17,6 @@ import pytest
 from engine.policy.loader import load_policies
 from engine.policy.resources import resource_dir
 from engine.sim.scenarios import SCENARIOS, resolve
-from engine.sim.world import World
 from engine.sim.workload import (
     DEFAULT_WORKLOAD,
     Load,
@@ -28,8 +27,9 @@ from engine.sim.workload import (
     load_workload,
     local_epoch,
 )
+from engine.sim.world import World
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SHARED = ROOT.parent / "shared" / "traces"
 BERLIN = ZoneInfo("Europe/Berlin")
 DAY = datetime(2026, 1, 1, tzinfo=BERLIN).timestamp()

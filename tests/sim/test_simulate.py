@@ -19,7 +19,7 @@ from engine.sim.scenarios import SCENARIOS, Scenario
 from engine.sim.simulate import SimOptions, map_tiers, simulate
 from engine.sim.workload import Load, Request
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SIMULATE = "import sys; from engine.cli.sim import main_simulate; sys.exit(main_simulate(sys.argv[1:]))"
 # the first 40 minutes of the L2 outage, at a tenth of the traffic: ~2,000 calls
 SHORT = ["--start-hour", "10", "--hours", "0.67", "--scale", "0.1"]

@@ -14,7 +14,7 @@ import pytest
 from engine.policy.resources import resource_dir
 from engine.sim.trace import read_trace
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SHARED = ROOT.parent / "shared" / "traces"
 AZURE_CONV = SHARED / "azure-llm-2023" / "AzureLLMInferenceTrace_conv.csv"
 LLMPERF = SHARED / "llmperf-2023" / "llmperf_requests.csv"
@@ -220,7 +220,7 @@ def test_the_azure_trace_is_read_directly_and_converts_to_the_trace_format(tmp_p
     assert {ln.tier for ln in trace.lines} == {"L2", "L3", "L4"}
     assert trace.lines[0].input_tokens == 374 and trace.lines[0].output_tokens == 44
     out = tmp_path / "conv.csv"
-    done = subprocess.run([sys.executable, "-m", "engine.sim.convert", str(AZURE_CONV), "-o", str(out)],
+    done = subprocess.run([sys.executable, "-m", "engine.cli.convert", str(AZURE_CONV), "-o", str(out)],
                           capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0, done.stderr
     back = read_trace(out)

@@ -37,7 +37,7 @@ from engine.store.base import Store, open_store
 from engine.testing import FakeClock
 from tests.redis_server import redis_server  # noqa: F401 - a fixture
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 StoreFactory = Callable[[pytest.FixtureRequest], Store]
 
 
@@ -47,7 +47,8 @@ def memory_store(request: pytest.FixtureRequest) -> Store:
 
 def redis_store(request: pytest.FixtureRequest) -> Store:
     server = request.getfixturevalue("redis_server")
-    request.getfixturevalue("monkeypatch").setitem(engine.store.base.BACKENDS, "redis", "engine.store.redis.store:RedisStore")
+    request.getfixturevalue("monkeypatch").setitem(engine.store.base.BACKENDS, "redis",
+                                                   "engine.store.redis.store:RedisStore")
     return open_store(server.uri())
 
 

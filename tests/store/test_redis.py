@@ -1,6 +1,6 @@
 """The Redis store against a real redis-server: sharing, round trips, outages, processes.
 
-The contract every store meets is in ``tests/test_storage_contract.py``;
+The contract every store meets is in ``tests/store/test_storage_contract.py``;
 this file covers what only a shared store has: several stores (standing for
 processes) on one server, the round trips a decision costs, the fail-open mode
 while the server is unreachable, slow or restarted, the status command, and
@@ -399,7 +399,7 @@ def test_no_exception_escapes_while_the_server_flaps(fresh_redis: RedisServer, t
 
 def test_status_shows_the_shared_state(redis_server: RedisServer, tmp_path: Path,  # noqa: F811
                                        capsys: pytest.CaptureFixture[str]) -> None:
-    from engine.store.redis.status import main_status
+    from engine.cli.report import main_shared_status as main_status
 
     uri = redis_server.uri(namespace="statusapp")
     eng = PolicyEngine.from_path(write_policies(tmp_path / "p", tokens=1000), store=uri)
@@ -480,7 +480,7 @@ def _with_auth(uri: str, userinfo: str) -> str:
 
 def test_the_status_command_never_shows_the_password(fresh_redis: RedisServer,  # noqa: F811
                                                      capsys: pytest.CaptureFixture[str]) -> None:
-    from engine.store.redis.status import main_status
+    from engine.cli.report import main_shared_status as main_status
 
     _protect(fresh_redis)
     wrong = _with_auth(fresh_redis.uri(), f"admin:{SECRET}x")

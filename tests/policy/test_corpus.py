@@ -2,11 +2,11 @@
 
 Layout
 ------
-``tests/corpus/base/``
+``tests/policy/corpus/base/``
     A small, complete and VALID policy set, one file per kind, each named
     ``<kind>.yaml``. ``test_base_is_valid`` keeps it valid.
 
-``tests/corpus/invalid/<case>.yaml``
+``tests/policy/corpus/invalid/<case>.yaml``
     One invalid policy file per case. Its header comments declare what
     ``engine.policy.loader.check`` must report, exactly:
 

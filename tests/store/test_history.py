@@ -19,7 +19,6 @@ import pytest
 import engine.store.base
 from engine import CircuitOpened, Outcome, PolicyEngine, StorageError
 from engine.histogram import LatencyHistogram
-from engine.store.sqlite import SQLiteStore
 from engine.store.historydb import (
     DEFAULT_PATH,
     MIGRATIONS,
@@ -29,6 +28,7 @@ from engine.store.historydb import (
     open_readonly,
     parse_uri,
 )
+from engine.store.sqlite import SQLiteStore
 from engine.testing import FakeClock
 from tests.conftest import POLICIES, ROOT
 
