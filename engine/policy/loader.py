@@ -20,9 +20,47 @@ from engine.policy.compile import Compiler
 from engine.policy.model import PolicySet
 from engine.policy.problems import Problem, sort_problems
 from engine.policy.schema import validate
-from engine.policy.yamlread import Document, YamlProblem, read
+from engine.policy.yamlread import MAX_BYTES, Document, YamlProblem, read
 
 SUFFIXES = (".yaml", ".yml")
+
+
+def _too_large(file: str, size: str) -> YamlProblem:
+    return YamlProblem(Problem(file, 1, 1, "file-too-large", f"expected at most {MAX_BYTES} bytes, got {size}"))
+
+
+def read_file(path: str | os.PathLike[str]) -> bytes:
+    """The bytes of one policy file; a file over MAX_BYTES is refused before it is read.
+
+    The size is checked on the open file first, and at most ``MAX_BYTES + 1`` bytes
+    are ever read (a file growing meanwhile is caught too), so a huge or sparse
+    file costs neither time nor memory. Raises YamlProblem (``file-too-large``)
+    or OSError.
+    """
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if size > MAX_BYTES:
+            raise _too_large(str(path), str(size))
+        raw = f.read(MAX_BYTES + 1)
+    if len(raw) > MAX_BYTES:
+        raise _too_large(str(path), f"more than {MAX_BYTES} (it grew while being read)")
+    return raw
+
+
+def file_stamp(path: str | os.PathLike[str]) -> bytes:
+    """What identifies the content of one policy file, for telling that it changed.
+
+    A digest of its first ``MAX_BYTES + 1`` bytes and its size; for a file over
+    the cap (whose content is not read in full) also its inode and modification
+    time. Never reads more than ``MAX_BYTES + 1`` bytes. Raises OSError.
+    """
+    with open(path, "rb") as f:
+        st = os.fstat(f.fileno())
+        head = f.read(MAX_BYTES + 1)
+    stamp = hashlib.sha256(head).digest() + str(st.st_size).encode()
+    if len(head) > MAX_BYTES or st.st_size > MAX_BYTES:
+        stamp += f":{st.st_ino}:{st.st_mtime_ns}".encode()
+    return stamp
 
 
 def policy_files(paths: Iterable[str | os.PathLike[str]]) -> tuple[list[Path], list[Problem]]:
@@ -55,9 +93,12 @@ def check(paths: Sequence[str | os.PathLike[str]] | str | os.PathLike[str]) -> t
     for path in files:
         name = str(path)
         try:
-            raw = path.read_bytes()
+            raw = read_file(path)
         except OSError as exc:
             problems.append(Problem(name, 1, 1, "file-unreadable", exc.strerror or str(exc)))
+            continue
+        except YamlProblem as exc:
+            problems.append(exc.problem)
             continue
         digest.update(path.name.encode() + b"\0" + hashlib.sha256(raw).digest())
         try:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import time
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,7 @@ from hypothesis import strategies as st
 
 from engine import PolicyError, check, load_policies
 from engine.policy.model import BreakerSpec
+from engine.policy.yamlread import MAX_BYTES
 from tests.conftest import POLICIES
 
 
@@ -136,3 +138,24 @@ def test_random_documents_only_raise_policy_error(policy_dir: Path, data: object
     except PolicyError as exc:
         assert exc.problems
     assert time.perf_counter() - start < 1.0
+
+
+def _sparse(path: Path, size: int) -> None:
+    """A file of ``size`` bytes that takes no disk space (and no time to make)."""
+    with path.open("wb") as f:
+        f.truncate(size)
+
+
+def test_a_huge_file_is_refused_without_being_read(policy_dir: Path) -> None:
+    _sparse(policy_dir / "huge.yaml", 3 << 30)
+    tracemalloc.start()
+    start = time.perf_counter()
+    try:
+        _, problems = check(policy_dir)
+        elapsed, peak = time.perf_counter() - start, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert [(Path(p.file).name, p.line, p.col, p.code, p.message) for p in problems] == [
+        ("huge.yaml", 1, 1, "file-too-large", f"expected at most {MAX_BYTES} bytes, got {3 << 30}")]
+    assert peak < 16 << 20, f"{peak} bytes allocated to check a 3 GiB file"
+    assert elapsed < 2.0
