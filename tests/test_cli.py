@@ -75,3 +75,14 @@ def test_missing_path_is_a_problem_not_a_crash(tmp_path: Path) -> None:
     out = run_validate(str(tmp_path / "absent"))
     assert out.returncode == 1
     assert out.stdout.startswith(f"{tmp_path / 'absent'}:1:1: file-unreadable:")
+
+
+def test_a_dangling_policy_link_makes_the_set_invalid(policy_dir: Path) -> None:
+    (policy_dir / "budgets.yaml").unlink()
+    (policy_dir / "budgets.yaml").symlink_to("budgets-v2.yaml")
+    out = run_validate(str(policy_dir))
+    assert out.returncode == 1, out.stdout
+    assert out.stdout.splitlines() == [
+        f"{policy_dir / 'budgets.yaml'}:1:1: file-unreadable: expected a readable policy file, got a dangling "
+        "symbolic link to 'budgets-v2.yaml' (fix the link or remove it)"]
+    assert out.stderr.strip() == "1 problem found"

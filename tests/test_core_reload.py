@@ -243,3 +243,24 @@ def test_a_retry_whose_model_a_reload_removed_falls_back(eng: PolicyEngine, poli
         eng.force(m, "open")
     assert eng.call("L2", client, sleep=sleep_and_reload) == "claude-sonnet-4-5"
     assert calls == ["mistral-small-latest", "claude-sonnet-4-5"]
+
+
+@pytest.mark.parametrize("target", ["gone.yaml", "budgets.yaml"])  # dangling, and a link to itself (a loop)
+def test_a_file_replaced_by_a_broken_link_never_takes_effect(eng: PolicyEngine, policy_dir: Path,
+                                                             target: str) -> None:
+    """Skipped as if absent, the link used to take every budget away with it."""
+    events: list[Event] = []
+    eng.subscribe(events.append)
+    policy = eng.policy
+    budgets = {b.name for b in policy.budgets}
+    assert "opus-daily" in budgets
+    (policy_dir / "budgets.yaml").unlink()
+    (policy_dir / "budgets.yaml").symlink_to(target)
+    assert eng.reload() is False
+    assert eng.policy is policy and eng.reload_status()["revision"] == policy.revision
+    assert {b.name for b in eng.policy.budgets} == budgets
+    assert "opus-daily" in {b["name"] for b in eng.state("claude-opus-4-1")["budgets"]}
+    [event] = events
+    assert isinstance(event, ReloadFailed) and [p.code for p in event.problems] == ["file-unreadable"]
+    [line] = eng.reload_status()["last_error"]
+    assert line.startswith(f"{policy_dir / 'budgets.yaml'}:1:1: file-unreadable: expected a readable policy file")

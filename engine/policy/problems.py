@@ -19,7 +19,8 @@ from typing import Any
 #: Every problem code, with a one-line meaning. Stable: codes are never reused.
 CODES: dict[str, str] = {
     # reading the file
-    "file-unreadable": "the file or directory could not be read",
+    "file-unreadable": "a policy file or directory could not be read: missing, a dangling or looping symbolic "
+                       "link, no permission, or not a regular file (a directory, pipe or device named *.yaml)",
     "file-too-large": "the file is larger than the size cap",
     "not-utf8": "the file is not valid UTF-8",
     "empty-file": "the file holds no YAML document",

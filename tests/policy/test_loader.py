@@ -1,8 +1,10 @@
 from __future__ import annotations
 
+import os
 import time
 import tracemalloc
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -183,3 +185,48 @@ def test_thousands_of_unknown_names_validate_fast_and_keep_their_suggestions(tmp
     unknown = [p.message for p in problems if p.code == "unknown-model"]
     assert unknown == [f"unknown model {typos[i % 4].format(i)!r} (did you mean 'vendor-model-{i:05d}'?)"
                        for i in range(n)] + ["unknown model 'qqqqqqqq'"]
+
+
+def _dangling(path: Path) -> str:
+    path.symlink_to("gone.yaml")
+    return "a dangling symbolic link to 'gone.yaml' (fix the link or remove it)"
+
+
+def _loop(path: Path) -> str:
+    path.symlink_to(path.name)
+    return "a symbolic link that loops (fix the link or remove it)"
+
+
+def _directory(path: Path) -> str:
+    path.mkdir()
+    return "a directory (directories inside a policy directory are not searched)"
+
+
+def _pipe(path: Path) -> str:
+    os.mkfifo(path)  # opening it for reading would block until a writer came
+    return "a named pipe"
+
+
+def _no_permission(path: Path) -> str:
+    path.write_text("kind: report\nversion: 1\n")
+    path.chmod(0)
+    return "a file this process may not read (permission denied)"
+
+
+@pytest.mark.parametrize("make", [
+    _dangling, _loop, _directory, _pipe,
+    pytest.param(_no_permission, marks=pytest.mark.skipif(os.geteuid() == 0, reason="root reads anything")),
+])
+def test_a_policy_file_that_cannot_be_read_is_a_located_problem(policy_dir: Path, make: Any) -> None:
+    """It was skipped silently: the set was judged valid with one file fewer."""
+    (policy_dir / "budgets.yaml").unlink()
+    got = make(policy_dir / "budgets.yaml")
+    policy, problems = check(policy_dir)
+    assert policy is None
+    assert [p.format() for p in problems] == [
+        f"{policy_dir / 'budgets.yaml'}:1:1: file-unreadable: expected a readable policy file, got {got}"]
+    with pytest.raises(PolicyError, match="file-unreadable"):
+        load_policies(policy_dir)
+    if make is not _directory:  # named on its own, the same (a directory named so is searched)
+        _, alone = check(policy_dir / "budgets.yaml")
+        assert [p.format() for p in alone] == [p.format() for p in problems]
