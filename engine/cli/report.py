@@ -31,6 +31,7 @@ from zoneinfo import ZoneInfo
 
 from engine.errors import PolicyError, StorageError
 from engine.policy.model import PolicySet
+from engine.text import printable, printable_data
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 DEFAULT_STORE = "sqlite:///memory/history.db"
@@ -102,7 +103,7 @@ def _fail(exc: Exception) -> int:
             print(problem.format(), file=sys.stderr)
         print(f"policy-engine: {len(exc.problems)} policy problem(s)", file=sys.stderr)
     else:
-        print(f"policy-engine: {exc}", file=sys.stderr)
+        print(f"policy-engine: {printable(exc)}", file=sys.stderr)
     return EXIT_FAILED
 
 
@@ -133,7 +134,7 @@ def run_report(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     except (PolicyError, StorageError, ReportError, OSError) as exc:
         return _fail(exc)
     for path in paths:
-        print(path)
+        print(printable(path))
     return EXIT_OK
 
 
@@ -152,7 +153,7 @@ def run_status(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     if args.format == "json":
         print(json.dumps(status, indent=2, sort_keys=True))
     else:
-        sys.stdout.write(format_table(status, policy.report.timezone))
+        sys.stdout.write(format_table(printable_data(status), policy.report.timezone))  # names from the store
     return EXIT_OK
 
 
@@ -208,9 +209,9 @@ def main_shared_status(argv: Sequence[str] | None = None) -> int:
     try:
         status = read_status(args.store)
     except StorageError as exc:
-        print(f"policy-engine status: {exc}", file=sys.stderr)
+        print(f"policy-engine status: {printable(exc)}", file=sys.stderr)
         return 1
-    print(json.dumps(status, indent=2) if args.format == "json" else _shared_text(status, when))
+    print(json.dumps(status, indent=2) if args.format == "json" else _shared_text(printable_data(status), when))
     return 0
 
 

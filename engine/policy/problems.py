@@ -16,6 +16,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from engine.text import printable
+
 #: Every problem code, with a one-line meaning. Stable: codes are never reused.
 CODES: dict[str, str] = {
     # reading the file
@@ -87,7 +89,9 @@ class Problem:
             raise ValueError(f"unknown problem code {self.code!r}")
 
     def format(self) -> str:
-        return f"{self.file}:{self.line}:{self.col}: {self.code}: {self.message}"
+        """``file:line:col: code: message``, one line: control characters in the file name and the
+        message are shown escaped (``\\x1b``, ``\\n``), so the text is safe for a terminal."""
+        return f"{printable(self.file)}:{self.line}:{self.col}: {self.code}: {printable(self.message)}"
 
     def to_dict(self) -> dict[str, Any]:
         return {
