@@ -1,4 +1,4 @@
-"""Outside values made safe to show: control characters escaped for terminals.
+"""Outside values made safe to show: control characters escaped, credentials redacted.
 
 Names of files, values read from policy files and from history databases
 reach terminals through problem lines and the command line's output. A
@@ -7,6 +7,10 @@ control character in one of them (``ESC]0;...BEL`` retitling the window,
 problem line) would act instead of being seen. :func:`printable` shows each
 as an escape (``\\x1b``, ``\\n``); JSON output needs none of this (JSON
 escapes control characters by itself).
+
+A URI may carry a password (``redis://user:secret@host/0``); wherever one is
+echoed — an argument error, a problem about a storage policy's ``uri``, a
+store's name — it goes through :func:`redact_uri` first.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-__all__ = ["printable", "printable_data"]
+__all__ = ["printable", "printable_data", "redact_uri"]
 
 # C0 controls, DEL and C1 controls; the Unicode line and paragraph separators and the
 # bidirectional embeddings, overrides and isolates (they reorder what a terminal shows); and
@@ -47,3 +51,19 @@ def printable_data(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return type(value)(printable_data(v) for v in value)
     return value
+
+
+def redact_uri(uri: str) -> str:
+    """``uri`` fit for messages and logs: any ``user:password@`` becomes ``***@``, whatever the scheme.
+
+    ``redis://admin:secret@cache:6380/0`` becomes ``redis://***@cache:6380/0``; a
+    value without ``://`` loses everything up to its ``@`` likewise. Everything up
+    to the last ``@`` after the scheme goes (too much rather than too little when
+    a password holds an unescaped ``/``, ``?`` or ``#``).
+    """
+    scheme, sep, rest = uri.partition("://")
+    if not sep:
+        scheme, rest = "", uri
+    if "@" not in rest:
+        return uri
+    return f"{scheme}{sep}***@{rest.rpartition('@')[2]}"

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import POLICIES, ROOT
 
 
@@ -162,3 +164,41 @@ def test_report_paths_from_the_report_policy_are_printed_escaped(tmp_path: Path,
     shown = f"{tmp_path}/out\\x1b]0;owned\\x07\\x1b[2J\\nfake.yaml:1:1: yaml-syntax: forged\\x9b"
     assert out.stdout.splitlines() == [f"{shown}/260102-DAILY-REPORT.md", f"{shown}/260102-DAILY-REPORT.html"]
     assert (out_dir / "260102-DAILY-REPORT.md").is_file()
+
+
+# -- credentials in URIs are never echoed ------------------------------------------------------------
+SECRET = "hunter2"  # noqa: S105 - the password that must never be shown
+
+
+@pytest.mark.parametrize(("command", "store", "shown"), [
+    ("report", f"redis://u:{SECRET}@h/0", "redis://***@h/0"),
+    ("status", f"Redis://u:{SECRET}@h/0", "Redis://***@h/0"),
+    ("status", f"postgres://u:{SECRET}@db:5432/app", "postgres://***@db:5432/app"),
+    ("report", f"postgres://u:{SECRET}@db:5432/app", "postgres://***@db:5432/app"),
+])
+def test_a_store_argument_error_does_not_echo_the_password(command: str, store: str, shown: str) -> None:
+    out = run(command, "--policies", str(POLICIES), "--store", store)
+    assert out.returncode == 2
+    assert SECRET not in out.stdout + out.stderr
+    assert f"got {shown!r}" in out.stderr
+
+
+def test_a_missing_sqlite_history_does_not_echo_the_password(tmp_path: Path) -> None:
+    out = run("status", "--policies", str(POLICIES), "--store", f"sqlite://u:{SECRET}@{tmp_path}/h.db")
+    assert out.returncode == 1
+    assert SECRET not in out.stdout + out.stderr
+    assert "no history database (store sqlite://***@" in out.stderr
+
+
+def test_a_storage_uri_failing_its_schema_is_shown_without_the_password(policy_dir: Path) -> None:
+    (policy_dir / "storage.yaml").write_text(f"kind: storage\nversion: 1\nuri: rediss://admin:{SECRET}@cache:6380/0\n")
+    out = run_validate(str(policy_dir))
+    assert out.returncode == 1
+    assert SECRET not in out.stdout + out.stderr
+    assert out.stdout.splitlines() == [
+        f"{policy_dir / 'storage.yaml'}:3:6: invalid-format: expected a string matching ^(memory|sqlite|redis)://, "
+        "got 'rediss://***@cache:6380/0'"]
+    out = run("validate", "--format", "json", str(policy_dir))
+    assert out.returncode == 1
+    assert SECRET not in out.stdout + out.stderr
+    assert [p["code"] for p in json.loads(out.stdout)["problems"]] == ["invalid-format"]

@@ -264,3 +264,17 @@ def test_a_file_replaced_by_a_broken_link_never_takes_effect(eng: PolicyEngine, 
     assert isinstance(event, ReloadFailed) and [p.code for p in event.problems] == ["file-unreadable"]
     [line] = eng.reload_status()["last_error"]
     assert line.startswith(f"{policy_dir / 'budgets.yaml'}:1:1: file-unreadable: expected a readable policy file")
+
+
+def test_a_rejected_storage_uri_never_shows_its_password(eng: PolicyEngine, policy_dir: Path) -> None:
+    events: list[Event] = []
+    eng.subscribe(events.append)
+    (policy_dir / "storage.yaml").write_text("kind: storage\nversion: 1\nuri: rediss://admin:hunter2@cache:6380/0\n")
+    assert eng.reload() is False
+    [event] = events
+    assert isinstance(event, ReloadFailed)
+    status = eng.reload_status()
+    for shown in (str(status), repr(status), str(event), repr(event), event.describe()):
+        assert "hunter2" not in shown
+    assert status["last_error"] == [f"{policy_dir / 'storage.yaml'}:3:6: invalid-format: expected a string matching "
+                                    "^(memory|sqlite|redis)://, got 'rediss://***@cache:6380/0'"]

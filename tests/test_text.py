@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from engine.text import printable, printable_data
+from engine.text import printable, printable_data, redact_uri
 
 
 def test_controls_are_shown_as_escapes() -> None:
@@ -19,3 +19,12 @@ def test_controls_are_shown_as_escapes() -> None:
 def test_data_is_escaped_throughout() -> None:
     assert printable_data({"m\n": ["a\x1b", ("b\x07", 1)], "n": None}) == {"m\\n": ["a\\x1b", ("b\\x07", 1)],
                                                                            "n": None}
+
+
+def test_credentials_are_redacted_whatever_the_scheme() -> None:
+    assert redact_uri("rediss://admin:hunter2@cache:6380/0") == "rediss://***@cache:6380/0"
+    assert redact_uri("postgres://u:hunter2@db/app?sslmode=require") == "postgres://***@db/app?sslmode=require"
+    assert redact_uri("Redis://:hunter2@h") == "Redis://***@h"
+    assert redact_uri("redis://u:pa/ss@word@h/0") == "redis://***@h/0"  # an unescaped '/' or '@' in the password
+    assert redact_uri("u:hunter2@h:6379") == "***@h:6379"
+    assert redact_uri("sqlite:///memory/history.db?flush_s=1") == "sqlite:///memory/history.db?flush_s=1"

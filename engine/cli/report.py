@@ -31,7 +31,7 @@ from zoneinfo import ZoneInfo
 
 from engine.errors import PolicyError, StorageError
 from engine.policy.model import PolicySet
-from engine.text import printable, printable_data
+from engine.text import printable, printable_data, redact_uri
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 DEFAULT_STORE = "sqlite:///memory/history.db"
@@ -87,13 +87,15 @@ def _open(args: argparse.Namespace, parser: argparse.ArgumentParser) -> tuple[Po
     from engine.policy.loader import load_policies
     from engine.store.historydb import open_readonly, parse_uri
 
+    shown = redact_uri(str(args.store))  # never echo a password
     if not str(args.store).startswith("sqlite://"):
-        parser.error(f"--store: expected a sqlite:// URI (the history store), got {args.store!r}")
+        parser.error(f"--store: expected a sqlite:// URI (the history store), got {shown!r}")
     policy = load_policies(args.policies)
     path, _ = parse_uri(args.store)
     if not path.is_file():
-        raise StorageError(f"no history database at {path} (store {args.store}); run the engine with "
-                           f"store={args.store!r} first")
+        where = f"at {path} " if shown == args.store else ""  # the path would hold what was redacted
+        raise StorageError(f"no history database {where}(store {shown}); run the engine with "
+                           f"store={shown!r} first")
     return policy, open_readonly(path)  # read-only: report and status never write, migrate or convert
 
 
@@ -201,9 +203,7 @@ def main_shared_status(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--format", choices=("text", "json"), default="text")
     args = p.parse_args(argv)
     if not args.store.startswith("redis://"):
-        from engine.store.redis.store import redact
-
-        p.error(f"expected a redis:// store, got {redact(args.store)!r}")
+        p.error(f"expected a redis:// store, got {redact_uri(args.store)!r}")
     from engine.store.redis.status import read_status, when
 
     try:
