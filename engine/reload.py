@@ -62,7 +62,7 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
-from engine.policy.loader import policy_files
+from engine.policy.loader import file_stamp, policy_files
 
 if TYPE_CHECKING:
     from engine.core import PolicyEngine
@@ -104,12 +104,16 @@ def needs_polling(path: str | os.PathLike[str], mounts: str | None = None) -> bo
 
 
 def _fingerprint(paths: Sequence[str | os.PathLike[str]]) -> tuple[str, float]:
-    """A digest of the policy files' names and bytes, and the newest mtime among them."""
+    """A digest of the policy files' names and contents, and the newest mtime among them.
+
+    Each file contributes :func:`engine.policy.loader.file_stamp`: at most the
+    size cap plus one byte is read, however large the file.
+    """
     files, _ = policy_files(paths)
     digest, newest = hashlib.sha256(), 0.0
     for path in files:
         try:
-            digest.update(str(path).encode() + b"\0" + hashlib.sha256(path.read_bytes()).digest())
+            digest.update(str(path).encode() + b"\0" + file_stamp(path) + b"\0")
             newest = max(newest, path.stat().st_mtime)
         except OSError:
             digest.update(str(path).encode() + b"\0?")

@@ -243,3 +243,38 @@ def test_a_retry_whose_model_a_reload_removed_falls_back(eng: PolicyEngine, poli
         eng.force(m, "open")
     assert eng.call("L2", client, sleep=sleep_and_reload) == "claude-sonnet-4-5"
     assert calls == ["mistral-small-latest", "claude-sonnet-4-5"]
+
+
+@pytest.mark.parametrize("target", ["gone.yaml", "budgets.yaml"])  # dangling, and a link to itself (a loop)
+def test_a_file_replaced_by_a_broken_link_never_takes_effect(eng: PolicyEngine, policy_dir: Path,
+                                                             target: str) -> None:
+    """Skipped as if absent, the link used to take every budget away with it."""
+    events: list[Event] = []
+    eng.subscribe(events.append)
+    policy = eng.policy
+    budgets = {b.name for b in policy.budgets}
+    assert "opus-daily" in budgets
+    (policy_dir / "budgets.yaml").unlink()
+    (policy_dir / "budgets.yaml").symlink_to(target)
+    assert eng.reload() is False
+    assert eng.policy is policy and eng.reload_status()["revision"] == policy.revision
+    assert {b.name for b in eng.policy.budgets} == budgets
+    assert "opus-daily" in {b["name"] for b in eng.state("claude-opus-4-1")["budgets"]}
+    [event] = events
+    assert isinstance(event, ReloadFailed) and [p.code for p in event.problems] == ["file-unreadable"]
+    [line] = eng.reload_status()["last_error"]
+    assert line.startswith(f"{policy_dir / 'budgets.yaml'}:1:1: file-unreadable: expected a readable policy file")
+
+
+def test_a_rejected_storage_uri_never_shows_its_password(eng: PolicyEngine, policy_dir: Path) -> None:
+    events: list[Event] = []
+    eng.subscribe(events.append)
+    (policy_dir / "storage.yaml").write_text("kind: storage\nversion: 1\nuri: rediss://admin:hunter2@cache:6380/0\n")
+    assert eng.reload() is False
+    [event] = events
+    assert isinstance(event, ReloadFailed)
+    status = eng.reload_status()
+    for shown in (str(status), repr(status), str(event), repr(event), event.describe()):
+        assert "hunter2" not in shown
+    assert status["last_error"] == [f"{policy_dir / 'storage.yaml'}:3:6: invalid-format: expected a string matching "
+                                    "^(memory|sqlite|redis)://, got 'rediss://***@cache:6380/0'"]

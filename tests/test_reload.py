@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import threading
+import tracemalloc
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -309,6 +310,32 @@ def test_a_change_missed_by_the_observer_is_caught_by_the_settle_check(
         w.notify()
         seen.wait(lambda: eng.policy.report.top_models == 8, "the write after the failed read")
     assert [(c, s["failed"]) for c, s in seen.results] == [(False, True), (True, False)]
+
+
+def test_the_fingerprint_of_a_huge_file_reads_little_and_still_sees_changes(tmp_path: Path) -> None:
+    """The settle check fingerprints the files every quiet period: a 3 GiB file must not be read whole."""
+    huge = tmp_path / "huge.yaml"
+    with huge.open("wb") as f:
+        f.truncate(3 << 30)
+    tracemalloc.start()
+    try:
+        first, _ = reload_mod._fingerprint([tmp_path])
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 << 20, f"{peak} bytes allocated to fingerprint a 3 GiB file"
+    assert reload_mod._fingerprint([tmp_path])[0] == first
+    mtime = huge.stat().st_mtime_ns
+    with huge.open("r+b") as f:  # a change far past the size cap, same size
+        f.seek((3 << 30) - 1)
+        f.write(b"x")
+    os.utime(huge, ns=(mtime + 10**9, mtime + 10**9))
+    second, _ = reload_mod._fingerprint([tmp_path])
+    assert second != first
+    with huge.open("r+b") as f:  # a different size
+        f.truncate((3 << 30) + 1)
+    os.utime(huge, ns=(mtime + 10**9, mtime + 10**9))
+    assert reload_mod._fingerprint([tmp_path])[0] not in (first, second)
 
 
 # -- the watcher's own life ------------------------------------------------------------

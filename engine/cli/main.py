@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from engine.policy.loader import check
+from engine.text import printable
 
 EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
 
@@ -61,7 +62,7 @@ def run_validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
         if not args.quiet:
             if valid:
                 assert policy is not None
-                print(f"{', '.join(map(str, paths))}: {len(policy.files)} files, "
+                print(f"{printable(', '.join(map(str, paths)))}: {len(policy.files)} files, "
                       f"{len(policy.models)} models, {len(policy.tiers)} tiers: valid "
                       f"(revision {policy.revision[:12]})")
             else:

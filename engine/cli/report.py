@@ -31,6 +31,7 @@ from zoneinfo import ZoneInfo
 
 from engine.errors import PolicyError, StorageError
 from engine.policy.model import PolicySet
+from engine.text import printable, printable_data, redact_uri
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 DEFAULT_STORE = "sqlite:///memory/history.db"
@@ -86,13 +87,15 @@ def _open(args: argparse.Namespace, parser: argparse.ArgumentParser) -> tuple[Po
     from engine.policy.loader import load_policies
     from engine.store.historydb import open_readonly, parse_uri
 
+    shown = redact_uri(str(args.store))  # never echo a password
     if not str(args.store).startswith("sqlite://"):
-        parser.error(f"--store: expected a sqlite:// URI (the history store), got {args.store!r}")
+        parser.error(f"--store: expected a sqlite:// URI (the history store), got {shown!r}")
     policy = load_policies(args.policies)
     path, _ = parse_uri(args.store)
     if not path.is_file():
-        raise StorageError(f"no history database at {path} (store {args.store}); run the engine with "
-                           f"store={args.store!r} first")
+        where = f"at {path} " if shown == args.store else ""  # the path would hold what was redacted
+        raise StorageError(f"no history database {where}(store {shown}); run the engine with "
+                           f"store={shown!r} first")
     return policy, open_readonly(path)  # read-only: report and status never write, migrate or convert
 
 
@@ -102,7 +105,7 @@ def _fail(exc: Exception) -> int:
             print(problem.format(), file=sys.stderr)
         print(f"policy-engine: {len(exc.problems)} policy problem(s)", file=sys.stderr)
     else:
-        print(f"policy-engine: {exc}", file=sys.stderr)
+        print(f"policy-engine: {printable(exc)}", file=sys.stderr)
     return EXIT_FAILED
 
 
@@ -133,7 +136,7 @@ def run_report(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     except (PolicyError, StorageError, ReportError, OSError) as exc:
         return _fail(exc)
     for path in paths:
-        print(path)
+        print(printable(path))
     return EXIT_OK
 
 
@@ -152,7 +155,7 @@ def run_status(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     if args.format == "json":
         print(json.dumps(status, indent=2, sort_keys=True))
     else:
-        sys.stdout.write(format_table(status, policy.report.timezone))
+        sys.stdout.write(format_table(printable_data(status), policy.report.timezone))  # names from the store
     return EXIT_OK
 
 
@@ -200,17 +203,15 @@ def main_shared_status(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--format", choices=("text", "json"), default="text")
     args = p.parse_args(argv)
     if not args.store.startswith("redis://"):
-        from engine.store.redis.store import redact
-
-        p.error(f"expected a redis:// store, got {redact(args.store)!r}")
+        p.error(f"expected a redis:// store, got {redact_uri(args.store)!r}")
     from engine.store.redis.status import read_status, when
 
     try:
         status = read_status(args.store)
     except StorageError as exc:
-        print(f"policy-engine status: {exc}", file=sys.stderr)
+        print(f"policy-engine status: {printable(exc)}", file=sys.stderr)
         return 1
-    print(json.dumps(status, indent=2) if args.format == "json" else _shared_text(status, when))
+    print(json.dumps(status, indent=2) if args.format == "json" else _shared_text(printable_data(status), when))
     return 0
 
 

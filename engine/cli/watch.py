@@ -14,6 +14,7 @@ from types import FrameType
 from typing import Any
 
 from engine.reload import PolicyWatcher
+from engine.text import printable
 
 
 def _milliseconds(text: str) -> int:
@@ -94,7 +95,7 @@ def run_watch(args: argparse.Namespace, parser: object = None) -> int:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 previous[sig] = signal.signal(sig, interrupt)
         count = len(eng.policy.files)
-        print(f"watching {', '.join(map(str, args.paths))} ({watcher.mode}): revision "
+        print(f"watching {printable(', '.join(map(str, args.paths)))} ({watcher.mode}): revision "
               f"{eng.policy.revision[:12]} ({count} file{'s' if count != 1 else ''})", flush=True)
         done.wait()
     except (_Interrupted, KeyboardInterrupt):

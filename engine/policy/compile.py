@@ -35,7 +35,7 @@ from engine.policy.model import (
     TierSpec,
     frozen_map,
 )
-from engine.policy.problems import Problem, did_you_mean
+from engine.policy.problems import Problem, Suggester
 from engine.policy.yamlread import Document, Path
 
 #: Per kind, the top-level keys that hold named entries (all others are settings).
@@ -91,6 +91,8 @@ class Compiler:
         self.named: dict[tuple[str, str], dict[str, _Entry]] = {}
         self.settings: dict[tuple[str, str], _Entry] = {}
         self.kinds: set[str] = set()
+        # per table of known names (by identity): the table, its size then, and its suggester
+        self._suggesters: dict[int, tuple[Mapping[str, Any], int, Suggester]] = {}
         for doc in docs:
             self._collect(doc)
 
@@ -151,8 +153,16 @@ class Compiler:
         if name in known:
             return True
         self.add(entry.doc, entry.path + path, f"unknown-{what}",
-                 f"unknown {what} {name!r}{did_you_mean(name, known)}", key=key)
+                 f"unknown {what} {name!r}{self.suggester(known).hint(name)}", key=key)
         return False
+
+    def suggester(self, known: Mapping[str, Any]) -> Suggester:
+        """One :class:`Suggester` per table of known names, built on its first unknown reference."""
+        cached = self._suggesters.get(id(known))
+        if cached is None or cached[0] is not known or cached[1] != len(known):
+            cached = (known, len(known), Suggester(known))
+            self._suggesters[id(known)] = cached
+        return cached[2]
 
     # -- compiling -------------------------------------------------------
     def error_classes(self) -> dict[str, ErrorClassSpec]:

@@ -18,6 +18,7 @@ from jsonschema.exceptions import ValidationError
 from engine.policy.problems import Problem, did_you_mean
 from engine.policy.resources import resource_dir
 from engine.policy.yamlread import Document
+from engine.text import redact_uri
 
 KINDS: tuple[str, ...] = (
     "breakers",
@@ -80,8 +81,15 @@ def _expected_type(t: Any) -> str:
     return " or ".join(names.get(str(x), str(x)) for x in ts)
 
 
-def _message(err: ValidationError) -> str:
-    v, val, inst = err.validator, _any(err.validator_value), _any(err.instance)
+def _shown(value: Any, kind: str) -> Any:
+    """A value as a problem may show it: a URI's credentials redacted (any string of a storage file)."""
+    if isinstance(value, str) and "@" in value and (kind == "storage" or "://" in value):
+        return redact_uri(value)
+    return value
+
+
+def _message(err: ValidationError, kind: str) -> str:
+    v, val, inst = err.validator, _any(err.validator_value), _shown(_any(err.instance), kind)
     if v == "type":
         return f"expected {_expected_type(val)}, got {_got(inst)}"
     if v == "enum":
@@ -104,7 +112,10 @@ def _message(err: ValidationError) -> str:
         return f"expected at most {val} characters, got {len(inst)}"
     if v == "uniqueItems":
         return "expected every item once, got a repeated item"
-    return str(err.message)
+    raw, text = _any(err.instance), str(err.message)
+    if isinstance(raw, str) and raw != inst:  # jsonschema's own message holds the value as given
+        text = text.replace(repr(raw), repr(inst)).replace(raw, inst)
+    return text
 
 
 def _any(value: object) -> Any:
@@ -113,6 +124,7 @@ def _any(value: object) -> Any:
 
 
 def _problems(doc: Document, err: ValidationError) -> Iterator[Problem]:
+    kind = str(doc.data.get("kind"))
     path = tuple(err.absolute_path)
     instance, schema = _any(err.instance), _any(err.schema)
     if err.validator == "additionalProperties" and isinstance(instance, dict):
@@ -129,7 +141,7 @@ def _problems(doc: Document, err: ValidationError) -> Iterator[Problem]:
                 yield doc.problem(path, "missing-key", f"missing required key {key!r}", key=True)
     elif "propertyNames" in err.schema_path:
         yield doc.problem(path + (instance,), _CODES.get(str(err.validator), "schema-violation"),
-                          f"name {instance!r}: {_message(err)}", key=True)
+                          f"name {instance!r}: {_message(err, kind)}", key=True)
     elif err.validator == "uniqueItems" and isinstance(instance, list):
         seen: list[Any] = []
         for i, item in enumerate(instance):
@@ -139,9 +151,9 @@ def _problems(doc: Document, err: ValidationError) -> Iterator[Problem]:
             seen.append(item)
     elif path == ("version",) and err.validator == "const":
         yield doc.problem(path, "unsupported-version",
-                          f"expected version {err.validator_value}, got {_got(err.instance)}")
+                          f"expected version {err.validator_value}, got {_got(_shown(err.instance, kind))}")
     else:
-        yield doc.problem(path, _CODES.get(str(err.validator), "schema-violation"), _message(err))
+        yield doc.problem(path, _CODES.get(str(err.validator), "schema-violation"), _message(err, kind))
 
 
 def _kind_problem(doc: Document) -> Problem | None:

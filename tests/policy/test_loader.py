@@ -1,7 +1,10 @@
 from __future__ import annotations
 
+import os
 import time
+import tracemalloc
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -9,6 +12,7 @@ from hypothesis import strategies as st
 
 from engine import PolicyError, check, load_policies
 from engine.policy.model import BreakerSpec
+from engine.policy.yamlread import MAX_BYTES
 from tests.conftest import POLICIES
 
 
@@ -136,3 +140,93 @@ def test_random_documents_only_raise_policy_error(policy_dir: Path, data: object
     except PolicyError as exc:
         assert exc.problems
     assert time.perf_counter() - start < 1.0
+
+
+def _sparse(path: Path, size: int) -> None:
+    """A file of ``size`` bytes that takes no disk space (and no time to make)."""
+    with path.open("wb") as f:
+        f.truncate(size)
+
+
+def test_a_huge_file_is_refused_without_being_read(policy_dir: Path) -> None:
+    _sparse(policy_dir / "huge.yaml", 3 << 30)
+    tracemalloc.start()
+    start = time.perf_counter()
+    try:
+        _, problems = check(policy_dir)
+        elapsed, peak = time.perf_counter() - start, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert [(Path(p.file).name, p.line, p.col, p.code, p.message) for p in problems] == [
+        ("huge.yaml", 1, 1, "file-too-large", f"expected at most {MAX_BYTES} bytes, got {3 << 30}")]
+    assert peak < 16 << 20, f"{peak} bytes allocated to check a 3 GiB file"
+    assert elapsed < 2.0
+
+
+def test_thousands_of_unknown_names_validate_fast_and_keep_their_suggestions(tmp_path: Path) -> None:
+    """A did-you-mean compared every unknown name with every known one: 200 KB took 12 s."""
+    n = 900
+    models = ["kind: models", "version: 1", "models:"]
+    budgets = ["kind: budgets", "version: 1", "budgets:"]
+    typos = ("vendor-modle-{:05d}", "vendor-model{:05d}", "vndor-model-{:05d}", "vendor-model-{:05d}x")
+    for i in range(n):
+        models += [f"  vendor-model-{i:05d}:", "    tier: L1", "    provider: acme", "    context_window: 128000",
+                   "    price: {input_per_1m: 0.1, output_per_1m: 0.4}"]
+        budgets += [f"  budget-{i:05d}:", f"    applies_to: {{model: {typos[i % 4].format(i)}}}",
+                    "    period: daily", "    tokens: 1000"]
+    budgets += ["  far-off:", "    applies_to: {model: qqqqqqqq}", "    period: daily", "    tokens: 1000"]
+    (tmp_path / "models.yaml").write_text("\n".join(models) + "\n")
+    (tmp_path / "budgets.yaml").write_text("\n".join(budgets) + "\n")
+    assert sum(p.stat().st_size for p in tmp_path.iterdir()) > 200_000
+    start = time.perf_counter()
+    _, problems = check(tmp_path)
+    elapsed = time.perf_counter() - start
+    assert elapsed < 1.0, f"{elapsed:.2f} s"
+    unknown = [p.message for p in problems if p.code == "unknown-model"]
+    assert unknown == [f"unknown model {typos[i % 4].format(i)!r} (did you mean 'vendor-model-{i:05d}'?)"
+                       for i in range(n)] + ["unknown model 'qqqqqqqq'"]
+
+
+def _dangling(path: Path) -> str:
+    path.symlink_to("gone.yaml")
+    return "a dangling symbolic link to 'gone.yaml' (fix the link or remove it)"
+
+
+def _loop(path: Path) -> str:
+    path.symlink_to(path.name)
+    return "a symbolic link that loops (fix the link or remove it)"
+
+
+def _directory(path: Path) -> str:
+    path.mkdir()
+    return "a directory (directories inside a policy directory are not searched)"
+
+
+def _pipe(path: Path) -> str:
+    os.mkfifo(path)  # opening it for reading would block until a writer came
+    return "a named pipe"
+
+
+def _no_permission(path: Path) -> str:
+    path.write_text("kind: report\nversion: 1\n")
+    path.chmod(0)
+    return "a file this process may not read (permission denied)"
+
+
+@pytest.mark.parametrize("make", [
+    _dangling, _loop, _directory, _pipe,
+    pytest.param(_no_permission, marks=pytest.mark.skipif(os.geteuid() == 0, reason="root reads anything")),
+])
+def test_a_policy_file_that_cannot_be_read_is_a_located_problem(policy_dir: Path, make: Any) -> None:
+    """It was skipped silently: the set was judged valid with one file fewer."""
+    (policy_dir / "budgets.yaml").unlink()
+    got = make(policy_dir / "budgets.yaml")
+    policy, problems = check(policy_dir)
+    assert policy is None
+    assert [p.format() for p in problems] == [
+        f"{policy_dir / 'budgets.yaml'}:1:1: file-unreadable: expected a readable policy file, got {got}"]
+    with pytest.raises(PolicyError, match="file-unreadable"):
+        load_policies(policy_dir)
+    if make is not _directory:  # named on its own, the same (a directory named so is searched)
+        _, alone = check(policy_dir / "budgets.yaml")
+        assert [p.format() for p in alone] == [p.format() for p in problems]

@@ -53,6 +53,7 @@ from engine.store.redis.budget import RedisLedger, budget_key
 from engine.store.redis.link import Cmd, Link, Misconfigured, StorageDegraded, StorageRecovered
 from engine.store.redis.lua import LEDGER
 from engine.store.redis.lua_breaker import BREAKER
+from engine.text import redact_uri
 
 __all__ = ["DEFAULTS", "RedisStore", "StorageDegraded", "StorageRecovered", "parse_uri", "redact"]
 
@@ -63,17 +64,8 @@ _INSTALL = "pip install 'llm-policy-engine[redis]'"
 
 
 def redact(uri: str) -> str:
-    """``uri`` fit for messages and logs: any ``user:password@`` becomes ``***@``.
-
-    Everything up to the last ``@`` after the scheme goes (too much rather than
-    too little when a password holds an unescaped ``/``, ``?`` or ``#``).
-    """
-    scheme, sep, rest = uri.partition("://")
-    if not sep:
-        scheme, rest = "", uri
-    if "@" not in rest:
-        return uri
-    return f"{scheme}{sep}***@{rest.rpartition('@')[2]}"
+    """``uri`` fit for messages and logs: any ``user:password@`` becomes ``***@`` (:func:`engine.text.redact_uri`)."""
+    return redact_uri(uri)
 
 
 def parse_uri(uri: str) -> dict[str, Any]:
