@@ -172,7 +172,7 @@ SECRET = "hunter2"  # noqa: S105 - the password that must never be shown
 
 @pytest.mark.parametrize(("command", "store", "shown"), [
     ("report", f"redis://u:{SECRET}@h/0", "redis://***@h/0"),
-    ("status", f"Redis://u:{SECRET}@h/0", "Redis://***@h/0"),
+    ("status", f"rediss://u:{SECRET}@h/0", "rediss://***@h/0"),
     ("status", f"postgres://u:{SECRET}@db:5432/app", "postgres://***@db:5432/app"),
     ("report", f"postgres://u:{SECRET}@db:5432/app", "postgres://***@db:5432/app"),
 ])
@@ -181,6 +181,14 @@ def test_a_store_argument_error_does_not_echo_the_password(command: str, store: 
     assert out.returncode == 2
     assert SECRET not in out.stdout + out.stderr
     assert f"got {shown!r}" in out.stderr
+
+
+def test_a_redis_scheme_in_capitals_is_the_shared_status_and_is_redacted() -> None:
+    # URI schemes ignore case (RFC 3986): Redis:// is read as the shared store, not refused as a usage error
+    out = run("status", "--store", f"Redis://u:{SECRET}@127.0.0.1:1/0")  # nothing listens on port 1
+    assert out.returncode == 1, out.stderr
+    assert SECRET not in out.stdout + out.stderr
+    assert "cannot read 'Redis://***@127.0.0.1:1/0'" in out.stderr
 
 
 def test_a_missing_sqlite_history_does_not_echo_the_password(tmp_path: Path) -> None:

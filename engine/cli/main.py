@@ -101,7 +101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from engine.cli.watch import main_watch
 
         return main_watch(rest)
-    if args.command == "status" and _store_arg(rest).startswith("redis"):
+    if args.command == "status" and _store_arg(rest).lower().startswith("redis"):  # schemes ignore case
         from engine.cli.report import main_shared_status
 
         return main_shared_status(_without(rest, "--policies"))

@@ -202,7 +202,7 @@ def main_shared_status(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--store", required=True, metavar="URI", help="redis://host:port/db?namespace=...&policy_set=...")
     p.add_argument("--format", choices=("text", "json"), default="text")
     args = p.parse_args(argv)
-    if not args.store.startswith("redis://"):
+    if not args.store.lower().startswith("redis://"):
         p.error(f"expected a redis:// store, got {redact_uri(args.store)!r}")
     from engine.store.redis.status import read_status, when
 
