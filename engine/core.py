@@ -33,7 +33,7 @@ from engine.events import Event, FallbackTriggered, PolicyReloaded, ReloadFailed
 from engine.locks import YieldingLock
 from engine.metrics import RollingMetrics, summarize
 from engine.monitor import Monitor, health
-from engine.outcome import Decision, Outcome
+from engine.outcome import Decision, Outcome, token_problem
 from engine.policy.loader import check, load_policies
 from engine.policy.model import ModelSpec, PolicySet
 from engine.store.base import Store, open_store
@@ -315,9 +315,8 @@ class PolicyEngine:
         """
         if tier not in self._chains:
             raise KeyError(f"unknown tier {tier!r}; expected one of {', '.join(self.policy.tier_order)}")
-        if estimated_tokens is not None and (isinstance(estimated_tokens, bool) or not isinstance(
-                estimated_tokens, int) or estimated_tokens < 0):
-            raise ValueError(f"estimated_tokens must be an integer >= 0, got {estimated_tokens!r}")
+        if estimated_tokens is not None and (problem := token_problem("estimated_tokens", estimated_tokens)):
+            raise ValueError(problem)
         if retry_of is not None:
             model = retry_of.model
         if model is not None and model not in self._models:

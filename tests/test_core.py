@@ -156,15 +156,36 @@ def test_reservations_stop_concurrent_overshoot(policy_dir: Path, clock: FakeClo
         (Outcome(10.0, output_tokens=1.5), "output_tokens must be an integer >= 0"),  # type: ignore[arg-type]
         (Outcome(10.0, error="timout"), "unknown error class 'timout' (did you mean 'timeout'?)"),
         (Outcome(10.0, retry_after_s=-1), "retry_after_s must be None or a finite number >= 0"),
+        # values too large for a float, or for the cost and history arithmetic, are refused too
+        (Outcome(10**400), "latency_ms must be a finite number >= 0, got an integer of 401 digits"),
+        (Outcome(10.0, input_tokens=10**400), "input_tokens must be an integer >= 0 and < 2**53"),
+        (Outcome(10.0, output_tokens=2**53), "output_tokens must be an integer >= 0 and < 2**53"),
+        (Outcome(10.0, retry_after_s=10**400), "retry_after_s must be None or a finite number >= 0"),
+        (Outcome(True), "latency_ms must be a finite number >= 0, got True"),  # type: ignore[arg-type]
+        (Outcome("800"), "latency_ms must be a finite number >= 0, got '800'"),  # type: ignore[arg-type]
+        (Outcome(10.0, input_tokens=False), "input_tokens must be an integer"),  # type: ignore[arg-type]
+        (Outcome(10.0, error=["timeout"]), "error must be None or the name of an error class, got"),  # type: ignore[arg-type]
+        (Outcome(10.0, error=3), "error must be None or the name of an error class, got 3"),  # type: ignore[arg-type]
     ],
 )
 def test_bad_outcome_is_refused_and_state_untouched(eng: PolicyEngine, outcome: Outcome, message: str) -> None:
     d = eng.decide("L2")
     before = eng.state(d.model)
-    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)").replace("?", r"\?")):
+    with pytest.raises(ValueError, match=re.escape(message)):
         eng.record(d, outcome)
     assert eng.state(d.model) == before
     eng.record(d, OK)  # the decision is still open and can be recorded properly
+
+
+def test_an_estimate_too_large_is_refused_and_state_untouched(eng: PolicyEngine) -> None:
+    before = eng.state("gpt-5")
+    for bad in (10**400, 2**53):
+        with pytest.raises(ValueError, match=re.escape("estimated_tokens must be an integer >= 0 and < 2**53")):
+            eng.decide("L4", estimated_tokens=bad)
+    assert eng.state("gpt-5") == before
+    d = eng.decide("L4", estimated_tokens=2**53 - 1)  # the largest estimate taken
+    assert eng.state("gpt-5")["budgets"][0]["tokens_reserved"] == 2**53 - 1
+    eng.record(d, OK)
 
 
 def test_double_and_foreign_records(eng: PolicyEngine, clock: FakeClock) -> None:
