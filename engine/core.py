@@ -445,9 +445,17 @@ class PolicyEngine:
         if not lock.try_acquire(False):
             lock.acquire()
         try:
-            pending = self._pending.pop(decision.id, None)
+            try:
+                pending = self._pending.get(decision.id)
+            except TypeError:  # an unhashable id: not one this engine handed out
+                raise ValueError(self._mismatch(decision)) from None
             if pending is None:
                 raise ValueError(f"decision {decision.id} ({decision.model}) was already recorded or has expired")
+            if pending.decision is not decision:  # settle only what was handed out, as it was handed out
+                if pending.decision != decision:
+                    raise ValueError(self._mismatch(decision))
+                decision = pending.decision
+            del self._pending[decision.id]
             now = self._clock()
             st = self._models.get(decision.model)
             if st is None:  # the model left the policy set in a reload: settle what still exists
@@ -486,6 +494,11 @@ class PolicyEngine:
             lock.release()
         if events:
             self._emit(events)
+
+    @staticmethod
+    def _mismatch(decision: Decision) -> str:
+        return (f"decision {decision.id!r} ({decision.model!r}) does not match the decision this engine handed "
+                "out: its fields were changed; record the Decision that decide() returned")
 
     def _settle_gone(self, decision: Decision, pending: _Pending, outcome: Outcome, now: float) -> None:
         """Spend a removed model's recorded usage from the budgets that still exist (lock held)."""

@@ -87,6 +87,8 @@ class Decision(NamedTuple):
     ``reasons`` lists ``(model, reason)`` for every candidate ranked above
     ``model`` that was not chosen. Hand the decision back to ``record``
     exactly once. Immutable (a named tuple: cheap to make on the hot path).
+    The engine keeps its own copy of every open decision and settles that:
+    a decision whose fields were changed (``d._replace(...)``) is refused.
     """
 
     model: str

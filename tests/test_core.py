@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 import re
 import threading
@@ -200,6 +201,27 @@ def test_double_and_foreign_records(eng: PolicyEngine, clock: FakeClock) -> None
     with pytest.raises(ValueError, match="not made by this engine"):
         eng.record(forged, OK)
     assert eng.state("gpt-4.1-mini")["metrics"]["calls"] == 1
+
+
+def test_a_tampered_decision_is_refused_and_state_untouched(eng: PolicyEngine) -> None:
+    d = eng.decide("L2")
+    other = eng.decide("L2", model="gemini-2.5-flash")
+    before = {m: eng.state(m) for m in L2}
+    forgeries = [d._replace(model="gemini-2.5-flash"), d._replace(model="gpt-5"), d._replace(tier="L4"),
+                 d._replace(requested_tier="L3"), d._replace(is_fallback=True), d._replace(estimated_tokens=9),
+                 d._replace(id=other.id), other._replace(model=d.model), d._replace(id=[d.id])]
+    for forged in forgeries:
+        with pytest.raises(ValueError, match="does not match the decision this engine handed out"):
+            eng.record(forged, OK)
+    assert {m: eng.state(m) for m in L2} == before
+    assert before["gpt-4.1-mini"]["in_flight"] == before["gemini-2.5-flash"]["in_flight"] == 1
+    eng.record(copy.copy(d), OK)  # an equal copy is the same decision
+    eng.record(other, Outcome(100.0, error="timeout"))
+    mini, flash = eng.state("gpt-4.1-mini"), eng.state("gemini-2.5-flash")
+    assert (mini["in_flight"], mini["metrics"]["calls"], mini["metrics"]["errors"]) == (0, 1, 0)
+    assert (flash["in_flight"], flash["metrics"]["calls"], flash["metrics"]["errors"]) == (0, 1, 1)
+    with pytest.raises(ValueError, match="already recorded"):
+        eng.record(d, OK)
 
 
 def test_unknown_tier_and_model(eng: PolicyEngine) -> None:
