@@ -53,14 +53,28 @@ _METRIC_BUCKETS = 30
 
 
 class _Model:
+    """One incarnation of a model: from the reload that adds it to the one that removes it.
+
+    A reload that keeps the model keeps this object (``update``); a model
+    removed and later added back is a new incarnation. Every open decision
+    holds the incarnation it was made under and settles against it, so a
+    decision of an earlier incarnation never moves the new one's in-flight
+    count, breaker or budgets.
+    """
+
     __slots__ = ("spec", "breaker", "ledgers", "in_flight", "limit", "price_in", "price_out", "slow_ms",
-                 "metrics")
+                 "metrics", "removed")
 
     def __init__(self, spec: ModelSpec, ledgers: tuple[BudgetLedger, ...], breaker: CircuitBreaker) -> None:
-        self.spec = spec
         self.breaker = breaker
-        self.ledgers = ledgers
         self.in_flight = 0
+        self.removed = False  # set when a reload takes the model out of the set
+        self.update(spec, ledgers)
+
+    def update(self, spec: ModelSpec, ledgers: tuple[BudgetLedger, ...]) -> None:
+        """Take a reloaded spec and budgets; in-flight count and breaker stay."""
+        self.spec = spec
+        self.ledgers = ledgers
         self.limit = spec.max_in_flight or 1 << 62
         self.price_in = spec.price.input_per_1m / 1e6  # USD per token, for record()
         self.price_out = spec.price.output_per_1m / 1e6
@@ -73,6 +87,7 @@ class _Pending(NamedTuple):
     ticket: int
     reservations: tuple[tuple[BudgetLedger, int], ...]
     at: float
+    model: _Model  # the incarnation the decision was made under
 
 
 class PolicyEngine:
@@ -89,7 +104,6 @@ class PolicyEngine:
         self._listeners: list[Listener] = []
         self._ids = itertools.count(1)
         self._pending: dict[int, _Pending] = {}
-        self._gone: dict[str, _Model] = {}  # models a reload removed, for their open decisions
         # breakers and ledgers append their events here; taken under the lock, emitted after it
         self._sink: list[Event] = []
         self._paths = tuple(paths)
@@ -142,18 +156,15 @@ class PolicyEngine:
                 except ValueError:  # a new period kind: usage starts afresh
                     pass
         models: dict[str, _Model] = {}
+        carried: list[tuple[_Model, ModelSpec, tuple[BudgetLedger, ...]]] = []  # updated once all is built
         for name, spec in policy.models.items():
             own = tuple(ledgers[b.name] for b in policy.budgets_for(name))
             prev_model = old_models.get(name)
             if prev_model is None:
                 models[name] = _Model(spec, own, self.store.make_breaker(name, spec.breaker, self._sink))
-                continue
-            st = models[name] = _Model(spec, own, prev_model.breaker)  # the same breaker, reconfigured
-            if prev_model.spec.breaker != spec.breaker:
-                st.breaker.reconfigure(spec.breaker, now)
-            st.in_flight = prev_model.in_flight
-        for gone in set(old_models) - set(models):
-            self._gone[gone] = old_models[gone]
+            else:  # the same incarnation: in-flight count and breaker carry over
+                models[name] = prev_model
+                carried.append((prev_model, spec, own))
         for key, pending in list(self._pending.items()):
             if pending.reservations:  # reservations only follow ledgers whose state carried over
                 kept = tuple((moved[id(led)], rid) for led, rid in pending.reservations if id(led) in moved)
@@ -165,6 +176,12 @@ class PolicyEngine:
         old_monitor: Monitor | None = getattr(self, "_monitor", None)
         if old_monitor is not None:
             self._sink.extend(monitor.carry_over(old_monitor, now, set(policy.models), set(policy.tiers)))
+        for st, spec, own in carried:
+            if st.spec.breaker != spec.breaker:
+                st.breaker.reconfigure(spec.breaker, now)  # the same breaker, reconfigured
+            st.update(spec, own)
+        for gone in set(old_models) - set(models):
+            old_models[gone].removed = True  # its open decisions settle against it, as it was
         self.policy = policy
         self._models = models
         self._ledgers = ledgers
@@ -358,7 +375,7 @@ class PolicyEngine:
                             reason or (skipped[0][1] if skipped else "degraded")))
                 decision = Decision(name, t, is_fallback, tuple(skipped), next(self._ids), now,
                                     self.policy.revision, tier, estimated_tokens, self)
-                self._pending[decision.id] = _Pending(decision, ticket, reservations, now)
+                self._pending[decision.id] = _Pending(decision, ticket, reservations, now, st)
                 if now >= self._monitor.next_at:
                     events.extend(self._tick(now))
                 break
@@ -457,11 +474,11 @@ class PolicyEngine:
                 decision = pending.decision
             del self._pending[decision.id]
             now = self._clock()
-            st = self._models.get(decision.model)
-            if st is None:  # the model left the policy set in a reload: settle what still exists
+            st = pending.model
+            st.in_flight -= 1
+            if st.removed:  # the model left the policy set in a reload: settle what still exists
                 self._settle_gone(decision, pending, outcome, now)
                 return
-            st.in_flight -= 1
             error = outcome.error
             failed = self._failed_of[error]  # True, False, or None for an ignored class
             latency = outcome.latency_ms
@@ -501,10 +518,12 @@ class PolicyEngine:
                 "out: its fields were changed; record the Decision that decide() returned")
 
     def _settle_gone(self, decision: Decision, pending: _Pending, outcome: Outcome, now: float) -> None:
-        """Spend a removed model's recorded usage from the budgets that still exist (lock held)."""
-        gone = self._gone.get(decision.model)
-        if gone is None:
-            return
+        """Spend a removed incarnation's recorded usage from the budgets that still exist (lock held).
+
+        Its breaker, metrics and model budgets went with it; a model of the same
+        name added back since is another incarnation and is not touched.
+        """
+        gone = pending.model
         tokens = outcome.input_tokens + outcome.output_tokens
         cost = outcome.input_tokens * gone.price_in + outcome.output_tokens * gone.price_out
         wall = now + self._wall_offset
@@ -581,9 +600,7 @@ class PolicyEngine:
         stale = [p for p in self._pending.values() if now - p.at > DECISION_TTL_S]
         for p in stale:
             del self._pending[p.decision.id]
-            st = self._models.get(p.decision.model)
-            if st is not None:
-                st.in_flight -= 1
+            p.model.in_flight -= 1
         if not self._monitor.due(now):
             return []
         return self._monitor.evaluate(now, lambda: self._all_model_names(now), lambda: self._all_tier_names(now))
