@@ -86,6 +86,28 @@ def test_no_call_reaches_an_open_model_until_half_open(eng: PolicyEngine, clock:
     assert isinstance(events[0], CircuitHalfOpened)
 
 
+def test_state_while_half_open_shows_the_probes_and_agrees_with_the_reopening(eng: PolicyEngine,
+                                                                             clock: FakeClock) -> None:
+    def breaker() -> tuple[str, int, int, float]:
+        b = eng.state("gpt-4.1-mini")["breaker"]
+        return b["state"], b["calls"], b["failures"], b["failure_rate"]
+
+    events: list[Event] = []
+    eng.subscribe(events.append)
+    trip(eng, clock, "gpt-4.1-mini")
+    assert breaker() == ("open", 10, 10, 100.0)  # the window that tripped it
+    clock.advance(31)
+    assert breaker() == ("half_open", 0, 0, 0.0)  # fresh metrics for the probes
+    probes = [eng.decide("L2", model="gpt-4.1-mini") for _ in range(3)]
+    eng.record(probes[0], OK)
+    assert breaker() == ("half_open", 1, 0, 0.0)
+    for d in probes[1:]:
+        eng.record(d, Outcome(100.0, error="server_error"))
+    reopened = [e for e in events if isinstance(e, CircuitOpened)][-1]
+    assert (reopened.reason, reopened.metrics["calls"], reopened.metrics["failures"]) == ("half_open_failed", 3, 2)
+    assert breaker() == ("open", 3, 2, reopened.failure_rate)
+
+
 def test_degrades_across_tiers_and_never_repeats_a_model(eng: PolicyEngine) -> None:
     for m in L2:
         eng.force(m, "open")
