@@ -147,7 +147,7 @@ class _Call:
     def __init__(self, engine: PolicyEngine, tier: str, estimated_tokens: int | None,
                  classifier: Classifier | None, tokens: Tokens | None, rng: RandomSource | None) -> None:
         self.engine = engine
-        self.clock = engine._clock
+        self.clock = engine._time  # engine time: never runs backwards across a clock step
         self.tier = tier
         self.estimated = estimated_tokens
         self.classifier = classifier or classify

@@ -9,10 +9,20 @@ below ``max_in_flight``. ``record`` settles the call into every one of those.
 All state changes happen under one lock, so counts are exact under threads;
 listeners run after the lock is released.
 
-Clocks: ``clock`` gives monotonic seconds (default ``time.monotonic``).
-Budget periods follow the calendar, so the engine also needs wall time: with
-the default clock it is ``time.time()``; a custom clock (``FakeClock``) is
-taken to return UNIX epoch seconds.
+Clocks: ``clock`` gives seconds (default ``time.monotonic``). Budget periods
+follow the calendar, so the engine also needs wall time: with the default
+clock it is ``time.time()`` at start plus the monotonic time since; a custom
+clock (``FakeClock``) is taken to return UNIX epoch seconds.
+
+Engine time never runs backwards. When the clock reads earlier than it did
+before (an epoch clock stepped back by NTP or by hand), the engine carries
+on from where it was: its time becomes ``clock() + skew``, the skew growing
+by each backward step, so open durations, windows, probe deadlines, anomaly
+schedules and decision expiry keep elapsing at the clock's rate instead of
+waiting for the clock to catch up. Budgets get the clock's own wall time
+(``clock() + wall_offset``): their periods follow the calendar and a ledger
+never goes back to an earlier period. A forward jump is taken as elapsed
+time (it cannot be told apart from it).
 """
 
 from __future__ import annotations
@@ -100,6 +110,10 @@ class PolicyEngine:
             store = policy.storage_uri or "memory://"
         self._clock: Clock = clock or time.monotonic
         self._wall_offset = time.time() - time.monotonic() if clock is None else 0.0
+        # engine time = clock() + _skew (see the module doc); wall time = engine time + _wall_shift
+        self._skew = 0.0
+        self._wall_shift = self._wall_offset
+        self._raw = self._clock()  # the clock's last reading
         self._lock = YieldingLock()
         self._listeners: list[Listener] = []
         self._ids = itertools.count(1)
@@ -109,7 +123,7 @@ class PolicyEngine:
         self._paths = tuple(paths)
         self._reload_lock = threading.Lock()
         self.store: Store = open_store(store) if isinstance(store, str) else store
-        now = self._clock()
+        now = self._now()
         self._reload_status: dict[str, Any] = {
             "loaded_at": now, "last_attempt_at": None, "last_success_at": None, "last_error": None,
             "last_error_at": None, "attempts": 0, "successes": 0, "failures": 0}
@@ -127,6 +141,28 @@ class PolicyEngine:
         paths = [path] if isinstance(path, (str, os.PathLike)) else list(path)
         return cls(load_policies(paths), clock=clock, store=store, paths=paths)
 
+    # -- time ------------------------------------------------------------------
+    def _now(self) -> float:
+        """Engine time now: the clock, carried on past any backward step (lock held)."""
+        raw = self._clock()
+        if raw < self._raw:
+            self._stepped_back(raw)
+        self._raw = raw
+        return raw + self._skew
+
+    def _stepped_back(self, raw: float) -> None:
+        """The clock reads ``raw``, earlier than its last reading: carry engine time on from there."""
+        step = self._raw - raw
+        self._skew += step
+        self._wall_shift = self._wall_offset - self._skew  # wall time stays the clock's own
+        log.log(logging.WARNING if step >= 1.0 else logging.DEBUG,
+                "the clock stepped back %.3f s; engine time carries on (now %.3f s ahead of the clock)",
+                step, self._skew)
+
+    def _time(self) -> float:
+        """Engine time without taking the lock (for waits and latencies measured around calls)."""
+        return self._clock() + self._skew
+
     # -- policy installation -------------------------------------------------
     def _install(self, policy: PolicySet, now: float) -> None:
         """Make ``policy`` the set in force, carrying state over from the one before.
@@ -141,7 +177,7 @@ class PolicyEngine:
         """
         old_models: Mapping[str, _Model] = getattr(self, "_models", {})
         old_ledgers: Mapping[str, BudgetLedger] = getattr(self, "_ledgers", {})
-        wall = now + self._wall_offset
+        wall = now + self._wall_shift
         ledgers: dict[str, BudgetLedger] = {}
         moved: dict[int, BudgetLedger] = {}  # old ledger -> the ledger that carries its state
         for b in policy.budgets:
@@ -224,7 +260,7 @@ class PolicyEngine:
         policy, problems = check(self._paths)
         events: list[Event] = []
         with self._lock:
-            now = self._clock()
+            now = self._now()
             status = self._reload_status
             status["attempts"] += 1
             status["last_attempt_at"] = now
@@ -345,7 +381,11 @@ class PolicyEngine:
         if not lock.try_acquire(False):
             lock.acquire()
         try:
-            now = self._clock()
+            raw = self._clock()  # engine time, inlined from _now(): this is the hot path
+            if raw < self._raw:
+                self._stepped_back(raw)
+            self._raw = raw
+            now = raw + self._skew
             if retry_of is not None:
                 order: Sequence[tuple[str, str]] = ((retry_of.tier, retry_of.model),)
             elif model is not None:
@@ -410,13 +450,13 @@ class PolicyEngine:
             return f"breaker {st.breaker.state(now)}" + (f" until t={until:.3f}" if until else ""), 0, (), until
         if not st.ledgers:
             return None, ticket, (), None
-        wall = now + self._wall_offset
+        wall = now + self._wall_shift
         reservations: list[tuple[BudgetLedger, int]] = []
         why = self._reserve(st, wall, estimated, reservations)
         if why is None:
             return None, ticket, tuple(reservations), None
         st.breaker.release(now, ticket)
-        resets = [at - self._wall_offset for led in st.ledgers
+        resets = [at - self._wall_shift for led in st.ledgers
                   if led.exhausted(wall) and (at := led.resets_at(wall)) is not None]
         return why, 0, (), min(resets, default=None)
 
@@ -473,7 +513,11 @@ class PolicyEngine:
                     raise ValueError(self._mismatch(decision))
                 decision = pending.decision
             del self._pending[decision.id]
-            now = self._clock()
+            raw = self._clock()  # engine time, inlined from _now()
+            if raw < self._raw:
+                self._stepped_back(raw)
+            self._raw = raw
+            now = raw + self._skew
             st = pending.model
             st.in_flight -= 1
             if st.removed:  # the model left the policy set in a reload: settle what still exists
@@ -486,7 +530,7 @@ class PolicyEngine:
             tin, tout = outcome.input_tokens, outcome.output_tokens
             cost = tin * st.price_in + tout * st.price_out
             if st.ledgers:
-                wall = now + self._wall_offset
+                wall = now + self._wall_shift
                 if pending.reservations:
                     for ledger, rid in pending.reservations:
                         ledger.settle(wall, rid, tin + tout, cost)
@@ -501,7 +545,7 @@ class PolicyEngine:
                     self.policy.monitoring.window_s, _METRIC_BUCKETS)
             metrics.record(now, latency, error, failed is True, slow, tin, tout, cost, decision.is_fallback)
             if self._history is not None:
-                self._history.record_call(now + self._wall_offset, tier, decision.model, latency, error,
+                self._history.record_call(now + self._wall_shift, tier, decision.model, latency, error,
                                           failed is True, slow, tin, tout, cost, decision.is_fallback)
             if now >= self._monitor.next_at:
                 events.extend(self._tick(now))
@@ -526,7 +570,7 @@ class PolicyEngine:
         gone = pending.model
         tokens = outcome.input_tokens + outcome.output_tokens
         cost = outcome.input_tokens * gone.price_in + outcome.output_tokens * gone.price_out
-        wall = now + self._wall_offset
+        wall = now + self._wall_shift
         if pending.reservations:
             for ledger, rid in pending.reservations:
                 ledger.settle(wall, rid, tokens, cost)
@@ -590,7 +634,7 @@ class PolicyEngine:
         """Run what is due now: anomaly rules and expiry of decisions never recorded."""
         events: list[Event] = []
         with self._lock:
-            now = self._clock()
+            now = self._now()
             events.extend(self._tick(now))
             self._take_events(events)
         self._emit(events)
@@ -608,7 +652,7 @@ class PolicyEngine:
     def _model_names(self, name: str, now: float) -> dict[str, Any]:
         st = self._models[name]
         names = self._summary(now, lambda key: key[1] == name)
-        wall = now + self._wall_offset
+        wall = now + self._wall_shift
         state = st.breaker.state(now)
         names.update(model=name, tier=st.spec.tier, provider=st.spec.provider, in_flight=st.in_flight,
                      budget_used=max((led.used_fraction(wall) for led in st.ledgers), default=0.0),
@@ -639,9 +683,9 @@ class PolicyEngine:
         with self._lock:
             if model not in self._models:
                 raise KeyError(f"unknown model {model!r}")
-            now = self._clock()
+            now = self._now()
             st = self._models[model]
-            wall = now + self._wall_offset
+            wall = now + self._wall_shift
             metrics = self._model_names(model, now)
             out = {
                 "model": model,
@@ -665,7 +709,7 @@ class PolicyEngine:
         events: list[Event] = []
         with self._lock:
             st = self._models[model]
-            st.breaker.force(state, self._clock())  # type: ignore[arg-type]
+            st.breaker.force(state, self._now())  # type: ignore[arg-type]
             self._take_events(events)
         self._emit(events)
 
@@ -673,7 +717,7 @@ class PolicyEngine:
         """Per-tier and per-model health (healthy / degraded / unhealthy) with the metrics behind it."""
         events: list[Event] = []
         with self._lock:
-            now = self._clock()
+            now = self._now()
             policy = self.policy  # one set throughout, even if a reload lands meanwhile
             models = self._all_model_names(now)
             tiers = self._all_tier_names(now)
@@ -697,23 +741,23 @@ class PolicyEngine:
     def export_state(self) -> dict[str, Any]:
         """Budget usage and breaker states, with wall-clock times, for a store to persist."""
         with self._lock:
-            now = self._clock()
-            wall = now + self._wall_offset
+            now = self._now()
+            wall = now + self._wall_shift
             breakers = {}
             for name, st in self._models.items():
                 data = st.breaker.export(now)
                 if data["open_until"] is not None:
-                    data["open_until"] += self._wall_offset
+                    data["open_until"] += self._wall_shift
                 breakers[name] = data
             return {"version": 1, "revision": self.policy.revision, "saved_at": wall,
-                    "wall_offset": self._wall_offset,  # wall time = engine clock + wall_offset
+                    "wall_offset": self._wall_shift,  # wall time = engine time + wall_offset
                     "budgets": {n: led.to_dict() for n, led in self._ledgers.items()},
                     "breakers": breakers}
 
     def restore_state(self, data: Mapping[str, Any]) -> None:
         """Take back :meth:`export_state` (budgets whose period kind changed start afresh)."""
         with self._lock:
-            now = self._clock()
+            now = self._now()
             for name, saved in (data.get("budgets") or {}).items():
                 old = self._ledgers.get(name)
                 if old is None:
@@ -731,7 +775,7 @@ class PolicyEngine:
                 if model is not None:
                     saved = dict(saved)
                     if saved.get("open_until") is not None:
-                        saved["open_until"] -= self._wall_offset
+                        saved["open_until"] -= self._wall_shift
                     model.breaker.restore(saved, now)
             self._sink.clear()
 
