@@ -6,8 +6,10 @@ rolling metrics. ``decide`` walks a tier's candidates (in priority order or
 ranked by the tier's score), then the tiers it degrades to, and picks the
 first that its breaker admits, whose budgets are not exhausted and that is
 below ``max_in_flight``. ``record`` settles the call into every one of those.
-All state changes happen under one lock, so counts are exact under threads;
-listeners run after the lock is released.
+All state changes happen under one lock, so counts are exact under threads.
+Events are queued under that lock, in the order they happened, and handed to
+the store and the listeners after it is released, by one thread at a time in
+queue order (see :meth:`PolicyEngine._deliver`).
 
 Clocks: ``clock`` gives seconds (default ``time.monotonic``). Budget periods
 follow the calendar, so the engine also needs wall time: with the default
@@ -33,6 +35,7 @@ import math
 import os
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -118,8 +121,10 @@ class PolicyEngine:
         self._listeners: list[Listener] = []
         self._ids = itertools.count(1)
         self._pending: dict[int, _Pending] = {}
-        # breakers and ledgers append their events here; taken under the lock, emitted after it
+        # breakers and ledgers append their events here; taken under the lock into the outbox
         self._sink: list[Event] = []
+        self._outbox: deque[Event] = deque()  # events in the order they happened, not yet delivered
+        self._delivering = threading.Lock()  # held by the one thread delivering the outbox
         self._paths = tuple(paths)
         self._reload_lock = threading.Lock()
         self.store: Store = open_store(store) if isinstance(store, str) else store
@@ -283,9 +288,9 @@ class PolicyEngine:
                     now, policy.revision, previous.revision, policy.files,
                     tuple(sorted(set(policy.models) - set(previous.models))),
                     tuple(sorted(set(previous.models) - set(policy.models)))))
-                self._take_events(events)
                 changed = True
-        self._emit(events)
+            self._post(events)
+        self._deliver()
         return changed
 
     def watch(self, **options: Any) -> Any:
@@ -410,6 +415,8 @@ class PolicyEngine:
                 else:
                     is_fallback = bool(skipped) or t != tier or reason is not None
                     if is_fallback:
+                        if self._sink:  # what the candidates' checks emitted happened first
+                            self._take_events(events)
                         events.append(FallbackTriggered(
                             now, tier, skipped[0][0] if skipped else None, name, t,
                             reason or (skipped[0][1] if skipped else "degraded")))
@@ -417,14 +424,16 @@ class PolicyEngine:
                                     self.policy.revision, tier, estimated_tokens, self)
                 self._pending[decision.id] = _Pending(decision, ticket, reservations, now, st)
                 if now >= self._monitor.next_at:
-                    events.extend(self._tick(now))
+                    self._tick(now, events)
                 break
             if self._sink:
                 self._take_events(events)
+            if events:
+                self._outbox.extend(events)
         finally:
             lock.release()
         if events:
-            self._emit(events)
+            self._deliver()
         if decision is None:
             raise NoModelAvailable(tier, skipped, retry_at)
         return decision
@@ -548,13 +557,15 @@ class PolicyEngine:
                 self._history.record_call(now + self._wall_shift, tier, decision.model, latency, error,
                                           failed is True, slow, tin, tout, cost, decision.is_fallback)
             if now >= self._monitor.next_at:
-                events.extend(self._tick(now))
-            if self._sink:  # after the tick: its reads may move breakers and budgets
+                self._tick(now, events)
+            if self._sink:
                 self._take_events(events)
+            if events:
+                self._outbox.extend(events)
         finally:
             lock.release()
         if events:
-            self._emit(events)
+            self._deliver()
 
     @staticmethod
     def _mismatch(decision: Decision) -> str:
@@ -614,20 +625,36 @@ class PolicyEngine:
             events.extend(sink)
             sink.clear()
 
-    def _emit(self, events: Sequence[Event]) -> None:
-        if not events:
-            return
-        seen: set[int] = set()
-        for event in events:
-            if id(event) in seen:
-                continue
-            seen.add(id(event))
-            self.store.append_event(event)
-            for listener in tuple(self._listeners):
-                try:
-                    listener(event)
-                except Exception:  # a listener never breaks a decision
-                    log.exception("event listener %r raised on %r", listener, event)
+    def _post(self, events: list[Event]) -> None:
+        """Queue ``events`` and then what breakers and ledgers emitted since, for delivery (lock held)."""
+        self._take_events(events)
+        self._outbox.extend(events)
+
+    def _deliver(self) -> None:
+        """Hand the queued events to the store and every listener, oldest first.
+
+        Events are queued under the engine lock in the order they happened;
+        one thread at a time delivers them, so every listener sees one order.
+        A thread that finds another delivering leaves its events to it: the
+        deliverer looks at the queue again after letting go, so nothing is
+        left behind. A listener that calls into the engine sees the events of
+        that call once it has returned.
+        """
+        outbox, gate = self._outbox, self._delivering
+        while outbox:
+            if not gate.acquire(False):
+                return  # the thread delivering now delivers these too
+            try:
+                while outbox:
+                    event = outbox.popleft()
+                    self.store.append_event(event)
+                    for listener in tuple(self._listeners):
+                        try:
+                            listener(event)
+                        except Exception:  # a listener never breaks a decision
+                            log.exception("event listener %r raised on %r", listener, event)
+            finally:
+                gate.release()
 
     # -- monitoring ----------------------------------------------------------
     def tick(self) -> list[Event]:
@@ -635,19 +662,22 @@ class PolicyEngine:
         events: list[Event] = []
         with self._lock:
             now = self._now()
-            events.extend(self._tick(now))
-            self._take_events(events)
-        self._emit(events)
+            self._tick(now, events)
+            self._post(events)
+        self._deliver()
         return events
 
-    def _tick(self, now: float) -> list[Event]:
+    def _tick(self, now: float, events: list[Event]) -> None:
+        """Expire decisions never recorded; run the anomaly rules if due, adding their events (lock held)."""
         stale = [p for p in self._pending.values() if now - p.at > DECISION_TTL_S]
         for p in stale:
             del self._pending[p.decision.id]
             p.model.in_flight -= 1
         if not self._monitor.due(now):
-            return []
-        return self._monitor.evaluate(now, lambda: self._all_model_names(now), lambda: self._all_tier_names(now))
+            return
+        found = self._monitor.evaluate(now, lambda: self._all_model_names(now), lambda: self._all_tier_names(now))
+        self._take_events(events)  # transitions the rules' reads applied happened before their verdicts
+        events.extend(found)
 
     def _model_names(self, name: str, now: float) -> dict[str, Any]:
         st = self._models[name]
@@ -697,32 +727,29 @@ class PolicyEngine:
                 "metrics": metrics,
                 "health": health(self.policy.monitoring.health, metrics),
             }
-            events: list[Event] = []
-            self._take_events(events)
-        self._emit(events)
+            self._post([])
+        self._deliver()
         return out
 
     def force(self, model: str, state: str | None) -> None:
         """Manual breaker state: "open", "closed", "disabled", "metrics_only", or None to release."""
-        if model not in self._models:
-            raise KeyError(f"unknown model {model!r}")
-        events: list[Event] = []
         with self._lock:
-            st = self._models[model]
+            st = self._models.get(model)
+            if st is None:
+                raise KeyError(f"unknown model {model!r}")
             st.breaker.force(state, self._now())  # type: ignore[arg-type]
-            self._take_events(events)
-        self._emit(events)
+            self._post([])
+        self._deliver()
 
     def performance_report(self) -> dict[str, Any]:
         """Per-tier and per-model health (healthy / degraded / unhealthy) with the metrics behind it."""
-        events: list[Event] = []
         with self._lock:
             now = self._now()
             policy = self.policy  # one set throughout, even if a reload lands meanwhile
             models = self._all_model_names(now)
             tiers = self._all_tier_names(now)
-            self._take_events(events)
-        self._emit(events)
+            self._post([])
+        self._deliver()
         spec = policy.monitoring.health
         grades = {m: health(spec, names) for m, names in models.items()}
         rank = {"healthy": 0, "degraded": 1, "unhealthy": 2}

@@ -270,6 +270,41 @@ def test_listener_that_raises_never_breaks_a_decision(eng: PolicyEngine, clock: 
     assert "listener bug" in caplog.text
 
 
+def test_every_listener_sees_one_order_even_when_a_listener_calls_the_engine(eng: PolicyEngine,
+                                                                            clock: FakeClock) -> None:
+    first: list[Event] = []
+    second: list[Event] = []
+
+    def contain(event: Event) -> None:  # an operator's hook: one open breaker takes its sibling out too
+        first.append(event)
+        if isinstance(event, CircuitOpened) and event.model == "gpt-4.1-mini":
+            eng.force("gemini-2.5-flash", "open")
+            assert eng.state("gemini-2.5-flash")["breaker"]["state"] == "forced_open"
+
+    eng.subscribe(contain)
+    eng.subscribe(second.append)
+    trip(eng, clock, "gpt-4.1-mini")
+    opened = [(e.model, e.reason) for e in second if isinstance(e, CircuitOpened)]
+    assert opened == [("gpt-4.1-mini", "failure_rate"), ("gemini-2.5-flash", "forced")]
+    assert first == second
+
+
+def test_the_events_of_one_decision_come_in_the_order_they_happened(policy_dir: Path, clock: FakeClock) -> None:
+    budgets = policy_dir / "budgets.yaml"
+    budgets.write_text(budgets.read_text().replace("tokens: 8000000", "tokens: 10000"))
+    eng = PolicyEngine.from_path(policy_dir, clock=clock)
+    held = eng.decide("L4", model="gpt-5")
+    for _ in range(5):  # the reasoning profile judges five calls
+        eng.record(eng.decide("L4", model="gpt-5"), Outcome(100.0, error="server_error"))
+    eng.record(held, Outcome(100.0, 9000, 1000))  # a late result spends the whole budget
+    clock.advance(31)
+    events: list[Event] = []
+    eng.subscribe(events.append)
+    d = eng.decide("L4")  # gpt-5 half-opens, then its budget refuses it: a fallback
+    assert d.reasons == (("gpt-5", "budget gpt-5-daily exhausted"),)
+    assert [type(e) for e in events] == [CircuitHalfOpened, FallbackTriggered]
+
+
 def test_unsubscribe(eng: PolicyEngine, clock: FakeClock) -> None:
     seen: list[Event] = []
     stop = eng.subscribe(seen.append)
