@@ -531,31 +531,31 @@ class PolicyEngine:
             st.in_flight -= 1
             if st.removed:  # the model left the policy set in a reload: settle what still exists
                 self._settle_gone(decision, pending, outcome, now)
-                return
-            error = outcome.error
-            failed = self._failed_of[error]  # True, False, or None for an ignored class
-            latency = outcome.latency_ms
-            st.breaker.on_result(now, failed, latency, ticket=pending.ticket)
-            tin, tout = outcome.input_tokens, outcome.output_tokens
-            cost = tin * st.price_in + tout * st.price_out
-            if st.ledgers:
-                wall = now + self._wall_shift
-                if pending.reservations:
-                    for ledger, rid in pending.reservations:
-                        ledger.settle(wall, rid, tin + tout, cost)
-                else:
-                    for ledger in st.ledgers:
-                        ledger.settle(wall, None, tin + tout, cost)
-            slow = latency > st.slow_ms
-            tier = decision.requested_tier
-            metrics = st.metrics.get(tier)
-            if metrics is None:
-                metrics = st.metrics[tier] = self._metrics[(tier, decision.model)] = RollingMetrics(
-                    self.policy.monitoring.window_s, _METRIC_BUCKETS)
-            metrics.record(now, latency, error, failed is True, slow, tin, tout, cost, decision.is_fallback)
-            if self._history is not None:
-                self._history.record_call(now + self._wall_shift, tier, decision.model, latency, error,
-                                          failed is True, slow, tin, tout, cost, decision.is_fallback)
+            else:
+                error = outcome.error
+                failed = self._failed_of[error]  # True, False, or None for an ignored class
+                latency = outcome.latency_ms
+                st.breaker.on_result(now, failed, latency, ticket=pending.ticket)
+                tin, tout = outcome.input_tokens, outcome.output_tokens
+                cost = tin * st.price_in + tout * st.price_out
+                if st.ledgers:
+                    wall = now + self._wall_shift
+                    if pending.reservations:
+                        for ledger, rid in pending.reservations:
+                            ledger.settle(wall, rid, tin + tout, cost)
+                    else:
+                        for ledger in st.ledgers:
+                            ledger.settle(wall, None, tin + tout, cost)
+                slow = latency > st.slow_ms
+                tier = decision.requested_tier
+                metrics = st.metrics.get(tier)
+                if metrics is None:
+                    metrics = st.metrics[tier] = self._metrics[(tier, decision.model)] = RollingMetrics(
+                        self.policy.monitoring.window_s, _METRIC_BUCKETS)
+                metrics.record(now, latency, error, failed is True, slow, tin, tout, cost, decision.is_fallback)
+                if self._history is not None:
+                    self._history.record_call(now + self._wall_shift, tier, decision.model, latency, error,
+                                              failed is True, slow, tin, tout, cost, decision.is_fallback)
             if now >= self._monitor.next_at:
                 self._tick(now, events)
             if self._sink:

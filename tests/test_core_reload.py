@@ -247,6 +247,19 @@ def test_usage_of_a_removed_model_still_reaches_the_budgets_that_remain(eng: Pol
     assert monthly["cost_used"] == pytest.approx((3000 * 0.10 + 1000 * 0.30) / 1e6)
 
 
+def test_a_removed_models_usage_announces_what_it_exhausts_at_once(eng: PolicyEngine, policy_dir: Path) -> None:
+    edit(policy_dir / "budgets.yaml", "cost_usd: 20000", "cost_usd: 0.0007")
+    assert eng.reload() is True
+    held = eng.decide("L2", model="mistral-small-latest")
+    remove_mistral(policy_dir)
+    assert eng.reload() is True
+    events: list[Event] = []
+    eng.subscribe(events.append)
+    eng.record(held, Outcome(100.0, 3000, 1000))  # $0.0006 of $0.0007: past the 80 % warning
+    assert [(type(e).__name__, getattr(e, "budget", None)) for e in events] == [
+        ("BudgetWarning", "everything-monthly")]
+
+
 def test_active_anomalies_of_a_removed_model_resolve(eng: PolicyEngine, policy_dir: Path, clock: FakeClock) -> None:
     events: list[Event] = []
     eng.subscribe(events.append)
