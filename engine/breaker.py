@@ -10,8 +10,19 @@ ordinary call, and a unique value >= 2 for a half-open probe. Pass the ticket
 back to :meth:`~CircuitBreaker.on_result` or :meth:`~CircuitBreaker.release`.
 A result counts towards a half-open episode only when its ticket is a probe
 still in flight in *that* episode; any other result (an ordinary call, a probe
-of an earlier episode, an expired probe reporting late) only updates the
-window metrics, as results arriving while open do.
+of an earlier episode, an expired probe reporting late) causes no
+transition: it updates the window metrics while closed or open, and is not
+counted while half-open (see **Metrics**).
+
+**Metrics.** As in Resilience4j, every transition except into open starts
+fresh metrics: closed → open keeps the window that tripped it (results that
+arrive while open are added to it); open → half-open starts an episode
+window of ``half_open_permits`` calls that holds only this episode's probe
+results (an expired probe as a failure), so ``snapshot`` while half-open
+shows how the probes are doing; half-open → open keeps that episode window
+(it agrees with the ``CircuitOpened`` event's metrics); half-open → closed
+and every manual state start the policy's window empty. A result that is not
+a probe of the running episode is not counted while half-open.
 
 **Time.** Time-driven transitions happen lazily, at the first method call
 with a ``now`` at or after the moment they are due: open becomes half-open
@@ -38,7 +49,7 @@ from typing import Any, Literal
 from engine.events import CircuitClosed, CircuitHalfOpened, CircuitOpened, Event
 from engine.locks import YieldingLock
 from engine.policy.model import BreakerSpec
-from engine.window import window_for
+from engine.window import CountWindow, TimeWindow, window_for
 
 __all__ = ["CALL", "REFUSED", "BreakerState", "CircuitBreaker", "ForceTarget"]
 
@@ -76,6 +87,7 @@ class CircuitBreaker:
         "_p_failures",
         "_p_slow",
         "_permits",
+        "_probe_window",
         "_seq",
         "_slot_deadline",
         "_slot_ticket",
@@ -95,7 +107,8 @@ class CircuitBreaker:
         self.spec = spec
         self._lock = YieldingLock()
         self._events: list[Event] = events if events is not None else []
-        self._window = window_for(spec)
+        self._window: CountWindow | TimeWindow = window_for(spec)
+        self._probe_window = False  # True while the window is a half-open episode's (see Metrics)
         minimum = spec.minimum_calls
         if spec.window == "count":
             minimum = min(minimum, spec.window_size)  # as Resilience4j: a full window suffices
@@ -155,8 +168,8 @@ class CircuitBreaker:
                     self._probe_result(now, slot, failed, slow)
                     return
                 state = self._state
-                if state == "disabled":
-                    return
+                if state == "disabled" or state == "half_open":
+                    return  # half-open metrics hold this episode's probes only
             if failed is not None:
                 self._window.record(now, failed, slow)
                 if state == "closed":
@@ -179,8 +192,8 @@ class CircuitBreaker:
             old = self.spec
             self.spec = spec
             if (old.window, old.window_size, old.window_s, old.window_buckets) != (
-                    spec.window, spec.window_size, spec.window_s, spec.window_buckets):
-                self._window = window_for(spec)
+                    spec.window, spec.window_size, spec.window_s, spec.window_buckets) and not self._probe_window:
+                self._window = window_for(spec)  # an episode window keeps; the next close builds the new kind
             minimum = min(spec.minimum_calls, spec.window_size) if spec.window == "count" else spec.minimum_calls
             self._min_calls = max(1, minimum)
             self._needed = max(1, min(spec.minimum_calls, spec.half_open_permits))
@@ -191,6 +204,8 @@ class CircuitBreaker:
                 self._slot_ticket = [0] * self._permits
                 self._slot_deadline = [_INF] * self._permits
                 self._clear_episode()
+                if self._state == "half_open":  # the restarted episode: fresh metrics of its size
+                    self._window = CountWindow(self._permits)
 
     # -- manual control and queries ------------------------------------------
 
@@ -212,7 +227,7 @@ class CircuitBreaker:
         with self._lock:
             old = self._state
             fr, sr = self._window.failure_rate(now), self._window.slow_call_rate(now)
-            self._window.reset()
+            self._fresh_window()
             self._clear_episode()
             self._consecutive_opens = 0
             self._open_until = _INF
@@ -286,6 +301,8 @@ class CircuitBreaker:
             self._consecutive_opens = int(data.get("consecutive_opens", 0))
             self._open_for = float(data.get("open_for", 0.0))
             self._clear_episode()
+            if self._probe_window:
+                self._fresh_window()
             if state in ("open", "half_open"):
                 until = data.get("open_until")
                 self._state = "open"
@@ -353,10 +370,20 @@ class CircuitBreaker:
             CircuitClosed(at=now, model=self.name, reason=reason, failure_rate=fr, slow_call_rate=sr)
         )
 
+    def _fresh_window(self) -> None:
+        """Empty metrics of the policy's window kind (closed and manual states)."""
+        if self._probe_window:
+            self._window = window_for(self.spec)
+            self._probe_window = False
+        else:
+            self._window.reset()
+
     def _half_open(self, now: float) -> None:
         self._state = "half_open"
         self._open_until = _INF
         self._clear_episode()
+        self._window = CountWindow(self._permits)  # fresh metrics: this episode's probes
+        self._probe_window = True
         self._events.append(CircuitHalfOpened(at=now, model=self.name, permits=self._permits))
 
     def _clear_episode(self) -> None:
@@ -397,11 +424,11 @@ class CircuitBreaker:
         if failed is None:
             self._used -= 1  # an ignored class gives its permit back
             return
-        self._window.record(now, failed, slow)
         self._count_probe(now, failed, slow, "half_open_failed")
 
     def _count_probe(self, now: float, failed: bool, slow: bool, reason: str) -> bool:
         """Count one probe result; decide the episode once enough are in. True if decided."""
+        self._window.record(now, failed, slow)  # the episode window: what snapshot and the event show
         self._p_calls += 1
         self._p_failures += failed
         self._p_slow += slow
@@ -414,7 +441,7 @@ class CircuitBreaker:
             self._open(now, reason, fr, sr, calls, self._p_failures, self._p_slow)
         else:
             self._state = "closed"
-            self._window.reset()
+            self._fresh_window()
             self._consecutive_opens = 0
             self._clear_episode()
             self._emit_closed(now, "probes_succeeded", fr, sr)

@@ -49,7 +49,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from engine.classify import Classifier, classify
 from engine.errors import NoModelAvailable
-from engine.outcome import Decision, Outcome
+from engine.outcome import MAX_TOKENS, Decision, Outcome
 from engine.policy.model import ErrorClassSpec, RetrySpec
 
 if TYPE_CHECKING:
@@ -97,11 +97,12 @@ def backoff_delay(spec: RetrySpec, retry_number: int, rng: RandomSource | None =
 
 
 def _count(value: Any) -> int | None:
+    """A token count the engine takes (an integer from 0 to 2**53 - 1), else ``None``."""
     if isinstance(value, bool):
         return None
     if isinstance(value, int):
-        return value if value >= 0 else None
-    if isinstance(value, float) and value.is_integer() and value >= 0:
+        return value if 0 <= value < MAX_TOKENS else None
+    if isinstance(value, float) and value.is_integer() and 0 <= value < MAX_TOKENS:
         return int(value)
     return None
 
@@ -129,7 +130,11 @@ def usage_tokens(result: Any) -> tuple[int, int]:
 def _seconds(value: Any) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
-    return float(value) if math.isfinite(value) and value >= 0 else None
+    try:
+        seconds = float(value)
+    except OverflowError:  # an int too large for a float
+        return None
+    return seconds if math.isfinite(seconds) and seconds >= 0 else None
 
 
 class _NotAwaitable(TypeError):
@@ -142,7 +147,7 @@ class _Call:
     def __init__(self, engine: PolicyEngine, tier: str, estimated_tokens: int | None,
                  classifier: Classifier | None, tokens: Tokens | None, rng: RandomSource | None) -> None:
         self.engine = engine
-        self.clock = engine._clock
+        self.clock = engine._time  # engine time: never runs backwards across a clock step
         self.tier = tier
         self.estimated = estimated_tokens
         self.classifier = classifier or classify

@@ -65,7 +65,7 @@ def _seconds(value: Any, scale: float = 1.0) -> float | None:
         return None
     try:
         seconds = float(value) * scale
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an int too large for a float
         if not isinstance(value, str):
             return None
         try:  # Retry-After may be an HTTP date (RFC 9110 10.2.3)

@@ -6,13 +6,25 @@ rolling metrics. ``decide`` walks a tier's candidates (in priority order or
 ranked by the tier's score), then the tiers it degrades to, and picks the
 first that its breaker admits, whose budgets are not exhausted and that is
 below ``max_in_flight``. ``record`` settles the call into every one of those.
-All state changes happen under one lock, so counts are exact under threads;
-listeners run after the lock is released.
+All state changes happen under one lock, so counts are exact under threads.
+Events are queued under that lock, in the order they happened, and handed to
+the store and the listeners after it is released, by one thread at a time in
+queue order (see :meth:`PolicyEngine._deliver`).
 
-Clocks: ``clock`` gives monotonic seconds (default ``time.monotonic``).
-Budget periods follow the calendar, so the engine also needs wall time: with
-the default clock it is ``time.time()``; a custom clock (``FakeClock``) is
-taken to return UNIX epoch seconds.
+Clocks: ``clock`` gives seconds (default ``time.monotonic``). Budget periods
+follow the calendar, so the engine also needs wall time: with the default
+clock it is ``time.time()`` at start plus the monotonic time since; a custom
+clock (``FakeClock``) is taken to return UNIX epoch seconds.
+
+Engine time never runs backwards. When the clock reads earlier than it did
+before (an epoch clock stepped back by NTP or by hand), the engine carries
+on from where it was: its time becomes ``clock() + skew``, the skew growing
+by each backward step, so open durations, windows, probe deadlines, anomaly
+schedules and decision expiry keep elapsing at the clock's rate instead of
+waiting for the clock to catch up. Budgets get the clock's own wall time
+(``clock() + wall_offset``): their periods follow the calendar and a ledger
+never goes back to an earlier period. A forward jump is taken as elapsed
+time (it cannot be told apart from it).
 """
 
 from __future__ import annotations
@@ -23,6 +35,7 @@ import math
 import os
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -33,7 +46,7 @@ from engine.events import Event, FallbackTriggered, PolicyReloaded, ReloadFailed
 from engine.locks import YieldingLock
 from engine.metrics import RollingMetrics, summarize
 from engine.monitor import Monitor, health
-from engine.outcome import Decision, Outcome
+from engine.outcome import Decision, Outcome, token_problem
 from engine.policy.loader import check, load_policies
 from engine.policy.model import ModelSpec, PolicySet
 from engine.store.base import Store, open_store
@@ -53,14 +66,28 @@ _METRIC_BUCKETS = 30
 
 
 class _Model:
+    """One incarnation of a model: from the reload that adds it to the one that removes it.
+
+    A reload that keeps the model keeps this object (``update``); a model
+    removed and later added back is a new incarnation. Every open decision
+    holds the incarnation it was made under and settles against it, so a
+    decision of an earlier incarnation never moves the new one's in-flight
+    count, breaker or budgets.
+    """
+
     __slots__ = ("spec", "breaker", "ledgers", "in_flight", "limit", "price_in", "price_out", "slow_ms",
-                 "metrics")
+                 "metrics", "removed")
 
     def __init__(self, spec: ModelSpec, ledgers: tuple[BudgetLedger, ...], breaker: CircuitBreaker) -> None:
-        self.spec = spec
         self.breaker = breaker
-        self.ledgers = ledgers
         self.in_flight = 0
+        self.removed = False  # set when a reload takes the model out of the set
+        self.update(spec, ledgers)
+
+    def update(self, spec: ModelSpec, ledgers: tuple[BudgetLedger, ...]) -> None:
+        """Take a reloaded spec and budgets; in-flight count and breaker stay."""
+        self.spec = spec
+        self.ledgers = ledgers
         self.limit = spec.max_in_flight or 1 << 62
         self.price_in = spec.price.input_per_1m / 1e6  # USD per token, for record()
         self.price_out = spec.price.output_per_1m / 1e6
@@ -73,6 +100,7 @@ class _Pending(NamedTuple):
     ticket: int
     reservations: tuple[tuple[BudgetLedger, int], ...]
     at: float
+    model: _Model  # the incarnation the decision was made under
 
 
 class PolicyEngine:
@@ -85,17 +113,22 @@ class PolicyEngine:
             store = policy.storage_uri or "memory://"
         self._clock: Clock = clock or time.monotonic
         self._wall_offset = time.time() - time.monotonic() if clock is None else 0.0
+        # engine time = clock() + _skew (see the module doc); wall time = engine time + _wall_shift
+        self._skew = 0.0
+        self._wall_shift = self._wall_offset
+        self._raw = self._clock()  # the clock's last reading
         self._lock = YieldingLock()
         self._listeners: list[Listener] = []
         self._ids = itertools.count(1)
         self._pending: dict[int, _Pending] = {}
-        self._gone: dict[str, _Model] = {}  # models a reload removed, for their open decisions
-        # breakers and ledgers append their events here; taken under the lock, emitted after it
+        # breakers and ledgers append their events here; taken under the lock into the outbox
         self._sink: list[Event] = []
+        self._outbox: deque[Event] = deque()  # events in the order they happened, not yet delivered
+        self._delivering = threading.Lock()  # held by the one thread delivering the outbox
         self._paths = tuple(paths)
         self._reload_lock = threading.Lock()
         self.store: Store = open_store(store) if isinstance(store, str) else store
-        now = self._clock()
+        now = self._now()
         self._reload_status: dict[str, Any] = {
             "loaded_at": now, "last_attempt_at": None, "last_success_at": None, "last_error": None,
             "last_error_at": None, "attempts": 0, "successes": 0, "failures": 0}
@@ -113,6 +146,28 @@ class PolicyEngine:
         paths = [path] if isinstance(path, (str, os.PathLike)) else list(path)
         return cls(load_policies(paths), clock=clock, store=store, paths=paths)
 
+    # -- time ------------------------------------------------------------------
+    def _now(self) -> float:
+        """Engine time now: the clock, carried on past any backward step (lock held)."""
+        raw = self._clock()
+        if raw < self._raw:
+            self._stepped_back(raw)
+        self._raw = raw
+        return raw + self._skew
+
+    def _stepped_back(self, raw: float) -> None:
+        """The clock reads ``raw``, earlier than its last reading: carry engine time on from there."""
+        step = self._raw - raw
+        self._skew += step
+        self._wall_shift = self._wall_offset - self._skew  # wall time stays the clock's own
+        log.log(logging.WARNING if step >= 1.0 else logging.DEBUG,
+                "the clock stepped back %.3f s; engine time carries on (now %.3f s ahead of the clock)",
+                step, self._skew)
+
+    def _time(self) -> float:
+        """Engine time without taking the lock (for waits and latencies measured around calls)."""
+        return self._clock() + self._skew
+
     # -- policy installation -------------------------------------------------
     def _install(self, policy: PolicySet, now: float) -> None:
         """Make ``policy`` the set in force, carrying state over from the one before.
@@ -127,7 +182,7 @@ class PolicyEngine:
         """
         old_models: Mapping[str, _Model] = getattr(self, "_models", {})
         old_ledgers: Mapping[str, BudgetLedger] = getattr(self, "_ledgers", {})
-        wall = now + self._wall_offset
+        wall = now + self._wall_shift
         ledgers: dict[str, BudgetLedger] = {}
         moved: dict[int, BudgetLedger] = {}  # old ledger -> the ledger that carries its state
         for b in policy.budgets:
@@ -142,18 +197,15 @@ class PolicyEngine:
                 except ValueError:  # a new period kind: usage starts afresh
                     pass
         models: dict[str, _Model] = {}
+        carried: list[tuple[_Model, ModelSpec, tuple[BudgetLedger, ...]]] = []  # updated once all is built
         for name, spec in policy.models.items():
             own = tuple(ledgers[b.name] for b in policy.budgets_for(name))
             prev_model = old_models.get(name)
             if prev_model is None:
                 models[name] = _Model(spec, own, self.store.make_breaker(name, spec.breaker, self._sink))
-                continue
-            st = models[name] = _Model(spec, own, prev_model.breaker)  # the same breaker, reconfigured
-            if prev_model.spec.breaker != spec.breaker:
-                st.breaker.reconfigure(spec.breaker, now)
-            st.in_flight = prev_model.in_flight
-        for gone in set(old_models) - set(models):
-            self._gone[gone] = old_models[gone]
+            else:  # the same incarnation: in-flight count and breaker carry over
+                models[name] = prev_model
+                carried.append((prev_model, spec, own))
         for key, pending in list(self._pending.items()):
             if pending.reservations:  # reservations only follow ledgers whose state carried over
                 kept = tuple((moved[id(led)], rid) for led, rid in pending.reservations if id(led) in moved)
@@ -165,6 +217,12 @@ class PolicyEngine:
         old_monitor: Monitor | None = getattr(self, "_monitor", None)
         if old_monitor is not None:
             self._sink.extend(monitor.carry_over(old_monitor, now, set(policy.models), set(policy.tiers)))
+        for st, spec, own in carried:
+            if st.spec.breaker != spec.breaker:
+                st.breaker.reconfigure(spec.breaker, now)  # the same breaker, reconfigured
+            st.update(spec, own)
+        for gone in set(old_models) - set(models):
+            old_models[gone].removed = True  # its open decisions settle against it, as it was
         self.policy = policy
         self._models = models
         self._ledgers = ledgers
@@ -207,7 +265,7 @@ class PolicyEngine:
         policy, problems = check(self._paths)
         events: list[Event] = []
         with self._lock:
-            now = self._clock()
+            now = self._now()
             status = self._reload_status
             status["attempts"] += 1
             status["last_attempt_at"] = now
@@ -230,9 +288,9 @@ class PolicyEngine:
                     now, policy.revision, previous.revision, policy.files,
                     tuple(sorted(set(policy.models) - set(previous.models))),
                     tuple(sorted(set(previous.models) - set(policy.models)))))
-                self._take_events(events)
                 changed = True
-        self._emit(events)
+            self._post(events)
+        self._deliver()
         return changed
 
     def watch(self, **options: Any) -> Any:
@@ -315,9 +373,8 @@ class PolicyEngine:
         """
         if tier not in self._chains:
             raise KeyError(f"unknown tier {tier!r}; expected one of {', '.join(self.policy.tier_order)}")
-        if estimated_tokens is not None and (isinstance(estimated_tokens, bool) or not isinstance(
-                estimated_tokens, int) or estimated_tokens < 0):
-            raise ValueError(f"estimated_tokens must be an integer >= 0, got {estimated_tokens!r}")
+        if estimated_tokens is not None and (problem := token_problem("estimated_tokens", estimated_tokens)):
+            raise ValueError(problem)
         if retry_of is not None:
             model = retry_of.model
         if model is not None and model not in self._models:
@@ -329,7 +386,11 @@ class PolicyEngine:
         if not lock.try_acquire(False):
             lock.acquire()
         try:
-            now = self._clock()
+            raw = self._clock()  # engine time, inlined from _now(): this is the hot path
+            if raw < self._raw:
+                self._stepped_back(raw)
+            self._raw = raw
+            now = raw + self._skew
             if retry_of is not None:
                 order: Sequence[tuple[str, str]] = ((retry_of.tier, retry_of.model),)
             elif model is not None:
@@ -354,21 +415,25 @@ class PolicyEngine:
                 else:
                     is_fallback = bool(skipped) or t != tier or reason is not None
                     if is_fallback:
+                        if self._sink:  # what the candidates' checks emitted happened first
+                            self._take_events(events)
                         events.append(FallbackTriggered(
                             now, tier, skipped[0][0] if skipped else None, name, t,
                             reason or (skipped[0][1] if skipped else "degraded")))
                 decision = Decision(name, t, is_fallback, tuple(skipped), next(self._ids), now,
                                     self.policy.revision, tier, estimated_tokens, self)
-                self._pending[decision.id] = _Pending(decision, ticket, reservations, now)
+                self._pending[decision.id] = _Pending(decision, ticket, reservations, now, st)
                 if now >= self._monitor.next_at:
-                    events.extend(self._tick(now))
+                    self._tick(now, events)
                 break
             if self._sink:
                 self._take_events(events)
+            if events:
+                self._outbox.extend(events)
         finally:
             lock.release()
         if events:
-            self._emit(events)
+            self._deliver()
         if decision is None:
             raise NoModelAvailable(tier, skipped, retry_at)
         return decision
@@ -394,13 +459,13 @@ class PolicyEngine:
             return f"breaker {st.breaker.state(now)}" + (f" until t={until:.3f}" if until else ""), 0, (), until
         if not st.ledgers:
             return None, ticket, (), None
-        wall = now + self._wall_offset
+        wall = now + self._wall_shift
         reservations: list[tuple[BudgetLedger, int]] = []
         why = self._reserve(st, wall, estimated, reservations)
         if why is None:
             return None, ticket, tuple(reservations), None
         st.breaker.release(now, ticket)
-        resets = [at - self._wall_offset for led in st.ledgers
+        resets = [at - self._wall_shift for led in st.ledgers
                   if led.exhausted(wall) and (at := led.resets_at(wall)) is not None]
         return why, 0, (), min(resets, default=None)
 
@@ -446,56 +511,77 @@ class PolicyEngine:
         if not lock.try_acquire(False):
             lock.acquire()
         try:
-            pending = self._pending.pop(decision.id, None)
+            try:
+                pending = self._pending.get(decision.id)
+            except TypeError:  # an unhashable id: not one this engine handed out
+                raise ValueError(self._mismatch(decision)) from None
             if pending is None:
                 raise ValueError(f"decision {decision.id} ({decision.model}) was already recorded or has expired")
-            now = self._clock()
-            st = self._models.get(decision.model)
-            if st is None:  # the model left the policy set in a reload: settle what still exists
-                self._settle_gone(decision, pending, outcome, now)
-                return
+            if pending.decision is not decision:  # settle only what was handed out, as it was handed out
+                if pending.decision != decision:
+                    raise ValueError(self._mismatch(decision))
+                decision = pending.decision
+            del self._pending[decision.id]
+            raw = self._clock()  # engine time, inlined from _now()
+            if raw < self._raw:
+                self._stepped_back(raw)
+            self._raw = raw
+            now = raw + self._skew
+            st = pending.model
             st.in_flight -= 1
-            error = outcome.error
-            failed = self._failed_of[error]  # True, False, or None for an ignored class
-            latency = outcome.latency_ms
-            st.breaker.on_result(now, failed, latency, ticket=pending.ticket)
-            tin, tout = outcome.input_tokens, outcome.output_tokens
-            cost = tin * st.price_in + tout * st.price_out
-            if st.ledgers:
-                wall = now + self._wall_offset
-                if pending.reservations:
-                    for ledger, rid in pending.reservations:
-                        ledger.settle(wall, rid, tin + tout, cost)
-                else:
-                    for ledger in st.ledgers:
-                        ledger.settle(wall, None, tin + tout, cost)
-            slow = latency > st.slow_ms
-            tier = decision.requested_tier
-            metrics = st.metrics.get(tier)
-            if metrics is None:
-                metrics = st.metrics[tier] = self._metrics[(tier, decision.model)] = RollingMetrics(
-                    self.policy.monitoring.window_s, _METRIC_BUCKETS)
-            metrics.record(now, latency, error, failed is True, slow, tin, tout, cost, decision.is_fallback)
-            if self._history is not None:
-                self._history.record_call(now + self._wall_offset, tier, decision.model, latency, error,
-                                          failed is True, slow, tin, tout, cost, decision.is_fallback)
+            if st.removed:  # the model left the policy set in a reload: settle what still exists
+                self._settle_gone(decision, pending, outcome, now)
+            else:
+                error = outcome.error
+                failed = self._failed_of[error]  # True, False, or None for an ignored class
+                latency = outcome.latency_ms
+                st.breaker.on_result(now, failed, latency, ticket=pending.ticket)
+                tin, tout = outcome.input_tokens, outcome.output_tokens
+                cost = tin * st.price_in + tout * st.price_out
+                if st.ledgers:
+                    wall = now + self._wall_shift
+                    if pending.reservations:
+                        for ledger, rid in pending.reservations:
+                            ledger.settle(wall, rid, tin + tout, cost)
+                    else:
+                        for ledger in st.ledgers:
+                            ledger.settle(wall, None, tin + tout, cost)
+                slow = latency > st.slow_ms
+                tier = decision.requested_tier
+                metrics = st.metrics.get(tier)
+                if metrics is None:
+                    metrics = st.metrics[tier] = self._metrics[(tier, decision.model)] = RollingMetrics(
+                        self.policy.monitoring.window_s, _METRIC_BUCKETS)
+                metrics.record(now, latency, error, failed is True, slow, tin, tout, cost, decision.is_fallback)
+                if self._history is not None:
+                    self._history.record_call(now + self._wall_shift, tier, decision.model, latency, error,
+                                              failed is True, slow, tin, tout, cost, decision.is_fallback)
             if now >= self._monitor.next_at:
-                events.extend(self._tick(now))
-            if self._sink:  # after the tick: its reads may move breakers and budgets
+                self._tick(now, events)
+            if self._sink:
                 self._take_events(events)
+            if events:
+                self._outbox.extend(events)
         finally:
             lock.release()
         if events:
-            self._emit(events)
+            self._deliver()
+
+    @staticmethod
+    def _mismatch(decision: Decision) -> str:
+        return (f"decision {decision.id!r} ({decision.model!r}) does not match the decision this engine handed "
+                "out: its fields were changed; record the Decision that decide() returned")
 
     def _settle_gone(self, decision: Decision, pending: _Pending, outcome: Outcome, now: float) -> None:
-        """Spend a removed model's recorded usage from the budgets that still exist (lock held)."""
-        gone = self._gone.get(decision.model)
-        if gone is None:
-            return
+        """Spend a removed incarnation's recorded usage from the budgets that still exist (lock held).
+
+        Its breaker, metrics and model budgets went with it; a model of the same
+        name added back since is another incarnation and is not touched.
+        """
+        gone = pending.model
         tokens = outcome.input_tokens + outcome.output_tokens
         cost = outcome.input_tokens * gone.price_in + outcome.output_tokens * gone.price_out
-        wall = now + self._wall_offset
+        wall = now + self._wall_shift
         if pending.reservations:
             for ledger, rid in pending.reservations:
                 ledger.settle(wall, rid, tokens, cost)
@@ -539,47 +625,64 @@ class PolicyEngine:
             events.extend(sink)
             sink.clear()
 
-    def _emit(self, events: Sequence[Event]) -> None:
-        if not events:
-            return
-        seen: set[int] = set()
-        for event in events:
-            if id(event) in seen:
-                continue
-            seen.add(id(event))
-            self.store.append_event(event)
-            for listener in tuple(self._listeners):
-                try:
-                    listener(event)
-                except Exception:  # a listener never breaks a decision
-                    log.exception("event listener %r raised on %r", listener, event)
+    def _post(self, events: list[Event]) -> None:
+        """Queue ``events`` and then what breakers and ledgers emitted since, for delivery (lock held)."""
+        self._take_events(events)
+        self._outbox.extend(events)
+
+    def _deliver(self) -> None:
+        """Hand the queued events to the store and every listener, oldest first.
+
+        Events are queued under the engine lock in the order they happened;
+        one thread at a time delivers them, so every listener sees one order.
+        A thread that finds another delivering leaves its events to it: the
+        deliverer looks at the queue again after letting go, so nothing is
+        left behind. A listener that calls into the engine sees the events of
+        that call once it has returned.
+        """
+        outbox, gate = self._outbox, self._delivering
+        while outbox:
+            if not gate.acquire(False):
+                return  # the thread delivering now delivers these too
+            try:
+                while outbox:
+                    event = outbox.popleft()
+                    self.store.append_event(event)
+                    for listener in tuple(self._listeners):
+                        try:
+                            listener(event)
+                        except Exception:  # a listener never breaks a decision
+                            log.exception("event listener %r raised on %r", listener, event)
+            finally:
+                gate.release()
 
     # -- monitoring ----------------------------------------------------------
     def tick(self) -> list[Event]:
         """Run what is due now: anomaly rules and expiry of decisions never recorded."""
         events: list[Event] = []
         with self._lock:
-            now = self._clock()
-            events.extend(self._tick(now))
-            self._take_events(events)
-        self._emit(events)
+            now = self._now()
+            self._tick(now, events)
+            self._post(events)
+        self._deliver()
         return events
 
-    def _tick(self, now: float) -> list[Event]:
+    def _tick(self, now: float, events: list[Event]) -> None:
+        """Expire decisions never recorded; run the anomaly rules if due, adding their events (lock held)."""
         stale = [p for p in self._pending.values() if now - p.at > DECISION_TTL_S]
         for p in stale:
             del self._pending[p.decision.id]
-            st = self._models.get(p.decision.model)
-            if st is not None:
-                st.in_flight -= 1
+            p.model.in_flight -= 1
         if not self._monitor.due(now):
-            return []
-        return self._monitor.evaluate(now, lambda: self._all_model_names(now), lambda: self._all_tier_names(now))
+            return
+        found = self._monitor.evaluate(now, lambda: self._all_model_names(now), lambda: self._all_tier_names(now))
+        self._take_events(events)  # transitions the rules' reads applied happened before their verdicts
+        events.extend(found)
 
     def _model_names(self, name: str, now: float) -> dict[str, Any]:
         st = self._models[name]
         names = self._summary(now, lambda key: key[1] == name)
-        wall = now + self._wall_offset
+        wall = now + self._wall_shift
         state = st.breaker.state(now)
         names.update(model=name, tier=st.spec.tier, provider=st.spec.provider, in_flight=st.in_flight,
                      budget_used=max((led.used_fraction(wall) for led in st.ledgers), default=0.0),
@@ -610,9 +713,9 @@ class PolicyEngine:
         with self._lock:
             if model not in self._models:
                 raise KeyError(f"unknown model {model!r}")
-            now = self._clock()
+            now = self._now()
             st = self._models[model]
-            wall = now + self._wall_offset
+            wall = now + self._wall_shift
             metrics = self._model_names(model, now)
             out = {
                 "model": model,
@@ -624,32 +727,29 @@ class PolicyEngine:
                 "metrics": metrics,
                 "health": health(self.policy.monitoring.health, metrics),
             }
-            events: list[Event] = []
-            self._take_events(events)
-        self._emit(events)
+            self._post([])
+        self._deliver()
         return out
 
     def force(self, model: str, state: str | None) -> None:
         """Manual breaker state: "open", "closed", "disabled", "metrics_only", or None to release."""
-        if model not in self._models:
-            raise KeyError(f"unknown model {model!r}")
-        events: list[Event] = []
         with self._lock:
-            st = self._models[model]
-            st.breaker.force(state, self._clock())  # type: ignore[arg-type]
-            self._take_events(events)
-        self._emit(events)
+            st = self._models.get(model)
+            if st is None:
+                raise KeyError(f"unknown model {model!r}")
+            st.breaker.force(state, self._now())  # type: ignore[arg-type]
+            self._post([])
+        self._deliver()
 
     def performance_report(self) -> dict[str, Any]:
         """Per-tier and per-model health (healthy / degraded / unhealthy) with the metrics behind it."""
-        events: list[Event] = []
         with self._lock:
-            now = self._clock()
+            now = self._now()
             policy = self.policy  # one set throughout, even if a reload lands meanwhile
             models = self._all_model_names(now)
             tiers = self._all_tier_names(now)
-            self._take_events(events)
-        self._emit(events)
+            self._post([])
+        self._deliver()
         spec = policy.monitoring.health
         grades = {m: health(spec, names) for m, names in models.items()}
         rank = {"healthy": 0, "degraded": 1, "unhealthy": 2}
@@ -668,23 +768,23 @@ class PolicyEngine:
     def export_state(self) -> dict[str, Any]:
         """Budget usage and breaker states, with wall-clock times, for a store to persist."""
         with self._lock:
-            now = self._clock()
-            wall = now + self._wall_offset
+            now = self._now()
+            wall = now + self._wall_shift
             breakers = {}
             for name, st in self._models.items():
                 data = st.breaker.export(now)
                 if data["open_until"] is not None:
-                    data["open_until"] += self._wall_offset
+                    data["open_until"] += self._wall_shift
                 breakers[name] = data
             return {"version": 1, "revision": self.policy.revision, "saved_at": wall,
-                    "wall_offset": self._wall_offset,  # wall time = engine clock + wall_offset
+                    "wall_offset": self._wall_shift,  # wall time = engine time + wall_offset
                     "budgets": {n: led.to_dict() for n, led in self._ledgers.items()},
                     "breakers": breakers}
 
     def restore_state(self, data: Mapping[str, Any]) -> None:
         """Take back :meth:`export_state` (budgets whose period kind changed start afresh)."""
         with self._lock:
-            now = self._clock()
+            now = self._now()
             for name, saved in (data.get("budgets") or {}).items():
                 old = self._ledgers.get(name)
                 if old is None:
@@ -702,7 +802,7 @@ class PolicyEngine:
                 if model is not None:
                     saved = dict(saved)
                     if saved.get("open_until") is not None:
-                        saved["open_until"] -= self._wall_offset
+                        saved["open_until"] -= self._wall_shift
                     model.breaker.restore(saved, now)
             self._sink.clear()
 

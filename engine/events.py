@@ -4,8 +4,9 @@ Every event is a frozen, past-tense dataclass carrying the time it happened
 (the engine clock for breaker, fallback, anomaly and reload events; wall-clock
 epoch seconds for budget and storage events, whose periods follow the
 calendar), the model or tier it concerns, the rule that fired and a snapshot
-of the metrics behind it. Listeners receive them
-synchronously; a listener that raises is logged and never breaks a decision.
+of the metrics behind it. Listeners receive them in the order they happened,
+the same order for every listener, one event at a time (see the README's
+"Events"); a listener that raises is logged and never breaks a decision.
 """
 
 from __future__ import annotations

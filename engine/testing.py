@@ -18,9 +18,11 @@ DEFAULT_START = 1_767_225_600.0
 class FakeClock:
     """A manually driven clock: ``clock()`` returns the current time in seconds.
 
-    Time only moves forward, and only when :meth:`advance` or :meth:`set` is
-    called. Reads are a single attribute load; writes hold a lock, so
-    concurrent ``advance`` calls never lose an increment.
+    Time moves only when :meth:`advance`, :meth:`set` or :meth:`step_back` is
+    called, and backwards only through :meth:`step_back` (a wall clock
+    corrected by NTP or by hand, to test code against it). Reads are a single
+    attribute load; writes hold a lock, so concurrent ``advance`` calls never
+    lose an increment.
     """
 
     __slots__ = ("_lock", "_now")
@@ -47,8 +49,16 @@ class FakeClock:
             self._now += seconds
             return self._now
 
+    def step_back(self, seconds: float) -> float:
+        """Move time backwards by ``seconds`` (>= 0), as a stepped wall clock does; return the new time."""
+        if not (0.0 <= seconds < math.inf):
+            raise ValueError(f"expected a finite number of seconds >= 0, got {seconds!r}")
+        with self._lock:
+            self._now -= seconds
+            return self._now
+
     def set(self, t: float) -> None:
-        """Jump to time ``t``; refuses to go backwards."""
+        """Jump to time ``t``; refuses to go backwards (use :meth:`step_back` for that)."""
         if not math.isfinite(t):
             raise ValueError(f"expected a finite time, got {t!r}")
         with self._lock:

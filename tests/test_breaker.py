@@ -270,6 +270,60 @@ def test_half_open_reopens_on_slow_probes() -> None:
     assert b.drain_events() == (half(T0 + 10), opened(T0 + 10, T0 + 30, "half_open_failed", fr=0.0, sr=50.0))
 
 
+def counts(b: CircuitBreaker, now: float) -> tuple[str, int, int, float]:
+    snap = b.snapshot(now)
+    return snap["state"], snap["calls"], snap["failures"], snap["failure_rate"]
+
+
+def test_half_open_starts_fresh_metrics_that_agree_with_the_reopening() -> None:
+    # Resilience4j: OPEN -> HALF_OPEN starts new metrics; HALF_OPEN -> OPEN keeps the half-open ones
+    b = tripped(minimum_calls=5, half_open_permits=4)  # five failures: 5 calls, 100 %
+    assert counts(b, T0) == ("open", 5, 5, 100.0)
+    assert counts(b, T0 + 10) == ("half_open", 0, 0, 0.0)
+    tickets = probes(b, T0 + 10, 4)
+    b.on_result(T0 + 10, False, FAST, ticket=tickets[0])
+    assert counts(b, T0 + 10) == ("half_open", 1, 0, 0.0)
+    for t in tickets[1:]:
+        b.on_result(T0 + 11, True, FAST, ticket=t)
+    (event,) = b.drain_events()[1:]
+    assert event == opened(T0 + 11, T0 + 31, "half_open_failed", fr=75.0)
+    assert isinstance(event, CircuitOpened)
+    assert dict(event.metrics) == {"calls": 4, "failures": 3, "slow_calls": 0, "consecutive_opens": 2}
+    assert counts(b, T0 + 11) == ("open", 4, 3, 75.0)  # what the event reports
+    assert counts(b, T0 + 31) == ("half_open", 0, 0, 0.0)  # each episode starts afresh
+
+
+def test_half_open_metrics_hold_this_episodes_probes_only() -> None:
+    b = tripped()  # two permits, decided after two probe results
+    first, second = probes(b, T0 + 10, 2)
+    b.on_result(T0 + 11, True, FAST, ticket=CALL)  # admitted while closed, reporting now: not a probe
+    b.on_result(T0 + 11, False, SLOW, ticket=CALL)
+    assert counts(b, T0 + 11) == ("half_open", 0, 0, 0.0)
+    b.on_result(T0 + 12, False, FAST, ticket=first)
+    assert counts(b, T0 + 12) == ("half_open", 1, 0, 0.0)
+    assert b.state(T0 + 15.5) == "open"  # the second probe expired: a failure, 1 of 2 = 50 %
+    assert b.drain_events() == (half(T0 + 10), opened(T0 + 15.5, T0 + 35.5, "probe_expired", fr=50.0))
+    assert counts(b, T0 + 15.5) == ("open", 2, 1, 50.0)
+    # its late report arrives while open: added to the kept window of half_open_permits (2) calls,
+    # from which the oldest result, the first probe's success, drops out (as in Resilience4j)
+    b.on_result(T0 + 16, True, FAST, ticket=second)
+    assert counts(b, T0 + 16) == ("open", 2, 2, 100.0)
+
+
+def test_half_open_to_closed_starts_the_policy_window_afresh() -> None:
+    spec = {"window": "time", "window_s": 10.0, "window_buckets": 5, "half_open_permits": 1, "minimum_calls": 1}
+    b = tripped(**spec)
+    (probe,) = probes(b, T0 + 10, 1)
+    b.on_result(T0 + 10, True, FAST, ticket=probe)  # re-opened until T0 + 30
+    (probe,) = probes(b, T0 + 30, 1)
+    b.on_result(T0 + 30, False, FAST, ticket=probe)
+    assert counts(b, T0 + 30) == ("closed", 0, 0, 0.0)
+    for at in (T0 + 31, T0 + 32, T0 + 33):  # a time window again, not the one-permit probe window
+        b.on_result(at, False, FAST, ticket=CALL)
+    assert counts(b, T0 + 33) == ("closed", 3, 0, 0.0)
+    assert counts(b, T0 + 42) == ("closed", 0, 0, 0.0)  # aged out with their buckets
+
+
 def test_backoff_resets_after_a_close() -> None:
     b = tripped()
     first, second = probes(b, T0 + 10, 2)
@@ -380,7 +434,7 @@ def test_force_closes_probes_in_flight_into_ordinary_results() -> None:
     b.on_result(T0 + 11, True, FAST, ticket=probe)  # now an ordinary result in closed
     assert b.drain_events() == (
         half(T0 + 10),
-        closed(T0 + 11, "released", fr=100.0),  # the rates of the window it leaves
+        closed(T0 + 11, "released", fr=0.0),  # the rates of the window it leaves: the episode's, no result yet
         opened(T0 + 11, T0 + 21),
     )
 

@@ -200,6 +200,8 @@ def test_jittered_backoff_stays_within_its_band(initial: float, multiplier: floa
     (SimpleNamespace(usage=SimpleNamespace(prompt_tokens=11, completion_tokens=None)), (11, 0)),
     (SimpleNamespace(usage=None), (0, 0)),
     (SimpleNamespace(usage=SimpleNamespace(prompt_tokens=-1, completion_tokens="2")), (0, 0)),
+    ({"usage": {"input_tokens": 10**400, "output_tokens": 4}}, (0, 4)),  # no count the engine refuses
+    ({"usage": {"input_tokens": 2**53, "output_tokens": 1e300}}, (0, 0)),
     ("plain text", (0, 0)),
     (None, (0, 0)),
 ])
@@ -245,6 +247,25 @@ def test_failing_token_reading_records_zero_and_keeps_the_result(engine: PolicyE
     seen = spy(engine)
     assert call(engine, "L2", Script(clock, reply), tokens=tokens) is reply
     assert seen == [(MINI, Outcome(0.0, 0, 0))]
+    assert in_flight(engine) == {}
+
+
+def test_token_counts_the_engine_refuses_are_recorded_as_zero(engine: PolicyEngine, clock: FakeClock) -> None:
+    seen = spy(engine)
+    assert call(engine, "L2", Script(clock, "ok"), tokens=lambda r: (10**400, 2**53)) == "ok"
+    assert seen == [(MINI, Outcome(0.0, 0, 0))]
+    assert in_flight(engine) == {}
+
+
+def test_a_retry_after_hint_too_large_for_a_float_is_no_hint(engine: PolicyEngine, clock: FakeClock,
+                                                             sleeper: Sleeper) -> None:
+    seen = spy(engine)
+    fn = Script(clock, HTTPError(429, retry_after=10**400), "ok")  # type: ignore[arg-type]
+    assert call(engine, "L2", fn, sleep=sleeper, rng=HALF) == "ok"
+    huge = Script(clock, HTTPError(500), "ok")
+    assert call(engine, "L2", huge, sleep=sleeper, rng=HALF, classifier=lambda exc: ("rate_limit", 10**400)) == "ok"
+    assert errors(seen) == [(MINI, "rate_limit"), (MINI, None)] * 2
+    assert [o.retry_after_s for _, o in seen] == [None] * 4
     assert in_flight(engine) == {}
 
 

@@ -78,6 +78,7 @@ def test_status_wins_over_the_class_name() -> None:
 @pytest.mark.parametrize(("value", "expected"), [
     (7, 7.0), (2.5, 2.5), ("12", 12.0), (0, 0.0), ("0", 0.0),
     (-1, None), (float("nan"), None), (float("inf"), None), (86_400, None), ("soon", None),
+    (10**400, None), ("1" + "0" * 400, None),  # too large for a float: no hint, not an OverflowError
 ])
 def test_retry_after_attribute(value: Any, expected: float | None) -> None:
     assert classify(ProviderError(status_code=429, retry_after=value)) == ("rate_limit", expected)

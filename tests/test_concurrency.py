@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from engine import Decision, NoModelAvailable, Outcome, PolicyEngine
-from engine.events import BudgetExhausted, Event
+from engine.events import BudgetExhausted, CircuitClosed, CircuitHalfOpened, CircuitOpened, Event
 
 L2 = ["gpt-4.1-mini", "gemini-2.5-flash", "claude-haiku-4-5", "mistral-small-latest"]
 THREADS, PER_THREAD = 8, 100_000
@@ -105,6 +107,80 @@ def test_half_open_admits_exactly_its_permits_across_threads(policy_dir: Path) -
 
     run_threads(work)
     assert len(probes) == 3  # half_open_permits in policies/breakers.yaml
+
+
+BREAKER_EVENTS = {CircuitOpened: "open", CircuitHalfOpened: "half_open", CircuitClosed: "closed"}
+#: the transitions a breaker's events may report without force(): (from, event) -> to
+PATHS = {("closed", CircuitOpened): "open", ("open", CircuitHalfOpened): "half_open",
+         ("half_open", CircuitOpened): "open", ("half_open", CircuitClosed): "closed"}
+
+
+def flapping(policy_dir: Path, models: list[str]) -> None:
+    """Breakers of ``models`` that open after 4 calls, for 1 s, and decide on one probe."""
+    breakers = policy_dir / "breakers.yaml"
+    tuned = "".join(f"  {m}:\n    window: count\n    window_size: 4\n    minimum_calls: 4\n    open_for_s: 1\n"
+                    f"    backoff: 1\n    max_open_for_s: 1\n    half_open_permits: 1\n" for m in models)
+    text = breakers.read_text()
+    breakers.write_text(text[: text.index("overrides:")] + "overrides:\n" + tuned)
+
+
+def test_listeners_get_each_breakers_events_in_the_order_they_happened(policy_dir: Path) -> None:
+    from engine.testing import FakeClock
+
+    models = L2[:2]
+    flapping(policy_dir, models)
+    clock = FakeClock()
+    eng = PolicyEngine.from_path(policy_dir, clock=clock)
+    seen: list[Event] = []
+
+    def listener(event: Event) -> None:
+        sum(range(200))  # a listener doing a little work widens the window between emitting threads
+        seen.append(event)
+
+    eng.subscribe(listener)
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible
+
+    def work(i: int) -> None:
+        for n in range(1500):
+            try:
+                d = eng.decide("L2", model=models[(i + n) % 2])
+            except NoModelAvailable:
+                clock.advance(0.25)
+                continue
+            eng.record(d, Outcome(10.0) if n % 5 == 0 else Outcome(10.0, error="timeout"))
+
+    try:
+        run_threads_with_index(work, 4)
+    finally:
+        sys.setswitchinterval(switch)
+    for model in models:
+        state, path = "closed", []
+        for event in seen:
+            if type(event) in BREAKER_EVENTS and getattr(event, "model", None) == model:
+                path.append(type(event).__name__)
+                state = PATHS.get((state, type(event)), f"invalid after {path}")
+                assert not state.startswith("invalid"), (model, path[-8:])
+        assert len(path) > 50  # the breakers did flap
+    at = [e.at for e in seen if type(e) in BREAKER_EVENTS]
+    assert at == sorted(at)  # one order for every subject: the order in which they happened
+
+
+def run_threads_with_index(target: Callable[[int], None], n: int) -> None:
+    errors: list[BaseException] = []
+
+    def guarded(i: int) -> None:
+        try:
+            target(i)
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    pool = [threading.Thread(target=guarded, args=(i,)) for i in range(n)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+    assert errors == []
 
 
 def test_acall_under_asyncio_keeps_counts_exact(policy_dir: Path) -> None:

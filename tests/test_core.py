@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 import re
 import threading
@@ -85,6 +86,28 @@ def test_no_call_reaches_an_open_model_until_half_open(eng: PolicyEngine, clock:
     assert isinstance(events[0], CircuitHalfOpened)
 
 
+def test_state_while_half_open_shows_the_probes_and_agrees_with_the_reopening(eng: PolicyEngine,
+                                                                             clock: FakeClock) -> None:
+    def breaker() -> tuple[str, int, int, float]:
+        b = eng.state("gpt-4.1-mini")["breaker"]
+        return b["state"], b["calls"], b["failures"], b["failure_rate"]
+
+    events: list[Event] = []
+    eng.subscribe(events.append)
+    trip(eng, clock, "gpt-4.1-mini")
+    assert breaker() == ("open", 10, 10, 100.0)  # the window that tripped it
+    clock.advance(31)
+    assert breaker() == ("half_open", 0, 0, 0.0)  # fresh metrics for the probes
+    probes = [eng.decide("L2", model="gpt-4.1-mini") for _ in range(3)]
+    eng.record(probes[0], OK)
+    assert breaker() == ("half_open", 1, 0, 0.0)
+    for d in probes[1:]:
+        eng.record(d, Outcome(100.0, error="server_error"))
+    reopened = [e for e in events if isinstance(e, CircuitOpened)][-1]
+    assert (reopened.reason, reopened.metrics["calls"], reopened.metrics["failures"]) == ("half_open_failed", 3, 2)
+    assert breaker() == ("open", 3, 2, reopened.failure_rate)
+
+
 def test_degrades_across_tiers_and_never_repeats_a_model(eng: PolicyEngine) -> None:
     for m in L2:
         eng.force(m, "open")
@@ -156,15 +179,36 @@ def test_reservations_stop_concurrent_overshoot(policy_dir: Path, clock: FakeClo
         (Outcome(10.0, output_tokens=1.5), "output_tokens must be an integer >= 0"),  # type: ignore[arg-type]
         (Outcome(10.0, error="timout"), "unknown error class 'timout' (did you mean 'timeout'?)"),
         (Outcome(10.0, retry_after_s=-1), "retry_after_s must be None or a finite number >= 0"),
+        # values too large for a float, or for the cost and history arithmetic, are refused too
+        (Outcome(10**400), "latency_ms must be a finite number >= 0, got an integer of 401 digits"),
+        (Outcome(10.0, input_tokens=10**400), "input_tokens must be an integer >= 0 and < 2**53"),
+        (Outcome(10.0, output_tokens=2**53), "output_tokens must be an integer >= 0 and < 2**53"),
+        (Outcome(10.0, retry_after_s=10**400), "retry_after_s must be None or a finite number >= 0"),
+        (Outcome(True), "latency_ms must be a finite number >= 0, got True"),  # type: ignore[arg-type]
+        (Outcome("800"), "latency_ms must be a finite number >= 0, got '800'"),  # type: ignore[arg-type]
+        (Outcome(10.0, input_tokens=False), "input_tokens must be an integer"),  # type: ignore[arg-type]
+        (Outcome(10.0, error=["timeout"]), "error must be None or the name of an error class, got"),  # type: ignore[arg-type]
+        (Outcome(10.0, error=3), "error must be None or the name of an error class, got 3"),  # type: ignore[arg-type]
     ],
 )
 def test_bad_outcome_is_refused_and_state_untouched(eng: PolicyEngine, outcome: Outcome, message: str) -> None:
     d = eng.decide("L2")
     before = eng.state(d.model)
-    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)").replace("?", r"\?")):
+    with pytest.raises(ValueError, match=re.escape(message)):
         eng.record(d, outcome)
     assert eng.state(d.model) == before
     eng.record(d, OK)  # the decision is still open and can be recorded properly
+
+
+def test_an_estimate_too_large_is_refused_and_state_untouched(eng: PolicyEngine) -> None:
+    before = eng.state("gpt-5")
+    for bad in (10**400, 2**53):
+        with pytest.raises(ValueError, match=re.escape("estimated_tokens must be an integer >= 0 and < 2**53")):
+            eng.decide("L4", estimated_tokens=bad)
+    assert eng.state("gpt-5") == before
+    d = eng.decide("L4", estimated_tokens=2**53 - 1)  # the largest estimate taken
+    assert eng.state("gpt-5")["budgets"][0]["tokens_reserved"] == 2**53 - 1
+    eng.record(d, OK)
 
 
 def test_double_and_foreign_records(eng: PolicyEngine, clock: FakeClock) -> None:
@@ -179,6 +223,27 @@ def test_double_and_foreign_records(eng: PolicyEngine, clock: FakeClock) -> None
     with pytest.raises(ValueError, match="not made by this engine"):
         eng.record(forged, OK)
     assert eng.state("gpt-4.1-mini")["metrics"]["calls"] == 1
+
+
+def test_a_tampered_decision_is_refused_and_state_untouched(eng: PolicyEngine) -> None:
+    d = eng.decide("L2")
+    other = eng.decide("L2", model="gemini-2.5-flash")
+    before = {m: eng.state(m) for m in L2}
+    forgeries = [d._replace(model="gemini-2.5-flash"), d._replace(model="gpt-5"), d._replace(tier="L4"),
+                 d._replace(requested_tier="L3"), d._replace(is_fallback=True), d._replace(estimated_tokens=9),
+                 d._replace(id=other.id), other._replace(model=d.model), d._replace(id=[d.id])]
+    for forged in forgeries:
+        with pytest.raises(ValueError, match="does not match the decision this engine handed out"):
+            eng.record(forged, OK)
+    assert {m: eng.state(m) for m in L2} == before
+    assert before["gpt-4.1-mini"]["in_flight"] == before["gemini-2.5-flash"]["in_flight"] == 1
+    eng.record(copy.copy(d), OK)  # an equal copy is the same decision
+    eng.record(other, Outcome(100.0, error="timeout"))
+    mini, flash = eng.state("gpt-4.1-mini"), eng.state("gemini-2.5-flash")
+    assert (mini["in_flight"], mini["metrics"]["calls"], mini["metrics"]["errors"]) == (0, 1, 0)
+    assert (flash["in_flight"], flash["metrics"]["calls"], flash["metrics"]["errors"]) == (0, 1, 1)
+    with pytest.raises(ValueError, match="already recorded"):
+        eng.record(d, OK)
 
 
 def test_unknown_tier_and_model(eng: PolicyEngine) -> None:
@@ -203,6 +268,41 @@ def test_listener_that_raises_never_breaks_a_decision(eng: PolicyEngine, clock: 
     assert eng.decide("L2").model == "gemini-2.5-flash"
     assert any(isinstance(e, CircuitOpened) for e in seen)
     assert "listener bug" in caplog.text
+
+
+def test_every_listener_sees_one_order_even_when_a_listener_calls_the_engine(eng: PolicyEngine,
+                                                                            clock: FakeClock) -> None:
+    first: list[Event] = []
+    second: list[Event] = []
+
+    def contain(event: Event) -> None:  # an operator's hook: one open breaker takes its sibling out too
+        first.append(event)
+        if isinstance(event, CircuitOpened) and event.model == "gpt-4.1-mini":
+            eng.force("gemini-2.5-flash", "open")
+            assert eng.state("gemini-2.5-flash")["breaker"]["state"] == "forced_open"
+
+    eng.subscribe(contain)
+    eng.subscribe(second.append)
+    trip(eng, clock, "gpt-4.1-mini")
+    opened = [(e.model, e.reason) for e in second if isinstance(e, CircuitOpened)]
+    assert opened == [("gpt-4.1-mini", "failure_rate"), ("gemini-2.5-flash", "forced")]
+    assert first == second
+
+
+def test_the_events_of_one_decision_come_in_the_order_they_happened(policy_dir: Path, clock: FakeClock) -> None:
+    budgets = policy_dir / "budgets.yaml"
+    budgets.write_text(budgets.read_text().replace("tokens: 8000000", "tokens: 10000"))
+    eng = PolicyEngine.from_path(policy_dir, clock=clock)
+    held = eng.decide("L4", model="gpt-5")
+    for _ in range(5):  # the reasoning profile judges five calls
+        eng.record(eng.decide("L4", model="gpt-5"), Outcome(100.0, error="server_error"))
+    eng.record(held, Outcome(100.0, 9000, 1000))  # a late result spends the whole budget
+    clock.advance(31)
+    events: list[Event] = []
+    eng.subscribe(events.append)
+    d = eng.decide("L4")  # gpt-5 half-opens, then its budget refuses it: a fallback
+    assert d.reasons == (("gpt-5", "budget gpt-5-daily exhausted"),)
+    assert [type(e) for e in events] == [CircuitHalfOpened, FallbackTriggered]
 
 
 def test_unsubscribe(eng: PolicyEngine, clock: FakeClock) -> None:

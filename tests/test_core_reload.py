@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from engine import Outcome, PolicyEngine
+from engine import Decision, NoModelAvailable, Outcome, PolicyEngine
 from engine.events import BudgetExhausted, Event, PolicyReloaded, ReloadFailed
 from engine.testing import FakeClock
 
@@ -127,6 +127,58 @@ def test_removed_model_is_dropped_and_its_open_decision_still_records(
         eng.record(held, OK)
 
 
+def remove_and_re_add_mistral(eng: PolicyEngine, policy_dir: Path) -> None:
+    """Two reloads: mistral-small-latest leaves the set, then comes back as it was."""
+    saved = {name: (policy_dir / name).read_text() for name in ("models.yaml", "routing.yaml", "breakers.yaml")}
+    remove_mistral(policy_dir)
+    assert eng.reload() is True
+    for name, text in saved.items():
+        (policy_dir / name).write_text(text)
+    assert eng.reload() is True
+    assert "mistral-small-latest" in eng.policy.models
+
+
+def test_decisions_of_an_earlier_incarnation_never_touch_the_re_added_model(
+        eng: PolicyEngine, policy_dir: Path) -> None:
+    held = [eng.decide("L2", model="mistral-small-latest") for _ in range(50)]
+    remove_and_re_add_mistral(eng, policy_dir)
+    state = eng.state("mistral-small-latest")
+    assert (state["in_flight"], state["max_in_flight"]) == (0, 64)  # a new model: nothing in flight
+    for d in held:
+        eng.record(d, Outcome(100.0, 10, 10, error="timeout"))
+    state = eng.state("mistral-small-latest")
+    assert (state["in_flight"], state["metrics"]["calls"], state["breaker"]["calls"]) == (0, 0, 0)
+    assert state["breaker"]["state"] == "closed"
+    now = [eng.decide("L2", model="mistral-small-latest") for _ in range(64)]
+    with pytest.raises(NoModelAvailable, match=re.escape("at max_in_flight (64)")):
+        eng.decide("L2", model="mistral-small-latest")  # max_in_flight still limits
+    for d in now:
+        eng.record(d, OK)
+    assert eng.state("mistral-small-latest")["in_flight"] == 0
+
+
+def test_probes_of_an_earlier_incarnation_never_decide_the_new_ones_episode(
+        eng: PolicyEngine, policy_dir: Path, clock: FakeClock) -> None:
+    def trip_and_probe() -> list[Decision]:
+        for _ in range(10):
+            eng.record(eng.decide("L2", model="mistral-small-latest"), Outcome(10.0, error="timeout"))
+        clock.advance(31)
+        probes = [eng.decide("L2", model="mistral-small-latest") for _ in range(3)]
+        assert eng.state("mistral-small-latest")["breaker"]["probes_in_flight"] == 3
+        return probes
+
+    old = trip_and_probe()
+    remove_and_re_add_mistral(eng, policy_dir)
+    new = trip_and_probe()
+    for d in old:  # successes, but of the removed incarnation's episode
+        eng.record(d, OK)
+    breaker = eng.state("mistral-small-latest")["breaker"]
+    assert (breaker["state"], breaker["probes_in_flight"]) == ("half_open", 3)
+    for d in new:
+        eng.record(d, OK)
+    assert eng.state("mistral-small-latest")["breaker"]["state"] == "closed"
+
+
 def test_pending_reservation_settles_into_the_carried_ledger(eng: PolicyEngine, policy_dir: Path) -> None:
     held = eng.decide("L4", estimated_tokens=3000)
     edit(policy_dir / "report.yaml", "top_models: 10", "top_models: 9")
@@ -193,6 +245,19 @@ def test_usage_of_a_removed_model_still_reaches_the_budgets_that_remain(eng: Pol
     eng.record(held, Outcome(100.0, 3000, 1000))
     monthly = next(b for b in eng.state("gpt-5")["budgets"] if b["name"] == "everything-monthly")
     assert monthly["cost_used"] == pytest.approx((3000 * 0.10 + 1000 * 0.30) / 1e6)
+
+
+def test_a_removed_models_usage_announces_what_it_exhausts_at_once(eng: PolicyEngine, policy_dir: Path) -> None:
+    edit(policy_dir / "budgets.yaml", "cost_usd: 20000", "cost_usd: 0.0007")
+    assert eng.reload() is True
+    held = eng.decide("L2", model="mistral-small-latest")
+    remove_mistral(policy_dir)
+    assert eng.reload() is True
+    events: list[Event] = []
+    eng.subscribe(events.append)
+    eng.record(held, Outcome(100.0, 3000, 1000))  # $0.0006 of $0.0007: past the 80 % warning
+    assert [(type(e).__name__, getattr(e, "budget", None)) for e in events] == [
+        ("BudgetWarning", "everything-monthly")]
 
 
 def test_active_anomalies_of_a_removed_model_resolve(eng: PolicyEngine, policy_dir: Path, clock: FakeClock) -> None:

@@ -47,6 +47,17 @@ def test_set_moves_forward_and_refuses_going_backwards() -> None:
     assert clock() == 150.0
 
 
+def test_step_back_moves_time_backwards_on_purpose_only() -> None:
+    clock = FakeClock(100.0)
+    assert clock.step_back(3600.0) == -3500.0
+    assert clock() == -3500.0
+    clock.step_back(0)
+    for bad in (-1.0, math.nan, math.inf):
+        with pytest.raises(ValueError):
+            clock.step_back(bad)
+    assert clock() == -3500.0
+
+
 def test_start_must_be_finite() -> None:
     with pytest.raises(ValueError):
         FakeClock(math.nan)
