@@ -173,7 +173,13 @@ def history(path: Path, *, seed: int = 1) -> Converted:
     problems: list[LineProblem] = []
     groups: dict[tuple[int, str], list[tuple[int, sqlite3.Row]]] = {}
     for i, row in enumerate(rows, 1):
-        groups.setdefault((int(row["minute"]), str(row["tier"])), []).append((i, row))
+        minute = int(row["minute"])
+        try:
+            check_timestamp(minute * 60.0, minute * 60)
+        except ValueError as exc:
+            problems.append(LineProblem(i, f"minute {minute}: {exc}"))
+            continue
+        groups.setdefault((minute, str(row["tier"])), []).append((i, row))
     for (minute, tier), members in groups.items():
         lines.extend(_minute_lines(minute, tier, members, problems))
     lines.sort(key=lambda ln: ln.timestamp)

@@ -37,13 +37,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-__all__ = ["FIELDS", "FORMATS", "MAX_TIMESTAMP", "LineProblem", "Trace", "TraceError", "TraceLine", "check_timestamp",
-           "csv_rows", "detect_format", "parse_lines", "read_trace", "write_csv"]
+__all__ = ["FIELDS", "FORMATS", "MAX_TIMESTAMP", "MAX_YEAR", "LineProblem", "Trace", "TraceError", "TraceLine",
+           "check_timestamp", "csv_rows", "detect_format", "parse_lines", "read_trace", "write_csv"]
 
 FIELDS = ("timestamp", "request_id", "tier", "model", "input_tokens", "output_tokens", "outcome", "latency_ms")
 FORMATS = ("auto", "trace-csv", "trace-jsonl", "azure", "llmperf", "history")
-#: Timestamps are bounded to the years 1970-9999 (what dates and reports can show).
-MAX_TIMESTAMP = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC).timestamp()
+#: Timestamps are bounded to the years 1970-9998: the replay's budget periods (a month, in any time zone) and
+#: the daily report (the day after) must still fall within year 9999, the last a date can have.
+MAX_YEAR = 9998
+MAX_TIMESTAMP = datetime(MAX_YEAR, 12, 31, 23, 59, 59, tzinfo=UTC).timestamp()
 #: An epoch value above this (year 5138) is far more likely milliseconds than seconds.
 MILLISECONDS_HINT = 1e11
 AZURE_HEADER = ("TIMESTAMP", "ContextTokens", "GeneratedTokens")
@@ -88,6 +90,7 @@ class Trace:
 def _timestamp(value: Any) -> float:
     if isinstance(value, bool):
         raise ValueError("timestamp: expected ISO 8601 or epoch seconds, got a boolean")
+    epoch = True
     if isinstance(value, (int, float)):
         t = float(value)
     else:
@@ -97,6 +100,7 @@ def _timestamp(value: Any) -> float:
         try:
             t = float(text)
         except ValueError:
+            epoch = False
             try:
                 dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
             except ValueError:
@@ -107,15 +111,16 @@ def _timestamp(value: Any) -> float:
                 t = dt.timestamp()
             except (OverflowError, ValueError):
                 t = -1.0
-    return check_timestamp(t, value)
+    return check_timestamp(t, value, epoch=epoch)
 
 
-def check_timestamp(t: float, value: Any) -> float:
-    """``t`` if it lies in the years 1970-9999, else a ValueError (with a hint for epoch milliseconds)."""
+def check_timestamp(t: float, value: Any, *, epoch: bool = False) -> float:
+    """``t`` if it lies in the years 1970-9998, else a ValueError (for an ``epoch`` number, with a hint when it
+    looks like epoch milliseconds)."""
     if not math.isfinite(t) or not 0 <= t <= MAX_TIMESTAMP:
-        ms = math.isfinite(t) and MILLISECONDS_HINT < t <= MAX_TIMESTAMP * 1000
+        ms = epoch and math.isfinite(t) and MILLISECONDS_HINT < t <= MAX_TIMESTAMP * 1000
         hint = "; it looks like milliseconds: divide by 1000" if ms else ""
-        raise ValueError(f"timestamp: expected a time in the years 1970-9999, got {value!r}{hint}")
+        raise ValueError(f"timestamp: expected a time in the years 1970-{MAX_YEAR}, got {value!r}{hint}")
     return t
 
 

@@ -267,17 +267,59 @@ def test_an_unknown_model_is_a_line_problem_with_or_without_a_tier(tmp_path: Pat
 
 
 @pytest.mark.parametrize(("value", "message"), [
-    ("1767261600000", "timestamp: expected a time in the years 1970-9999, got '1767261600000'; "
+    ("1767261600000", "timestamp: expected a time in the years 1970-9998, got '1767261600000'; "
                       "it looks like milliseconds: divide by 1000"),
-    ("1e300", "timestamp: expected a time in the years 1970-9999, got '1e300'"),
-    ("0001-01-01T00:00:00+05:00", "timestamp: expected a time in the years 1970-9999"),
-    ("-5", "timestamp: expected a time in the years 1970-9999, got '-5'"),
+    ("1e300", "timestamp: expected a time in the years 1970-9998, got '1e300'"),
+    ("0001-01-01T00:00:00+05:00", "timestamp: expected a time in the years 1970-9998"),
+    ("-5", "timestamp: expected a time in the years 1970-9998, got '-5'"),
+    # accepted once, then the replay's budget periods (next local month) ran past year 9999: OverflowError
+    ("253402300000", "timestamp: expected a time in the years 1970-9998, got '253402300000'"),
+    ("9999-12-31T00:00:00Z", "timestamp: expected a time in the years 1970-9998"),
 ])
-def test_timestamps_outside_1970_to_9999_are_line_problems(tmp_path: Path, value: str, message: str) -> None:
+def test_timestamps_outside_1970_to_9998_are_line_problems(tmp_path: Path, value: str, message: str) -> None:
     trace = write_csv(tmp_path / "t.csv", [*healthy_rows(2), f"{value},L2,,100,10,ok,"])
     done = replay(str(trace), "--policies", POLICIES, "-q")
     assert done.returncode == 0, done.stderr
     assert done.stderr.splitlines() == [f"{trace}:4: {message}"] or done.stderr.startswith(f"{trace}:4: {message}")
+    assert "Traceback" not in done.stderr
+
+
+def test_the_first_and_last_accepted_times_replay_even_at_utc_plus_14(tmp_path: Path) -> None:
+    east = policy_copy(tmp_path, "kiritimati", ("budgets.yaml", "timezone: Europe/Berlin",
+                                                "timezone: Pacific/Kiritimati"))
+    trace = write_csv(tmp_path / "t.csv", ["9998-12-31T23:59:59Z,L2,,100,10,ok,", "0,L4,,100,10,server_error,"])
+    done = replay(str(trace), "--policies", POLICIES, "--compare", str(east), "-q")
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    assert "2 calls from 2 of 2 lines" in done.stdout
+
+
+def test_an_azure_row_dated_9999_12_31_is_a_line_problem(tmp_path: Path) -> None:
+    trace = tmp_path / "AzureLLMInferenceTrace_conv.csv"
+    trace.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:15:46.6805900,374,44\n"
+                     "9999-12-31 23:59:59.0000000,100,10\n", encoding="utf-8")
+    done = replay(str(trace), "--policies", POLICIES, "-q")
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.splitlines() == [
+        f"{trace}:3: timestamp: expected a time in the years 1970-9998, got '9999-12-31 23:59:59.0000000'"]
+    assert "1 calls from 1 of 2 lines" in done.stdout or "1 call from 1 of 2 lines" in done.stdout
+
+
+def test_a_history_minute_past_9998_is_a_line_problem(tmp_path: Path) -> None:
+    import sqlite3
+
+    db = tmp_path / "history.db"
+    conn = sqlite3.connect(db)
+    conn.execute("CREATE TABLE minutes (minute INTEGER, tier TEXT, model TEXT, calls INTEGER, successes INTEGER, "
+                 "fallbacks INTEGER, tokens_in INTEGER, tokens_out INTEGER, errors TEXT)")
+    good, bad = int(T0 // 60), 253402300799 // 60
+    conn.executemany("INSERT INTO minutes VALUES (?, 'L2', 'gpt-4.1-mini', 2, 2, 0, 200, 20, '{}')",
+                     [(good,), (bad,)])
+    conn.commit()
+    conn.close()
+    done = replay(str(db), "--policies", POLICIES, "-q")
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.splitlines() == [f"{db}:2: minute {bad}: timestamp: expected a time in the years 1970-9998, "
+                                        f"got {bad * 60}"]
     assert "Traceback" not in done.stderr
 
 
