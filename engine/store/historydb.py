@@ -64,13 +64,56 @@ BUDGET_EVENTS = frozenset({"BudgetWarning", "BudgetExhausted", "BudgetReset"})
 _SUBJECT = ("model", "budget", "target", "tier", "revision", "kept")
 
 
+#: The options a ``sqlite://`` URI takes, and what each is.
+OPTIONS = {
+    "flush_s": "seconds between commits, (0, 3600], default 1",
+    "timeout_s": "seconds a commit waits for another process's lock, [0, 3600], default 30",
+    "instance": "the name this process keeps its restart state under, default 'default'",
+}
+
+
 def parse_uri(uri: str) -> tuple[Path, dict[str, str]]:
-    """``sqlite:///rel/path.db?flush_s=1`` -> (path, options); ``sqlite://`` is :data:`DEFAULT_PATH`."""
+    """``sqlite:///rel/path.db?flush_s=1`` -> (path, options); ``sqlite://`` is :data:`DEFAULT_PATH`.
+
+    Raises StorageError for an option not in :data:`OPTIONS` (or given twice) and for ``:memory:``, an
+    SQLite database that would keep no history.
+    """
     if not uri.startswith("sqlite://"):
         raise StorageError(f"expected a sqlite:// URI, got {uri!r}")
     rest, _, query = uri[len("sqlite://"):].partition("?")
     path = rest[1:] if rest.startswith("/") else rest
-    return Path(path or DEFAULT_PATH), dict(parse_qsl(query))
+    if path == ":memory:" or path.startswith("file::memory:"):
+        raise StorageError(f"sqlite store {uri} is an in-memory SQLite database, which keeps no history (it is "
+                           "gone with the process and no other process sees it); give the history a file, such as "
+                           "sqlite:///memory/history.db, or use memory:// to keep none")
+    options: dict[str, str] = {}
+    for name, value in parse_qsl(query, keep_blank_values=True):
+        if name not in OPTIONS:
+            from engine.policy.problems import did_you_mean
+
+            raise StorageError(f"sqlite store {uri}: unknown option {name!r}{did_you_mean(name, OPTIONS)}; "
+                               "a sqlite:// URI takes " + "; ".join(f"{k} ({v})" for k, v in OPTIONS.items()))
+        if name in options:
+            raise StorageError(f"sqlite store {uri}: option {name} given twice")
+        options[name] = value
+    return Path(path or DEFAULT_PATH), options
+
+
+def seconds_option(options: dict[str, str], name: str, default: float, *, low: float, high: float,
+                   low_open: bool = False) -> float:
+    """Option ``name`` as seconds within [``low``, ``high``] (``(low, high]`` with ``low_open``), else
+    StorageError naming the option and the range."""
+    text = options.get(name)
+    if text is None:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (low < value if low_open else low <= value) or not value <= high:  # NaN fails both
+        shown = f"{'(' if low_open else '['}{low:g}, {high:g}]"
+        raise StorageError(f"sqlite store option {name}: expected seconds in {shown}, got {text!r}")
+    return value
 
 
 def connect(path: Path, *, create: bool, timeout_s: float = 30.0) -> sqlite3.Connection:
@@ -89,8 +132,8 @@ def connect(path: Path, *, create: bool, timeout_s: float = 30.0) -> sqlite3.Con
         raise StorageError(f"no history database at {path}")
     conn: sqlite3.Connection | None = None
     try:
-        if create:
-            conn = sqlite3.connect(path, timeout=timeout_s, isolation_level=None, check_same_thread=False)
+        if create:  # absolute: SQLite may take a name like "file:x" or ":memory:" for a URI or a memory database
+            conn = sqlite3.connect(path.absolute(), timeout=timeout_s, isolation_level=None, check_same_thread=False)
         else:
             conn = sqlite3.connect(f"file:{quote(str(path.resolve()))}?mode=rw", uri=True, timeout=timeout_s,
                                    isolation_level=None, check_same_thread=False)

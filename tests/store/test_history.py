@@ -84,6 +84,54 @@ def test_uri_forms() -> None:
         parse_uri("redis://localhost")
 
 
+TAKES = ("a sqlite:// URI takes flush_s (seconds between commits, (0, 3600], default 1); timeout_s (seconds a "
+         "commit waits for another process's lock, [0, 3600], default 30); instance (the name this process keeps "
+         "its restart state under, default 'default')")
+
+
+@pytest.mark.parametrize(("query", "message"), [
+    ("flush_s=abc", "sqlite store option flush_s: expected seconds in (0, 3600], got 'abc'"),
+    ("flush_s=nan", "sqlite store option flush_s: expected seconds in (0, 3600], got 'nan'"),
+    ("flush_s=", "sqlite store option flush_s: expected seconds in (0, 3600], got ''"),
+    ("timeout_s=nan", "sqlite store option timeout_s: expected seconds in [0, 3600], got 'nan'"),
+    ("timeout_s=inf", "sqlite store option timeout_s: expected seconds in [0, 3600], got 'inf'"),
+    ("timeout_s=-1", "sqlite store option timeout_s: expected seconds in [0, 3600], got '-1'"),
+    ("timeout_s=1e9", "sqlite store option timeout_s: expected seconds in [0, 3600], got '1e9'"),
+    ("mode=ro", "unknown option 'mode'; " + TAKES),
+    ("flush=2", "unknown option 'flush' (did you mean 'flush_s'?); " + TAKES),
+    ("flush_s=1&flush_s=2", "option flush_s given twice"),
+])
+def test_a_bad_sqlite_option_is_a_storage_error_naming_it(db: Path, query: str, message: str) -> None:
+    with pytest.raises(StorageError) as caught:
+        engine.store.base.open_store(f"sqlite:///{db}?{query}")
+    assert str(caught.value).endswith(message), str(caught.value)
+    assert not db.parent.exists()  # refused before anything is created
+
+
+@pytest.mark.parametrize("uri_text", ["sqlite:///:memory:", "sqlite://:memory:", "sqlite:///:memory:?flush_s=1",
+                                      "sqlite:///file::memory:"])
+def test_an_in_memory_sqlite_database_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                 uri_text: str) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(StorageError) as caught:
+        PolicyEngine.from_path(POLICIES, store=uri_text)
+    assert str(caught.value) == (
+        f"sqlite store {uri_text} is an in-memory SQLite database, which keeps no history (it is gone with the "
+        "process and no other process sees it); give the history a file, such as sqlite:///memory/history.db, or "
+        "use memory:// to keep none")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_report_and_status_refuse_an_unknown_sqlite_option(db: Path) -> None:
+    SQLiteStore(uri(db)).close()
+    for command in ("report", "status"):
+        done = subprocess.run([sys.executable, "-m", "engine", command, "--policies", str(POLICIES), "--store",
+                               f"sqlite:///{db}?mode=ro"], capture_output=True, text=True, timeout=120, check=False,
+                              cwd=ROOT)
+        assert done.returncode == 1, done.stderr
+        assert done.stderr == f"policy-engine: sqlite store sqlite:///{db}?mode=ro: unknown option 'mode'; {TAKES}\n"
+
+
 def test_open_store_makes_a_history_store_with_its_directory(db: Path) -> None:
     s = engine.store.base.open_store(uri(db, flush_s=2, instance="worker-1"))
     try:
