@@ -6,6 +6,8 @@ import hashlib
 import json
 import os
 import random
+import re
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -268,6 +270,41 @@ def test_values_are_escaped(tmp_path: Path) -> None:
     assert "| a\\|b (not in the current policies) |" in md
 
 
+SCRIPT, LINK, IMG = "<script>alert(1)</script>", "[click](javascript:alert(1))", "<img src=x onerror=alert(1)>"
+
+
+def test_markdown_values_bring_no_html_and_no_links(tmp_path: Path, policy_dir: Path) -> None:
+    """Model names and event details come from the database, rule text from the policies: all is text."""
+    shutil.copytree(POLICIES, policy_dir, dirs_exist_ok=True)
+    with (policy_dir / "recommendations.yaml").open("a", encoding="utf-8") as fh:
+        fh.write(f"  hostile-rule:\n    scope: global\n    when: \"calls > 0\"\n    severity: info\n"
+                 f"    message: \"{SCRIPT} & see {LINK}\"\n    suggest: \"{IMG} <https://evil.example>\"\n")
+    store = SQLiteStore(f"sqlite:///{tmp_path / 'h.db'}?flush_s=3600")
+    for name in (SCRIPT, LINK, "![x](javascript:alert(1))"):
+        store.record_call(at(2, 9), "L1", name, 100.0, None, False, False, 1, 1, 0.0, False)
+    store.append_event(AnomalyDetected(at(2, 9, 30), "error-spike", "model", LINK, "warning", f"{SCRIPT} {LINK}"))
+    store.close()
+    md, html = render_day(tmp_path / "h.db", tmp_path / "out", policies=policy_dir)
+    for raw in ("<script", "<img", "<https:"):
+        assert raw not in md, raw
+    assert not re.search(r"(?<!\\)\[[^\]]*(?<!\\)\]\(", md)  # no [text](url) left unescaped
+    assert "**INFO: &lt;script&gt;alert(1)&lt;/script&gt; &amp; see \\[click\\](javascript:alert(1))**" in md
+    assert "   - Suggested edit: &lt;img src=x onerror=alert(1)&gt; &lt;https://evil.example&gt;" in md
+    assert "   - Rule: `hostile-rule` (global: all tiers)" in md
+    assert "| \\[click\\](javascript:alert(1)) (not in the current policies) |" in md
+    assert "| !\\[x\\](javascript:alert(1)) (not in the current policies) |" in md
+    assert ("| anomaly (warning) | \\[click\\](javascript:alert(1)) | error-spike: "
+            "&lt;script&gt;alert(1)&lt;/script&gt; \\[click\\](javascript:alert(1)) |") in md
+    assert "<script" not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+
+
+def test_the_code_filter_fences_any_backticks(history: Path, tmp_path: Path) -> None:
+    folder = _templates(tmp_path, "{{ 'a`b' | code }} {{ '`x`' | code }} {{ '<b>' | code }} {{ '<b>' }}\n")
+    got = _timed_render(history, folder)
+    assert got["error"] is None, got
+    assert (folder / "out" / "260102-DAILY-REPORT.md").read_text() == "``a`b`` `` `x` `` `<b>` &lt;b&gt;\n"
+
+
 # -- templates -----------------------------------------------------------------------------------
 def _templates(tmp_path: Path, md: str) -> Path:
     folder = tmp_path / "my-templates"
@@ -418,7 +455,7 @@ def test_templates_within_the_bounds_still_render(history: Path, tmp_path: Path)
     got = _timed_render(history, folder)
     assert got["error"] is None, got
     assert (folder / "out" / "260102-DAILY-REPORT.md").read_text() == \
-        "True 80 4999950000   3.1     x    |[1, 2, 3]     ab 123"
+        "True 80 4999950000   3.1     x    |\\[1, 2, 3\\]     ab 123"  # Markdown-escaped, as every value
 
 
 def test_a_user_template_overrides_only_its_own_format(history: Path, tmp_path: Path) -> None:
