@@ -122,6 +122,18 @@ def test_an_in_memory_sqlite_database_is_refused(tmp_path: Path, monkeypatch: py
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("name", ["file:x.db", "./:memory:"])
+def test_a_relative_name_sqlite_could_take_for_a_uri_is_a_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                               name: str) -> None:
+    monkeypatch.chdir(tmp_path)
+    store = SQLiteStore(f"sqlite:///{name}")
+    store.record_call(T0, "L1", "m", 100.0, None, False, False, 1, 1, 0.0, False)
+    store.close()
+    file = tmp_path / Path(name).name
+    assert [p.name for p in tmp_path.iterdir()] == [file.name]
+    assert rows(file, "SELECT calls FROM minutes") == [(1,)]
+
+
 def test_report_and_status_refuse_an_unknown_sqlite_option(db: Path) -> None:
     SQLiteStore(uri(db)).close()
     for command in ("report", "status"):
