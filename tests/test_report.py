@@ -6,6 +6,8 @@ import hashlib
 import json
 import os
 import random
+import re
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -268,6 +270,41 @@ def test_values_are_escaped(tmp_path: Path) -> None:
     assert "| a\\|b (not in the current policies) |" in md
 
 
+SCRIPT, LINK, IMG = "<script>alert(1)</script>", "[click](javascript:alert(1))", "<img src=x onerror=alert(1)>"
+
+
+def test_markdown_values_bring_no_html_and_no_links(tmp_path: Path, policy_dir: Path) -> None:
+    """Model names and event details come from the database, rule text from the policies: all is text."""
+    shutil.copytree(POLICIES, policy_dir, dirs_exist_ok=True)
+    with (policy_dir / "recommendations.yaml").open("a", encoding="utf-8") as fh:
+        fh.write(f"  hostile-rule:\n    scope: global\n    when: \"calls > 0\"\n    severity: info\n"
+                 f"    message: \"{SCRIPT} & see {LINK}\"\n    suggest: \"{IMG} <https://evil.example>\"\n")
+    store = SQLiteStore(f"sqlite:///{tmp_path / 'h.db'}?flush_s=3600")
+    for name in (SCRIPT, LINK, "![x](javascript:alert(1))"):
+        store.record_call(at(2, 9), "L1", name, 100.0, None, False, False, 1, 1, 0.0, False)
+    store.append_event(AnomalyDetected(at(2, 9, 30), "error-spike", "model", LINK, "warning", f"{SCRIPT} {LINK}"))
+    store.close()
+    md, html = render_day(tmp_path / "h.db", tmp_path / "out", policies=policy_dir)
+    for raw in ("<script", "<img", "<https:"):
+        assert raw not in md, raw
+    assert not re.search(r"(?<!\\)\[[^\]]*(?<!\\)\]\(", md)  # no [text](url) left unescaped
+    assert "**INFO: &lt;script&gt;alert(1)&lt;/script&gt; &amp; see \\[click\\](javascript:alert(1))**" in md
+    assert "   - Suggested edit: &lt;img src=x onerror=alert(1)&gt; &lt;https://evil.example&gt;" in md
+    assert "   - Rule: `hostile-rule` (global: all tiers)" in md
+    assert "| \\[click\\](javascript:alert(1)) (not in the current policies) |" in md
+    assert "| !\\[x\\](javascript:alert(1)) (not in the current policies) |" in md
+    assert ("| anomaly (warning) | \\[click\\](javascript:alert(1)) | error-spike: "
+            "&lt;script&gt;alert(1)&lt;/script&gt; \\[click\\](javascript:alert(1)) |") in md
+    assert "<script" not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+
+
+def test_the_code_filter_fences_any_backticks(history: Path, tmp_path: Path) -> None:
+    folder = _templates(tmp_path, "{{ 'a`b' | code }} {{ '`x`' | code }} {{ '<b>' | code }} {{ '<b>' }}\n")
+    got = _timed_render(history, folder)
+    assert got["error"] is None, got
+    assert (folder / "out" / "260102-DAILY-REPORT.md").read_text() == "``a`b`` `` `x` `` `<b>` &lt;b&gt;\n"
+
+
 # -- templates -----------------------------------------------------------------------------------
 def _templates(tmp_path: Path, md: str) -> Path:
     folder = tmp_path / "my-templates"
@@ -302,6 +339,123 @@ def test_templates_run_in_the_sandbox(history: Path, tmp_path: Path) -> None:
     with pytest.raises(ReportError) as caught:
         write(report, tmp_path / "out", ("markdown",), folder)
     assert caught.value.template == str(folder / "daily-report.md.j2") and caught.value.line == 1
+
+
+#: Renders the day of ``argv[1]`` with the templates in ``argv[2]`` (markdown), render time limit ``argv[3]`` s;
+#: prints how long the render took and what it raised, as JSON.
+_TIMED_RENDER = """
+import json, sys, time
+from contextlib import closing
+from datetime import date
+from pathlib import Path
+from engine import load_policies
+from engine.reporting.build import build_report
+from engine.reporting.data import read_day
+from engine.reporting.render import ReportError, write
+from engine.store.historydb import open_readonly
+with closing(open_readonly(Path(sys.argv[1]))) as conn:
+    report = build_report(read_day(conn, date(2026, 1, 2), "Europe/Berlin"), load_policies(sys.argv[4]))
+t = time.perf_counter()
+try:
+    write(report, Path(sys.argv[2]) / "out", ("markdown",), sys.argv[2], time_limit_s=float(sys.argv[3]))
+    error = None
+except ReportError as exc:
+    error = [str(exc), exc.template, exc.line]
+print(json.dumps({"seconds": time.perf_counter() - t, "error": error}))
+"""
+
+
+def _timed_render(history: Path, folder: Path, time_limit_s: float = 10.0) -> dict[str, object]:
+    import resource
+
+    def cap() -> None:  # 2 GiB of address space: a template may not get near it
+        resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
+
+    done = subprocess.run([sys.executable, "-c", _TIMED_RENDER, str(history), str(folder), str(time_limit_s),
+                           str(POLICIES)], cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
+                          preexec_fn=cap)
+    assert done.returncode == 0, done.stderr
+    result: dict[str, object] = json.loads(done.stdout)
+    return result
+
+
+@pytest.mark.parametrize(("template", "message"), [
+    ("{{ (9**(9**9)) > 0 }}", "9 ** 387420489: a result of over 4,096 bits, the largest integer a report template "
+                              "may compute"),
+    ("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
+     "more than 250,000 loop iterations, the limit of a report template"),
+    ("{{ ('a' * 10**9)|length }}", "*: a result of 1,000,000,000 characters or items, over the 1,000,000 a report "
+                                   "template may build"),
+    ("{% for x in range(10) recursive %}{% if loop.depth < 9 %}{{ loop(range(10)) }}{% endif %}{% endfor %}",
+     "more than 250,000 loop iterations"),
+    ("{% for x in [1, 2, 3, 4, 5, 6, 7, 8, 9, 10] recursive %}{% if loop.depth < 9 %}"
+     "{{ loop([1, 2, 3, 4, 5, 6, 7, 8, 9, 10]) }}{% endif %}{% endfor %}", "more than 250,000 loop iterations"),
+    ("{% set ns = namespace(s='a') %}{% for i in range(40) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}",
+     "~: a result of 1,048,576 characters or items"),
+    ("{% set ns = namespace(s='a') %}{% for i in range(40) %}{% set ns.s = ns.s + ns.s %}{% endfor %}",
+     "+: a result of 1,048,576 characters or items"),
+    ("{% set ns = namespace(n=10) %}{% for i in range(40) %}{% set ns.n = ns.n * ns.n %}{% endfor %}",
+     "*: a result of over 4,096 bits"),
+    ("{{ 'x'|center(10**9) }}", "center: a result of 1,000,000,000 characters or items"),
+    ("{{ 'x'|indent(10**9, true) }}", "indent: a result of 1,000,000,001 characters or items"),
+    ("{{ 'a'.ljust(10**9) }}", "str.ljust: a result of 1,000,000,000 characters or items"),
+    ("{{ '%01000000000d' % 1 }}", "%: a width or precision of 1,000,000 or more"),
+    ("{{ '%*d'|format(10**9, 1) }}", "format: a width or precision of 1,000,000 or more"),
+    ("{{ '{:>1000000000}'.format(1) }}", "str.format: a width or precision of 1,000,000 or more"),
+    ("{{ (['a' * 1000000] * 1000)|join }}", "join: a result of 1,000,000,000 characters or items"),
+    ("{{ (['a' * 1000000] * 1000)|map('upper')|join(',') }}", "join: a result of 1,000,000,999 characters"),
+    ("{{ ('a' * 1000000)|replace('a', 'bb') }}", "replace: a result of 2,000,000 characters or items"),
+    ("{{ ([range(100000)|list] * 100)|sum(start=[]) }}", "sum: a result of 10,000,000 characters or items"),
+    ("{{ range(1)|slice(10**9)|list }}", "slice: 1,000,000,000 slices, over the 100,000"),
+    ("{{ range(10**6)|list }}", "range of 1,000,000 items, over the 100,000"),
+    ("{{ lipsum(10**6) }}", "lipsum: at most 100 paragraphs"),
+], ids=["power", "nested-loops", "repeat", "recursive-loop", "recursive-loop-list", "doubling-concat",
+        "doubling-plus", "squaring", "center", "indent", "ljust", "percent", "format-filter", "str-format", "join",
+        "join-generator", "replace", "sum", "slice", "range", "lipsum"])
+def test_a_hostile_template_is_refused_fast_with_its_file_and_line(history: Path, tmp_path: Path, template: str,
+                                                                   message: str) -> None:
+    folder = _templates(tmp_path, f"# {{{{ report.title }}}}\n\n{template}\n")
+    got = _timed_render(history, folder)
+    assert got["error"] is not None, "rendered"
+    text, where, line = got["error"]  # type: ignore[misc]
+    assert (where, line) == (str(folder / "daily-report.md.j2"), 3)
+    assert text.startswith(f"{where}:3: TemplateLimitError: ") and message in text, text
+    assert got["seconds"] < 2.0, got  # type: ignore[operator]
+    assert not (tmp_path / "my-templates" / "out").exists()
+
+
+def test_a_template_over_the_render_time_limit_stops_at_it(history: Path, tmp_path: Path) -> None:
+    # 1,000 iterations of a few milliseconds each: under every size bound, over a one-second limit
+    folder = _templates(tmp_path, "# {{ report.title }}\n{% for i in range(1000) %}\n"
+                                  "{{ range(100000)|map('string')|join|length }}\n{% endfor %}\n")
+    got = _timed_render(history, folder, time_limit_s=1.0)
+    assert got["error"] is not None, "rendered"
+    text, _, line = got["error"]  # type: ignore[misc]
+    assert "TemplateLimitError: rendering took longer than 1 s, the limit of a report template" in text
+    assert line in (2, 3)
+    assert 1.0 <= got["seconds"] < 2.0, got  # type: ignore[operator]
+
+
+def test_a_hostile_template_fails_the_report_command(history: Path, tmp_path: Path) -> None:
+    folder = _templates(tmp_path, "# {{ report.title }}\n{{ 'a' * 10**9 }}\n")
+    result = report_cli("--policies", str(POLICIES), "--store", f"sqlite:///{history}", "--date", "2026-01-02",
+                        "--out", str(tmp_path / "out"), "--templates", str(folder))
+    assert result.returncode == 1
+    assert result.stderr == (f"policy-engine: {folder / 'daily-report.md.j2'}:2: TemplateLimitError: *: a result of "
+                             "1,000,000,000 characters or items, over the 1,000,000 a report template may build\n")
+    assert not (tmp_path / "out").exists()
+
+
+def test_templates_within_the_bounds_still_render(history: Path, tmp_path: Path) -> None:
+    folder = _templates(tmp_path, "{{ 2 ** 4000 > 0 }} {{ ('-' * 80)|length }} {{ range(100000)|sum }} "
+                                  "{% for i in range(300) %}{% for j in range(300) %}{% endfor %}{% endfor %}"
+                                  "{{ '%5.1f'|format(3.14159) }} {{ 'x'|center(9) }}|{{ [1, 2] + [3] }} "
+                                  "{{ '{:>6}'.format('ab') }} {% for x in [[1, [2]], [3]] recursive %}"
+                                  "{{ x if x is number else loop(x) }}{% endfor %}\n")
+    got = _timed_render(history, folder)
+    assert got["error"] is None, got
+    assert (folder / "out" / "260102-DAILY-REPORT.md").read_text() == \
+        "True 80 4999950000   3.1     x    |\\[1, 2, 3\\]     ab 123"  # Markdown-escaped, as every value
 
 
 def test_a_user_template_overrides_only_its_own_format(history: Path, tmp_path: Path) -> None:

@@ -10,6 +10,7 @@
   :mod:`~engine.reporting.charts` and :mod:`~engine.reporting.fmt`) — pure
   functions from a day of history and a policy set to the view model;
 * :mod:`engine.reporting.render` — Jinja (sandboxed) rendering and writing;
+  :mod:`engine.reporting.sandbox` — the sandbox's bounds on time and size;
 * :mod:`engine.reporting.status` — the live view of ``policy-engine status``.
 
 Importing this package is cheap: nothing here imports Jinja until rendering.

@@ -2,15 +2,24 @@
 
 Templates may be user-edited, so they run in Jinja's immutable sandbox with
 ``StrictUndefined`` (a misspelt name is an error, not an empty string) and
-HTML autoescaping. A template directory of the user's is searched before the
+HTML autoescaping, bounded in time and size (:mod:`engine.reporting.sandbox`:
+a render over ten seconds, 250,000 loop iterations, a string or list of a
+million items or an integer of 4,096 bits fails). A template directory of the user's is searched before the
 shipped ``templates/``, so overriding one file is enough. Every template
 problem is raised as :class:`ReportError` naming the template file and line.
+In a Markdown template (not autoescaped) every ``{{ value }}`` is escaped for
+Markdown: ``&``, ``<`` and ``>`` become entities and ``[``/``]`` are
+backslash-escaped, so a model name, event detail or rule text from the
+history or the policies cannot bring raw HTML (``<script>``) or a link
+(``[x](javascript:...)``) into the report; ``cell`` also escapes ``|`` and
+newlines for table cells, ``code`` makes a code span.
 Rendering is deterministic: the same history and policies give the same bytes.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import stat
 import tempfile
 import traceback
@@ -43,16 +52,52 @@ def _md_cell(value: Any) -> str:
     return str(value).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
 
 
-def environment(templates_dir: str | os.PathLike[str] | None = None) -> Any:
-    from jinja2 import FileSystemLoader, StrictUndefined
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
+#: What a value put into Markdown must not bring with it: HTML (tags, entities) and link syntax.
+_MD_TEXT = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;", "[": "\\[", "]": "\\]"})
+
+
+def _md_text(value: Any) -> str:
+    """``value`` as Markdown text that shows as itself: no raw HTML, entity, autolink or link."""
+    return str(value).translate(_MD_TEXT)
+
+
+def _finalize(eval_ctx: Any, value: Any) -> Any:
+    """Every ``{{ value }}`` of a Markdown template (no autoescape) is escaped with :func:`_md_text`;
+    HTML templates are autoescaped by Jinja; Markup (a filter's finished Markdown, ``code``) stays."""
+    from markupsafe import Markup
+
+    if eval_ctx.autoescape or isinstance(value, Markup):
+        return value
+    return _md_text(value)
+
+
+def _md_code(eval_ctx: Any, value: Any) -> Any:
+    """``value`` as a Markdown code span (fenced by more backticks than it holds), or ``<code>`` in HTML."""
+    from markupsafe import Markup
+
+    text = str(value).replace("\n", " ")
+    if eval_ctx.autoescape:
+        return Markup("<code>%s</code>") % text
+    fence = "`" * (max((len(run) for run in re.findall("`+", text)), default=0) + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    return Markup(f"{fence}{pad}{text}{pad}{fence}")  # noqa: S704 - Markdown: a code span shows its text as is
+
+
+def environment(templates_dir: str | os.PathLike[str] | None = None, *, time_limit_s: float | None = None) -> Any:
+    """The sandbox the report templates render in; ``time_limit_s``: how long one render may take."""
+    from jinja2 import FileSystemLoader, StrictUndefined, pass_eval_context
+
+    from engine.reporting.sandbox import RENDER_TIME_LIMIT_S, ReportSandbox
 
     search = [str(templates_dir)] if templates_dir else []
     search.append(str(resource_dir("templates")))
-    env = ImmutableSandboxedEnvironment(
+    env = ReportSandbox(
         loader=FileSystemLoader(search), undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True,
-        keep_trailing_newline=True, autoescape=lambda name: name is not None and ".html" in name)
+        keep_trailing_newline=True, autoescape=lambda name: name is not None and ".html" in name,
+        time_limit_s=RENDER_TIME_LIMIT_S if time_limit_s is None else time_limit_s,
+        finalize=pass_eval_context(_finalize))
     env.filters["cell"] = _md_cell
+    env.filters["code"] = pass_eval_context(_md_code)
     return env
 
 
@@ -78,7 +123,10 @@ def _located(exc: BaseException, fallback: str, env: Any) -> ReportError:
 def render(report: Report, fmt: str, env: Any) -> str:
     """The text of ``report`` in ``fmt`` ("markdown" or "html"); raises ReportError."""
     name = FORMATS[fmt][0]
+    start = getattr(env, "start", None)
     try:
+        if start is not None:  # the sandbox's clock and loop count: per render, compiling included
+            start()
         text: str = env.get_template(name).render(report=report)
     except Exception as exc:  # anything a user's template can raise
         raise _located(exc, name, env) from exc
@@ -108,11 +156,14 @@ def _file_mode(path: Path) -> int:
 
 
 def write(report: Report, out_dir: str | os.PathLike[str], formats: Iterable[str] = ("markdown", "html"),
-          templates_dir: str | os.PathLike[str] | None = None) -> list[Path]:
-    """Render every format first, then write each file atomically; returns the paths written."""
+          templates_dir: str | os.PathLike[str] | None = None, *, time_limit_s: float | None = None) -> list[Path]:
+    """Render every format first, then write each file atomically; returns the paths written.
+
+    ``time_limit_s``: how long rendering one format may take (default
+    :data:`engine.reporting.sandbox.RENDER_TIME_LIMIT_S`)."""
     if templates_dir and not Path(templates_dir).is_dir():
         raise ReportError(f"templates directory {templates_dir} does not exist or is not a directory")
-    env = environment(templates_dir)
+    env = environment(templates_dir, time_limit_s=time_limit_s)
     texts = [(FORMATS[f][1], render(report, f, env)) for f in formats]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

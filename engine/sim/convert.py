@@ -40,7 +40,6 @@ import sqlite3
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TextIO
 
 from engine.sim.trace import LineProblem, TraceLine, check_timestamp, csv_rows
 from engine.sim.workload import load_workload
@@ -73,7 +72,7 @@ def _azure_time(text: str) -> float:
     return check_timestamp(dt.timestamp() + (float("0." + frac) if frac else 0.0), text)
 
 
-def azure(stream: TextIO, *, name: str = "", seed: int = 1) -> Converted:
+def azure(stream: Iterable[str], *, name: str = "", seed: int = 1) -> Converted:
     """Rows of an Azure LLM inference trace; tiers drawn for the ``code`` or ``conv`` file."""
     mix = load_workload().tier_mix
     source = "code" if "code" in name.lower() else "conv"
@@ -108,7 +107,7 @@ def _llmperf_outcome(code: str) -> str | None:
     return "rate_limit" if float(code) == 429 else "server_error"
 
 
-def llmperf(stream: TextIO, *, name: str = "", seed: int = 1) -> Converted:
+def llmperf(stream: Iterable[str], *, name: str = "", seed: int = 1) -> Converted:
     """Rows of ``llmperf_requests.csv``, one call each, on the model of their run."""
     reader = csv.DictReader(stream)
     rows, problems, n = [], [], 0
@@ -173,7 +172,13 @@ def history(path: Path, *, seed: int = 1) -> Converted:
     problems: list[LineProblem] = []
     groups: dict[tuple[int, str], list[tuple[int, sqlite3.Row]]] = {}
     for i, row in enumerate(rows, 1):
-        groups.setdefault((int(row["minute"]), str(row["tier"])), []).append((i, row))
+        minute = int(row["minute"])
+        try:
+            check_timestamp(minute * 60.0, minute * 60)
+        except ValueError as exc:
+            problems.append(LineProblem(i, f"minute {minute}: {exc}"))
+            continue
+        groups.setdefault((minute, str(row["tier"])), []).append((i, row))
     for (minute, tier), members in groups.items():
         lines.extend(_minute_lines(minute, tier, members, problems))
     lines.sort(key=lambda ln: ln.timestamp)

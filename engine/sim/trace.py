@@ -21,6 +21,14 @@ home tier). Blank lines are skipped; in JSONL, lines starting with ``#`` too.
 A malformed line is reported with its line number (:class:`LineProblem`);
 the caller decides whether it is fatal (``--strict``).
 
+The trace is read as a stream (a pipe or FIFO works: the format is sniffed
+from lines that are then parsed, not read twice), one line at a time: a
+line over :data:`MAX_LINE_BYTES` (64 KiB) is a malformed line, skipped to
+its end without being held in memory; one before the first record (the
+header, or a file such as ``/dev/zero`` with no line end) means the input
+is not a trace. A JSON line nested deeper than :data:`MAX_JSON_DEPTH` is a
+malformed line too.
+
 The two shared traces and the engine's own history convert to this format:
 see :mod:`engine.sim.convert`.
 """
@@ -28,24 +36,35 @@ see :mod:`engine.sim.convert`.
 from __future__ import annotations
 
 import csv
-import io
+import itertools
 import json
 import math
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, BinaryIO, TextIO
 
-__all__ = ["FIELDS", "FORMATS", "MAX_TIMESTAMP", "LineProblem", "Trace", "TraceError", "TraceLine", "check_timestamp",
-           "csv_rows", "detect_format", "parse_lines", "read_trace", "write_csv"]
+__all__ = ["FIELDS", "FORMATS", "MAX_JSON_DEPTH", "MAX_LINE_BYTES", "MAX_TIMESTAMP", "MAX_YEAR", "LineProblem",
+           "Trace", "TraceError", "TraceLine", "TraceLines", "check_timestamp", "csv_rows", "detect_format",
+           "parse_lines", "read_trace", "write_csv"]
 
 FIELDS = ("timestamp", "request_id", "tier", "model", "input_tokens", "output_tokens", "outcome", "latency_ms")
 FORMATS = ("auto", "trace-csv", "trace-jsonl", "azure", "llmperf", "history")
-#: Timestamps are bounded to the years 1970-9999 (what dates and reports can show).
-MAX_TIMESTAMP = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC).timestamp()
+#: Timestamps are bounded to the years 1970-9998: the replay's budget periods (a month, in any time zone) and
+#: the daily report (the day after) must still fall within year 9999, the last a date can have.
+MAX_YEAR = 9998
+MAX_TIMESTAMP = datetime(MAX_YEAR, 12, 31, 23, 59, 59, tzinfo=UTC).timestamp()
 #: An epoch value above this (year 5138) is far more likely milliseconds than seconds.
 MILLISECONDS_HINT = 1e11
+#: The longest line a trace may have, line end included: one call is a few hundred bytes.
+MAX_LINE_BYTES = 64 * 1024
+#: How deeply a JSONL line may nest arrays and objects (a trace line is one flat object).
+MAX_JSON_DEPTH = 64
+SQLITE_MAGIC = b"SQLite format 3\x00"
+_CHUNK = 64 * 1024
+_BOM = b"\xef\xbb\xbf"
 AZURE_HEADER = ("TIMESTAMP", "ContextTokens", "GeneratedTokens")
 LLMPERF_HEADER = ("error_code", "error_msg")
 
@@ -88,6 +107,7 @@ class Trace:
 def _timestamp(value: Any) -> float:
     if isinstance(value, bool):
         raise ValueError("timestamp: expected ISO 8601 or epoch seconds, got a boolean")
+    epoch = True
     if isinstance(value, (int, float)):
         t = float(value)
     else:
@@ -97,6 +117,7 @@ def _timestamp(value: Any) -> float:
         try:
             t = float(text)
         except ValueError:
+            epoch = False
             try:
                 dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
             except ValueError:
@@ -107,15 +128,16 @@ def _timestamp(value: Any) -> float:
                 t = dt.timestamp()
             except (OverflowError, ValueError):
                 t = -1.0
-    return check_timestamp(t, value)
+    return check_timestamp(t, value, epoch=epoch)
 
 
-def check_timestamp(t: float, value: Any) -> float:
-    """``t`` if it lies in the years 1970-9999, else a ValueError (with a hint for epoch milliseconds)."""
+def check_timestamp(t: float, value: Any, *, epoch: bool = False) -> float:
+    """``t`` if it lies in the years 1970-9998, else a ValueError (for an ``epoch`` number, with a hint when it
+    looks like epoch milliseconds)."""
     if not math.isfinite(t) or not 0 <= t <= MAX_TIMESTAMP:
-        ms = math.isfinite(t) and MILLISECONDS_HINT < t <= MAX_TIMESTAMP * 1000
+        ms = epoch and math.isfinite(t) and MILLISECONDS_HINT < t <= MAX_TIMESTAMP * 1000
         hint = "; it looks like milliseconds: divide by 1000" if ms else ""
-        raise ValueError(f"timestamp: expected a time in the years 1970-9999, got {value!r}{hint}")
+        raise ValueError(f"timestamp: expected a time in the years 1970-{MAX_YEAR}, got {value!r}{hint}")
     return t
 
 
@@ -177,6 +199,70 @@ def csv_rows(reader: Any) -> Iterator[tuple[int, Any]]:
         yield reader.line_num, row
 
 
+class TraceLines:
+    """The lines of a byte stream as text, read a chunk at a time (memory stays bounded whatever the input).
+
+    Lines end at ``\\n``, ``\\r\\n`` or ``\\r`` (as in text mode); a UTF-8 BOM is dropped. A line over
+    :data:`MAX_LINE_BYTES` comes out as a blank line and is recorded in :attr:`problems` (its rest is read and
+    discarded); if no other non-blank line came before it, the input is not a trace: TraceError. Text that
+    is not UTF-8 is a TraceError naming the line. ``head``: bytes already read from ``raw``.
+    """
+
+    def __init__(self, raw: BinaryIO, name: str, head: bytes = b"") -> None:
+        self.raw, self.name, self.head = raw, name, head
+        self.problems: list[LineProblem] = []
+        self.line = 0  # the number of the line last returned
+        self._records = 0  # non-blank lines returned
+        self._lines = self._split()
+
+    def __iter__(self) -> Iterator[str]:
+        return self
+
+    def __next__(self) -> str:
+        data = next(self._lines)
+        self.line += 1
+        if data is None:
+            if not self._records:  # nothing but blank lines before: not a trace
+                raise TraceError(f"{self.name}:{self.line}: a line longer than {MAX_LINE_BYTES // 1024} KiB before "
+                                 "any record: not a trace (CSV or JSONL, one line per call)")
+            self.problems.append(LineProblem(self.line, f"line too long: over {MAX_LINE_BYTES:,} bytes (64 KiB), "
+                                                        "the most a trace line may have"))
+            return "\n"
+        if self.line == 1 and data.startswith(_BOM):
+            data = data[len(_BOM):]
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise TraceError(f"{self.name}:{self.line}: not UTF-8 text (byte 0x{data[exc.start]:02x} at column "
+                             f"{len(data[:exc.start].decode('utf-8', 'replace')) + 1})") from exc
+        if text.strip():
+            self._records += 1
+        return text
+
+    def _split(self) -> Iterator[bytes | None]:
+        """Raw lines with their line end; None for a line over the limit."""
+        carry, skipping = self.head, False
+        while True:
+            chunk = self.raw.read(_CHUNK)
+            if not chunk:
+                break
+            parts = (carry + chunk).splitlines(keepends=True)
+            # the last part is complete only with its \n: one ending in \r may go on with a \n
+            carry = b"" if parts[-1].endswith(b"\n") else parts.pop()
+            for part in parts:
+                if skipping:  # the end of a line over the limit
+                    skipping = False
+                    continue
+                yield part if len(part) <= MAX_LINE_BYTES else None
+            if len(carry) > MAX_LINE_BYTES:
+                if not skipping:
+                    yield None
+                    skipping = True
+                carry = b""
+        if carry and not skipping:
+            yield carry if len(carry) <= MAX_LINE_BYTES else None
+
+
 def _csv_records(text: Iterable[str]) -> Iterator[tuple[int, dict[str, Any] | str]]:
     reader = csv.reader(text)
     header: list[str] | None = None
@@ -200,12 +286,34 @@ def _jsonl_records(text: Iterable[str]) -> Iterator[tuple[int, dict[str, Any] | 
         s = raw.strip()
         if not s or s.startswith("#"):
             continue
+        if s.count("[") + s.count("{") > MAX_JSON_DEPTH and _json_depth(s) > MAX_JSON_DEPTH:
+            yield line, f"JSON nested deeper than {MAX_JSON_DEPTH} levels: a trace line is one flat JSON object"
+            continue
         try:
             rec = json.loads(s)
         except json.JSONDecodeError as exc:
             yield line, f"not valid JSON: {exc.msg} (column {exc.colno})"
             continue
+        except RecursionError:  # a depth check's miss; never a traceback
+            yield line, f"JSON nested deeper than {MAX_JSON_DEPTH} levels: a trace line is one flat JSON object"
+            continue
         yield line, rec if isinstance(rec, dict) else f"expected a JSON object, got {type(rec).__name__}"
+
+
+_JSON_TOKENS = re.compile(r'"(?:[^"\\]|\\.)*"?|[\[\]{}]')
+
+
+def _json_depth(text: str) -> int:
+    """The deepest nesting of arrays and objects in ``text`` (brackets within strings do not count)."""
+    depth = deepest = 0
+    for m in _JSON_TOKENS.finditer(text):
+        c = m.group()
+        if c in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif c in "]}":
+            depth -= 1
+    return deepest
 
 
 def parse_lines(records: Iterable[tuple[int, dict[str, Any] | str]]) -> tuple[list[TraceLine], list[LineProblem], int]:
@@ -238,18 +346,31 @@ def detect_format(path: Path, first_line: str) -> str:
     return "trace-csv"
 
 
-def _is_sqlite(p: Path) -> bool:
-    try:
-        with p.open("rb") as f:
-            return f.read(16) == b"SQLite format 3\x00"
-    except OSError:
-        return False
-
-
 def read_trace(path: str | Path, fmt: str = "auto", *, seed: int = 1) -> Trace:
-    """Read a trace (our format, or a shared trace converted on the fly); raises TraceError."""
+    """Read a trace (our format, or a shared trace converted on the fly); raises TraceError.
+
+    The file is opened once and read as a stream: it may be a pipe or a FIFO.
+    """
     p = Path(path)
-    if fmt in ("auto", "history") and _is_sqlite(p):
+    if fmt not in FORMATS:
+        raise TraceError(f"unknown trace format {fmt!r}; expected one of {', '.join(FORMATS)}")
+    try:
+        raw = p.open("rb")
+    except OSError as exc:
+        raise TraceError(f"{p}: cannot read the trace: {exc.strerror or exc}") from exc
+    with raw:
+        try:
+            return _read(p, raw, fmt, seed)
+        except OSError as exc:
+            raise TraceError(f"{p}: cannot read the trace: {exc.strerror or exc}") from exc
+
+
+def _read(p: Path, raw: BinaryIO, fmt: str, seed: int) -> Trace:
+    head = raw.read(len(SQLITE_MAGIC)) if fmt in ("auto", "history") else b""
+    if head == SQLITE_MAGIC:
+        if not p.is_file():
+            raise TraceError(f"{p}: an SQLite history database, which is read from a file, not a pipe: "
+                             "give its path")
         from engine.sim import convert as sim_convert
 
         try:
@@ -259,34 +380,34 @@ def read_trace(path: str | Path, fmt: str = "auto", *, seed: int = 1) -> Trace:
         return Trace(str(p), "history", lines, problems, n)
     if fmt == "history":
         raise TraceError(f"{p}: not an SQLite history database")
-    try:
-        text = p.read_text(encoding="utf-8-sig")
-    except OSError as exc:
-        raise TraceError(f"{p}: cannot read the trace: {exc.strerror or exc}") from exc
-    except UnicodeDecodeError as exc:
-        raise TraceError(f"{p}: not UTF-8 text (byte {exc.start})") from exc
-    first = next((ln for ln in text.splitlines() if ln.strip()), "")
-    if not first:
+    stream = TraceLines(raw, str(p), head)
+    seen: list[str] = []  # the lines the sniff read, fed to the parser again
+    for text in stream:
+        seen.append(text)
+        if text.strip():
+            break
+    else:
         raise TraceError(f"{p}: the trace is empty")
+    first = seen[-1]
+    lines_in = itertools.chain(seen, stream)
     if fmt == "auto":
         fmt = detect_format(p, first)
     if fmt in ("azure", "llmperf"):
         from engine.sim import convert as sim_convert
 
         convert = sim_convert.azure if fmt == "azure" else sim_convert.llmperf
-        lines, problems, n = convert(io.StringIO(text), name=p.name, seed=seed)
-        return Trace(str(p), fmt, lines, problems, n)
-    if fmt == "trace-jsonl":
-        lines, problems, n = parse_lines(_jsonl_records(io.StringIO(text)))
-    elif fmt == "trace-csv":
-        records = _csv_records(io.StringIO(text, newline=""))
-        lines, problems, n = parse_lines(records)
+        lines, problems, n = convert(lines_in, name=p.name, seed=seed)
+    elif fmt == "trace-jsonl":
+        lines, problems, n = parse_lines(_jsonl_records(lines_in))
+    else:
+        lines, problems, n = parse_lines(_csv_records(lines_in))
         missing = [f for f in ("timestamp", "input_tokens", "output_tokens") if f not in first.split(",")]
         if missing and not lines:
             raise TraceError(f"{p}: the CSV header names no {', '.join(missing)}: expected the columns "
                              f"{', '.join(FIELDS)}")
-    else:
-        raise TraceError(f"unknown trace format {fmt!r}; expected one of {', '.join(FORMATS)}")
+    if stream.problems:  # lines over the limit: read as blank, counted and reported here
+        problems = sorted([*problems, *stream.problems], key=lambda pr: pr.line)
+        n += len(stream.problems)
     return Trace(str(p), fmt, lines, problems, n)
 
 

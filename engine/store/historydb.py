@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import sqlite3
 from collections.abc import Mapping
@@ -63,24 +64,77 @@ BUDGET_EVENTS = frozenset({"BudgetWarning", "BudgetExhausted", "BudgetReset"})
 _SUBJECT = ("model", "budget", "target", "tier", "revision", "kept")
 
 
+#: The options a ``sqlite://`` URI takes, and what each is.
+OPTIONS = {
+    "flush_s": "seconds between commits, (0, 3600], default 1",
+    "timeout_s": "seconds a commit waits for another process's lock, [0, 3600], default 30",
+    "instance": "the name this process keeps its restart state under, default 'default'",
+}
+
+
 def parse_uri(uri: str) -> tuple[Path, dict[str, str]]:
-    """``sqlite:///rel/path.db?flush_s=1`` -> (path, options); ``sqlite://`` is :data:`DEFAULT_PATH`."""
+    """``sqlite:///rel/path.db?flush_s=1`` -> (path, options); ``sqlite://`` is :data:`DEFAULT_PATH`.
+
+    Raises StorageError for an option not in :data:`OPTIONS` (or given twice) and for ``:memory:``, an
+    SQLite database that would keep no history.
+    """
     if not uri.startswith("sqlite://"):
         raise StorageError(f"expected a sqlite:// URI, got {uri!r}")
     rest, _, query = uri[len("sqlite://"):].partition("?")
     path = rest[1:] if rest.startswith("/") else rest
-    return Path(path or DEFAULT_PATH), dict(parse_qsl(query))
+    if path == ":memory:" or path.startswith("file::memory:"):
+        raise StorageError(f"sqlite store {uri} is an in-memory SQLite database, which keeps no history (it is "
+                           "gone with the process and no other process sees it); give the history a file, such as "
+                           "sqlite:///memory/history.db, or use memory:// to keep none")
+    options: dict[str, str] = {}
+    for name, value in parse_qsl(query, keep_blank_values=True):
+        if name not in OPTIONS:
+            from engine.policy.problems import did_you_mean
+
+            raise StorageError(f"sqlite store {uri}: unknown option {name!r}{did_you_mean(name, OPTIONS)}; "
+                               "a sqlite:// URI takes " + "; ".join(f"{k} ({v})" for k, v in OPTIONS.items()))
+        if name in options:
+            raise StorageError(f"sqlite store {uri}: option {name} given twice")
+        options[name] = value
+    return Path(path or DEFAULT_PATH), options
+
+
+def seconds_option(options: dict[str, str], name: str, default: float, *, low: float, high: float,
+                   low_open: bool = False) -> float:
+    """Option ``name`` as seconds within [``low``, ``high``] (``(low, high]`` with ``low_open``), else
+    StorageError naming the option and the range."""
+    text = options.get(name)
+    if text is None:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (low < value if low_open else low <= value) or not value <= high:  # NaN fails both
+        shown = f"{'(' if low_open else '['}{low:g}, {high:g}]"
+        raise StorageError(f"sqlite store option {name}: expected seconds in {shown}, got {text!r}")
+    return value
 
 
 def connect(path: Path, *, create: bool, timeout_s: float = 30.0) -> sqlite3.Connection:
-    """Open (and migrate) the history at ``path``; without ``create`` a missing file is an error."""
-    try:
-        if create:
+    """Open (and migrate) the history at ``path``; without ``create`` a missing file is an error.
+
+    Raises StorageError saying why (a directory or file this process may not write: what to do) and leaves
+    no connection open behind a failure.
+    """
+    if create:
+        try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(path, timeout=timeout_s, isolation_level=None, check_same_thread=False)
+        except OSError as exc:
+            raise StorageError(f"cannot create the directory {path.parent} of the history database {path}: "
+                               f"{exc.strerror or exc}; create it, or {_ELSEWHERE}") from exc
+    elif not path.is_file():
+        raise StorageError(f"no history database at {path}")
+    conn: sqlite3.Connection | None = None
+    try:
+        if create:  # absolute: SQLite may take a name like "file:x" or ":memory:" for a URI or a memory database
+            conn = sqlite3.connect(path.absolute(), timeout=timeout_s, isolation_level=None, check_same_thread=False)
         else:
-            if not path.is_file():
-                raise StorageError(f"no history database at {path}")
             conn = sqlite3.connect(f"file:{quote(str(path.resolve()))}?mode=rw", uri=True, timeout=timeout_s,
                                    isolation_level=None, check_same_thread=False)
         conn.execute(f"PRAGMA busy_timeout = {int(timeout_s * 1000):d}")
@@ -88,9 +142,57 @@ def connect(path: Path, *, create: bool, timeout_s: float = 30.0) -> sqlite3.Con
             conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA synchronous = NORMAL")  # WAL: survives a killed process, not a power cut
         migrate(conn)
-    except sqlite3.Error as exc:
-        raise StorageError(f"cannot open history database {path}: {exc}") from exc
+    except BaseException as exc:
+        if conn is not None:
+            conn.close()
+        if isinstance(exc, sqlite3.Error):
+            raise StorageError(_cannot_write(path, exc)) from exc
+        raise
     return conn
+
+
+_ELSEWHERE = "point the store at a path this process may write (store='sqlite:///path/history.db'), or keep no " \
+             "history (store='memory://')"
+
+
+def _cannot_write(path: Path, exc: sqlite3.Error) -> str:
+    """Why the history at ``path`` cannot be opened for writing, and what to do."""
+    folder = path.parent
+    side = ", ".join(f"{path.name}{s}" for s in ("-wal", "-shm"))
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return (f"cannot open history database {path}: its directory {folder} is not writable by this process "
+                f"(permission denied), and SQLite must create {'its' if path.exists() else 'the database and its'} "
+                f"write-ahead log files ({side}) there; make the directory writable for this user, or {_ELSEWHERE}")
+    for p in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        if p.exists() and not os.access(p, os.R_OK | os.W_OK):
+            return (f"cannot open history database {path}: {p} is not writable by this process (permission "
+                    f"denied); make it writable for this user (or run as its owner), or {_ELSEWHERE}")
+    if "not a database" in str(exc):
+        return f"cannot open history database {path}: the file is not an SQLite database; {_ELSEWHERE}"
+    return f"cannot open history database {path}: {exc}"
+
+
+def _probe(uri: str, timeout_s: float) -> tuple[sqlite3.Connection, int, bool]:
+    """A read-only connection to ``uri``, its schema version and whether it has a ``minutes`` table.
+
+    Closes the connection before raising (an sqlite3.Error)."""
+    conn = sqlite3.connect(uri, uri=True, timeout=timeout_s, isolation_level=None, check_same_thread=False)
+    try:
+        conn.execute(f"PRAGMA busy_timeout = {int(timeout_s * 1000):d}")
+        found = int(conn.execute("PRAGMA user_version").fetchone()[0])
+        has_minutes = conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'minutes'").fetchone() is not None
+    except BaseException:
+        conn.close()
+        raise
+    return conn, found, has_minutes
+
+
+def _no_shm(exc: sqlite3.Error) -> bool:
+    """The error of a read-only open of a WAL database whose ``-shm`` file cannot be created."""
+    name = str(getattr(exc, "sqlite_errorname", ""))
+    return name in ("SQLITE_READONLY_DIRECTORY", "SQLITE_READONLY_CANTINIT", "SQLITE_CANTOPEN") or \
+        "readonly database" in str(exc) or "unable to open" in str(exc)
 
 
 def open_readonly(path: Path, *, timeout_s: float = 30.0,
@@ -99,22 +201,32 @@ def open_readonly(path: Path, *, timeout_s: float = 30.0,
 
     No journal-mode switch, no migration: a file that is not a history store, or whose schema is older or
     newer than this engine's, raises StorageError saying what to do.
+
+    A WAL database is read through its ``-shm`` file, which SQLite creates next to it. Where it cannot (a
+    directory this process may not write) and there is no write-ahead log holding changes, the file is read
+    as it is (SQLite's ``immutable``: no locks, which is safe as nobody can write there either); with a
+    non-empty ``-wal`` that cannot be read, StorageError says what to do. A failed open leaves no
+    connection open.
     """
     if not path.is_file():
         raise StorageError(f"no history database at {path}")
     target = len(migrations)
+    uri = f"file:{quote(str(path.resolve()))}?mode=ro"
     try:
-        conn = sqlite3.connect(f"file:{quote(str(path.resolve()))}?mode=ro", uri=True, timeout=timeout_s,
-                               isolation_level=None, check_same_thread=False)
+        try:
+            conn, found, has_minutes = _probe(uri, timeout_s)
+        except sqlite3.OperationalError as exc:
+            if not _no_shm(exc) or path.with_name(path.name + "-shm").exists():
+                raise
+            wal = path.with_name(path.name + "-wal")
+            if wal.exists() and wal.stat().st_size > 0:
+                raise StorageError(
+                    f"cannot read history database {path} read-only: its write-ahead log {wal} holds changes "
+                    f"that SQLite can only read through {path.name}-shm, which it may not create in {path.parent} "
+                    "(not writable by this process); make the directory writable for this user, or let the "
+                    "engine that writes it close (which folds the log into the database), then retry") from exc
+            conn, found, has_minutes = _probe(uri + "&immutable=1", timeout_s)
     except sqlite3.Error as exc:
-        raise StorageError(f"cannot open history database {path}: {exc}") from exc
-    try:
-        conn.execute(f"PRAGMA busy_timeout = {int(timeout_s * 1000):d}")
-        found = int(conn.execute("PRAGMA user_version").fetchone()[0])
-        has_minutes = conn.execute(
-            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'minutes'").fetchone() is not None
-    except sqlite3.DatabaseError as exc:
-        conn.close()
         if "not a database" in str(exc):
             raise StorageError(f"{path} is not a history database (not an SQLite file)") from exc
         raise StorageError(f"cannot open history database {path}: {exc}") from exc

@@ -3,7 +3,9 @@
 ``SQLiteStore("sqlite:///memory/history.db?flush_s=1&instance=default")``
 plugs in behind :mod:`engine.store.base` (``sqlite://`` alone means
 ``memory/history.db``; ``sqlite:////abs/path.db`` is absolute; ``timeout_s``
-is how long a commit waits for another process's lock, default 30). The decision
+is how long a commit waits for another process's lock, default 30). Any
+other option, a value out of range and ``:memory:`` (which would keep no
+history) are a StorageError (:func:`engine.store.historydb.parse_uri`). The decision
 path never waits on disk: :meth:`SQLiteStore.record_call` adds the call to
 an in-memory cell per (minute, tier, model), so memory is bounded by the
 number of cells, not calls; :meth:`SQLiteStore.append_event` appends to a
@@ -73,6 +75,7 @@ from engine.store.historydb import (
     load_state,
     new_cell,
     parse_uri,
+    seconds_option,
     to_wall,
 )
 
@@ -81,6 +84,7 @@ log = logging.getLogger("engine.history")
 __all__ = ["DEFAULT_FLUSH_S", "SQLiteStore"]
 
 DEFAULT_FLUSH_S = 1.0
+DEFAULT_TIMEOUT_S = 30.0
 #: Events kept in memory for :meth:`SQLiteStore.events` (this process only).
 RECENT_EVENTS = 10_000
 #: Uncommitted events kept while the disk fails; the oldest are dropped beyond this.
@@ -102,11 +106,12 @@ class SQLiteStore:
         self.uri = uri
         path, options = parse_uri(uri)
         self.path = path
-        self.flush_s = float(flush_s if flush_s is not None else options.get("flush_s", DEFAULT_FLUSH_S))
-        if not 0.0 < self.flush_s <= 3600.0:
-            raise StorageError(f"flush_s must be in (0, 3600] seconds, got {self.flush_s!r}")
-        self.instance = instance or options.get("instance", "default")
-        self._conn = connect(path, create=True, timeout_s=float(options.get("timeout_s", 30.0)))
+        if flush_s is not None:
+            options["flush_s"] = str(flush_s)
+        self.flush_s = seconds_option(options, "flush_s", DEFAULT_FLUSH_S, low=0.0, high=3600.0, low_open=True)
+        timeout_s = seconds_option(options, "timeout_s", DEFAULT_TIMEOUT_S, low=0.0, high=3600.0)
+        self.instance = instance or options.get("instance") or "default"
+        self._conn = connect(path, create=True, timeout_s=timeout_s)
         self._cells: Cells = {}  # filled by record_call under _cells_lock
         self._cells_lock = threading.Lock()
         self._unwritten: dict[tuple[int, str, str], list[Any]] = {}  # swapped out, not yet committed

@@ -267,17 +267,59 @@ def test_an_unknown_model_is_a_line_problem_with_or_without_a_tier(tmp_path: Pat
 
 
 @pytest.mark.parametrize(("value", "message"), [
-    ("1767261600000", "timestamp: expected a time in the years 1970-9999, got '1767261600000'; "
+    ("1767261600000", "timestamp: expected a time in the years 1970-9998, got '1767261600000'; "
                       "it looks like milliseconds: divide by 1000"),
-    ("1e300", "timestamp: expected a time in the years 1970-9999, got '1e300'"),
-    ("0001-01-01T00:00:00+05:00", "timestamp: expected a time in the years 1970-9999"),
-    ("-5", "timestamp: expected a time in the years 1970-9999, got '-5'"),
+    ("1e300", "timestamp: expected a time in the years 1970-9998, got '1e300'"),
+    ("0001-01-01T00:00:00+05:00", "timestamp: expected a time in the years 1970-9998"),
+    ("-5", "timestamp: expected a time in the years 1970-9998, got '-5'"),
+    # accepted once, then the replay's budget periods (next local month) ran past year 9999: OverflowError
+    ("253402300000", "timestamp: expected a time in the years 1970-9998, got '253402300000'"),
+    ("9999-12-31T00:00:00Z", "timestamp: expected a time in the years 1970-9998"),
 ])
-def test_timestamps_outside_1970_to_9999_are_line_problems(tmp_path: Path, value: str, message: str) -> None:
+def test_timestamps_outside_1970_to_9998_are_line_problems(tmp_path: Path, value: str, message: str) -> None:
     trace = write_csv(tmp_path / "t.csv", [*healthy_rows(2), f"{value},L2,,100,10,ok,"])
     done = replay(str(trace), "--policies", POLICIES, "-q")
     assert done.returncode == 0, done.stderr
     assert done.stderr.splitlines() == [f"{trace}:4: {message}"] or done.stderr.startswith(f"{trace}:4: {message}")
+    assert "Traceback" not in done.stderr
+
+
+def test_the_first_and_last_accepted_times_replay_even_at_utc_plus_14(tmp_path: Path) -> None:
+    east = policy_copy(tmp_path, "kiritimati", ("budgets.yaml", "timezone: Europe/Berlin",
+                                                "timezone: Pacific/Kiritimati"))
+    trace = write_csv(tmp_path / "t.csv", ["9998-12-31T23:59:59Z,L2,,100,10,ok,", "0,L4,,100,10,server_error,"])
+    done = replay(str(trace), "--policies", POLICIES, "--compare", str(east), "-q")
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    assert "2 calls from 2 of 2 lines" in done.stdout
+
+
+def test_an_azure_row_dated_9999_12_31_is_a_line_problem(tmp_path: Path) -> None:
+    trace = tmp_path / "AzureLLMInferenceTrace_conv.csv"
+    trace.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:15:46.6805900,374,44\n"
+                     "9999-12-31 23:59:59.0000000,100,10\n", encoding="utf-8")
+    done = replay(str(trace), "--policies", POLICIES, "-q")
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.splitlines() == [
+        f"{trace}:3: timestamp: expected a time in the years 1970-9998, got '9999-12-31 23:59:59.0000000'"]
+    assert "1 calls from 1 of 2 lines" in done.stdout or "1 call from 1 of 2 lines" in done.stdout
+
+
+def test_a_history_minute_past_9998_is_a_line_problem(tmp_path: Path) -> None:
+    import sqlite3
+
+    db = tmp_path / "history.db"
+    conn = sqlite3.connect(db)
+    conn.execute("CREATE TABLE minutes (minute INTEGER, tier TEXT, model TEXT, calls INTEGER, successes INTEGER, "
+                 "fallbacks INTEGER, tokens_in INTEGER, tokens_out INTEGER, errors TEXT)")
+    good, bad = int(T0 // 60), 253402300799 // 60
+    conn.executemany("INSERT INTO minutes VALUES (?, 'L2', 'gpt-4.1-mini', 2, 2, 0, 200, 20, '{}')",
+                     [(good,), (bad,)])
+    conn.commit()
+    conn.close()
+    done = replay(str(db), "--policies", POLICIES, "-q")
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.splitlines() == [f"{db}:2: minute {bad}: timestamp: expected a time in the years 1970-9998, "
+                                        f"got {bad * 60}"]
     assert "Traceback" not in done.stderr
 
 
@@ -287,7 +329,9 @@ def test_a_csv_field_over_the_csv_limit_is_a_line_problem(tmp_path: Path) -> Non
         f.write(f'{T0 + 9},"{"x" * 200_000}",,100,10,ok,\n{T0 + 20},L2,,100,10,ok,\n')
     done = replay(str(trace), "--policies", POLICIES, "-q")
     assert done.returncode == 0, done.stderr
-    assert done.stderr.splitlines() == [f"{trace}:4: malformed CSV: field larger than field limit (131072)"]
+    # the line is over the 64 KiB line limit before its field is over the CSV module's (converters below)
+    assert done.stderr.splitlines() == [
+        f"{trace}:4: line too long: over 65,536 bytes (64 KiB), the most a trace line may have"]
     assert "3 calls from 3 of 4 lines" in done.stdout
     strict = replay(str(trace), "--policies", POLICIES, "--strict")
     assert strict.returncode == 1 and "Traceback" not in strict.stderr
@@ -309,3 +353,104 @@ def test_the_converters_report_an_oversized_csv_field_as_a_line_problem() -> Non
         f'groq_70b,1,,1.0,100,10\ngroq_70b,2,"{big}",1.0,100,10\n'))
     assert len(lines) == 1 and [p.line for p in problems] == [3]
     assert problems[0].message.startswith("malformed CSV: field larger than field limit")
+
+
+# -- bounded reading: streams, pipes, hostile lines ---------------------------------------------
+def jsonl_rows(n: int, tier: str = "L2") -> list[str]:
+    return [json.dumps({"timestamp": T0 + i, "tier": tier, "input_tokens": 1200, "output_tokens": 300})
+            for i in range(n)]
+
+
+def limited_replay(*args: str, memory: int = 1 << 30, bash: str | None = None,
+                   timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """``replay`` in a process that may map at most ``memory`` bytes (a read of the whole input would fail);
+    with ``bash``, a bash command line that runs ``"$0" -m engine replay ...`` (process substitution), $0
+    being this Python and $1... ``args``."""
+    import resource
+
+    def cap() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
+
+    cmd = ["bash", "-c", bash, sys.executable, *args] if bash else \
+        [sys.executable, "-m", "engine", "replay", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False, preexec_fn=cap)
+
+
+def test_replay_of_dev_zero_reads_one_line_limit_and_says_it_is_not_a_trace() -> None:
+    import time
+
+    t = time.perf_counter()
+    done = limited_replay("/dev/zero", "--policies", POLICIES, "-q", timeout=30)
+    took = time.perf_counter() - t
+    assert done.returncode == 1, done.stderr
+    assert done.stderr == ("policy-engine replay: /dev/zero:1: a line longer than 64 KiB before any record: not a "
+                           "trace (CSV or JSONL, one line per call)\n")
+    assert took < 10, took
+
+
+def test_a_line_over_64_kib_is_a_line_problem_read_in_bounded_memory(tmp_path: Path) -> None:
+    first, last = jsonl_rows(2)
+    # a 300 MB line through a pipe, in a process allowed 1 GiB of address space: it is never held whole
+    done = limited_replay(first, last, "--policies", POLICIES, "-q", bash=(
+        'exec "$0" -m engine replay <(echo "$1"; head -c 300000000 /dev/zero | tr "\\0" x; echo; echo "$2") '
+        '"${@:3}"'))
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.splitlines() == [
+        "/dev/fd/63:2: line too long: over 65,536 bytes (64 KiB), the most a trace line may have"]
+    assert "2 calls from 2 of 3 lines; 1 malformed line SKIPPED" in done.stdout
+    # in a file, a line just over the limit is reported and one at it is read
+    trace = tmp_path / "t.jsonl"
+    pad = 65_536 - len(first) - len(', "x": ""}\n')
+    at_limit = first[:-1] + f', "x": "{"y" * pad}"}}'
+    trace.write_text("\n".join([first, at_limit, at_limit[:-2] + 'yy"}', last]) + "\n", encoding="utf-8")
+    done = replay(str(trace), "--policies", POLICIES, "-q")
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.splitlines() == [
+        f"{trace}:3: line too long: over 65,536 bytes (64 KiB), the most a trace line may have"]
+    assert "3 calls from 3 of 4 lines" in done.stdout
+    strict = replay(str(trace), "--policies", POLICIES, "--strict")
+    assert strict.returncode == 1 and f"{trace}:3: line too long" in strict.stderr
+
+
+def test_a_deeply_nested_json_line_is_a_line_problem(tmp_path: Path) -> None:
+    first, last = jsonl_rows(2)
+    trace = tmp_path / "t.jsonl"
+    trace.write_text("\n".join([first, '{"timestamp": ' + "[" * 60_000, '{"a": "[[[[' + "[" * 100 + '"}',
+                                last]) + "\n", encoding="utf-8")
+    done = replay(str(trace), "--policies", POLICIES, "-q")
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.splitlines() == [
+        f"{trace}:2: JSON nested deeper than 64 levels: a trace line is one flat JSON object",
+        f"{trace}:3: expected a tier or a model, got neither"]  # brackets in a string are text
+    assert "Traceback" not in done.stderr and "2 calls from 2 of 4 lines" in done.stdout
+
+
+@pytest.mark.parametrize("kind", ["jsonl", "csv", "azure"])
+def test_a_trace_from_a_pipe_loses_no_line(tmp_path: Path, kind: str) -> None:
+    if kind == "jsonl":
+        text = "\n".join(jsonl_rows(1000)) + "\n"
+    elif kind == "csv":
+        text = write_csv(tmp_path / "t.csv", healthy_rows(1000)).read_text(encoding="utf-8").replace("\n", "\r\n")
+    else:
+        text = "TIMESTAMP,ContextTokens,GeneratedTokens\n" + "".join(
+            f"2023-11-16 18:{i // 60:02d}:{i % 60:02d}.5000000,374,44\n" for i in range(1000))
+    trace = tmp_path / "t.txt"
+    trace.write_text(text, encoding="utf-8")
+    done = limited_replay(str(trace), "--policies", POLICIES, "-q", bash='exec "$0" -m engine replay <(cat "$1") '
+                                                                         '"${@:2}"')
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""
+    fmt = {"jsonl": "trace-jsonl", "csv": "trace-csv", "azure": "azure"}[kind]
+    assert done.stdout.startswith(f"replay: /dev/fd/63 ({fmt}): 1,000 calls from 1,000 of 1,000 lines"), done.stdout
+
+
+def test_a_history_database_from_a_pipe_is_refused_with_what_to_do(tmp_path: Path) -> None:
+    db = tmp_path / "h.db"
+    import sqlite3
+
+    sqlite3.connect(db).execute("CREATE TABLE minutes (minute INTEGER)").connection.close()
+    done = limited_replay(str(db), "--policies", POLICIES, "-q", bash='exec "$0" -m engine replay <(cat "$1") '
+                                                                      '"${@:2}"')
+    assert done.returncode == 1
+    assert done.stderr == ("policy-engine replay: /dev/fd/63: an SQLite history database, which is read from a "
+                           "file, not a pipe: give its path\n")

@@ -84,6 +84,66 @@ def test_uri_forms() -> None:
         parse_uri("redis://localhost")
 
 
+TAKES = ("a sqlite:// URI takes flush_s (seconds between commits, (0, 3600], default 1); timeout_s (seconds a "
+         "commit waits for another process's lock, [0, 3600], default 30); instance (the name this process keeps "
+         "its restart state under, default 'default')")
+
+
+@pytest.mark.parametrize(("query", "message"), [
+    ("flush_s=abc", "sqlite store option flush_s: expected seconds in (0, 3600], got 'abc'"),
+    ("flush_s=nan", "sqlite store option flush_s: expected seconds in (0, 3600], got 'nan'"),
+    ("flush_s=", "sqlite store option flush_s: expected seconds in (0, 3600], got ''"),
+    ("timeout_s=nan", "sqlite store option timeout_s: expected seconds in [0, 3600], got 'nan'"),
+    ("timeout_s=inf", "sqlite store option timeout_s: expected seconds in [0, 3600], got 'inf'"),
+    ("timeout_s=-1", "sqlite store option timeout_s: expected seconds in [0, 3600], got '-1'"),
+    ("timeout_s=1e9", "sqlite store option timeout_s: expected seconds in [0, 3600], got '1e9'"),
+    ("mode=ro", "unknown option 'mode'; " + TAKES),
+    ("flush=2", "unknown option 'flush' (did you mean 'flush_s'?); " + TAKES),
+    ("flush_s=1&flush_s=2", "option flush_s given twice"),
+])
+def test_a_bad_sqlite_option_is_a_storage_error_naming_it(db: Path, query: str, message: str) -> None:
+    with pytest.raises(StorageError) as caught:
+        engine.store.base.open_store(f"sqlite:///{db}?{query}")
+    assert str(caught.value).endswith(message), str(caught.value)
+    assert not db.parent.exists()  # refused before anything is created
+
+
+@pytest.mark.parametrize("uri_text", ["sqlite:///:memory:", "sqlite://:memory:", "sqlite:///:memory:?flush_s=1",
+                                      "sqlite:///file::memory:"])
+def test_an_in_memory_sqlite_database_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                 uri_text: str) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(StorageError) as caught:
+        PolicyEngine.from_path(POLICIES, store=uri_text)
+    assert str(caught.value) == (
+        f"sqlite store {uri_text} is an in-memory SQLite database, which keeps no history (it is gone with the "
+        "process and no other process sees it); give the history a file, such as sqlite:///memory/history.db, or "
+        "use memory:// to keep none")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("name", ["file:x.db", "./:memory:"])
+def test_a_relative_name_sqlite_could_take_for_a_uri_is_a_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                               name: str) -> None:
+    monkeypatch.chdir(tmp_path)
+    store = SQLiteStore(f"sqlite:///{name}")
+    store.record_call(T0, "L1", "m", 100.0, None, False, False, 1, 1, 0.0, False)
+    store.close()
+    file = tmp_path / Path(name).name
+    assert [p.name for p in tmp_path.iterdir()] == [file.name]
+    assert rows(file, "SELECT calls FROM minutes") == [(1,)]
+
+
+def test_report_and_status_refuse_an_unknown_sqlite_option(db: Path) -> None:
+    SQLiteStore(uri(db)).close()
+    for command in ("report", "status"):
+        done = subprocess.run([sys.executable, "-m", "engine", command, "--policies", str(POLICIES), "--store",
+                               f"sqlite:///{db}?mode=ro"], capture_output=True, text=True, timeout=120, check=False,
+                              cwd=ROOT)
+        assert done.returncode == 1, done.stderr
+        assert done.stderr == f"policy-engine: sqlite store sqlite:///{db}?mode=ro: unknown option 'mode'; {TAKES}\n"
+
+
 def test_open_store_makes_a_history_store_with_its_directory(db: Path) -> None:
     s = engine.store.base.open_store(uri(db, flush_s=2, instance="worker-1"))
     try:
@@ -392,6 +452,184 @@ def test_a_read_only_open_does_not_create_a_missing_file(db: Path) -> None:
     with pytest.raises(StorageError, match="no history database"):
         open_readonly(db)
     assert not db.exists()
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="no /proc/self/fd to count open files")
+def test_a_failed_open_leaves_no_file_open(db: Path) -> None:
+    db.parent.mkdir(parents=True)
+    db.write_bytes(b"this is not sqlite" * 100)
+    newer = db.with_name("newer.db")
+    connect(newer, create=True).execute("PRAGMA user_version = 99").connection.close()
+    opens: list[Callable[[], object]] = [
+        lambda: connect(db, create=True), lambda: connect(db, create=False), lambda: SQLiteStore(uri(db)),
+        lambda: open_readonly(db), lambda: connect(newer, create=True), lambda: open_readonly(newer)]
+    for open_ in opens:
+        before = open_fds()
+        with pytest.raises(StorageError) as caught:
+            open_()
+        del caught  # the exception's traceback must not be what keeps a connection alive
+        assert open_fds() == before, open_
+    with pytest.raises(StorageError, match=f"cannot open history database {db}: the file is not an SQLite "
+                                           "database; point the store at a path"):
+        connect(db, create=True)
+
+
+# -- a directory this process may not write ----------------------------------------------------------
+def unprivileged() -> list[str]:
+    """A command prefix under which this process obeys a directory's mode 0555: none for an ordinary user;
+    for root, ``setpriv`` without the capabilities that override file permissions."""
+    if os.geteuid() != 0:
+        return []
+    import shutil
+
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("running as root without setpriv: a read-only directory cannot be made for this process")
+    return [setpriv, "--bounding-set", "-dac_override,-dac_read_search", "--"]
+
+
+@pytest.fixture
+def read_only_dir(tmp_path: Path) -> Iterator[Path]:
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    yield folder
+    folder.chmod(0o755)
+
+
+def seal(folder: Path) -> None:
+    """Make ``folder`` read-only (0555) and check that the unprivileged commands cannot write it."""
+    folder.chmod(0o555)
+    probe = subprocess.run([*unprivileged(), sys.executable, "-c", "import sys; open(sys.argv[1], 'w')",
+                            str(folder / "probe")], capture_output=True, text=True, timeout=60, check=False)
+    if probe.returncode == 0:
+        (folder / "probe").unlink()
+        pytest.skip("cannot make a directory read-only for a process here")
+    assert "Permission denied" in probe.stderr
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*unprivileged(), sys.executable, "-m", "engine", *args], capture_output=True,
+                          text=True, timeout=120, check=False, cwd=ROOT)
+
+
+def recorded(db: Path) -> None:
+    store = SQLiteStore(uri(db))
+    store.record_call(T0, "L1", "gpt-4.1-nano", 100.0, None, False, False, 10, 5, 0.001, False)
+    store.close()
+
+
+def test_status_and_report_read_a_history_in_a_read_only_directory(read_only_dir: Path, tmp_path: Path) -> None:
+    db = read_only_dir / "history.db"
+    recorded(db)
+    assert sorted(p.name for p in read_only_dir.iterdir()) == ["history.db"]  # closed: no -wal, no -shm
+    before = digest(db)
+    seal(read_only_dir)
+    status = cli("status", "--policies", str(POLICIES), "--store", uri(db), "--format", "json")
+    assert status.returncode == 0, status.stderr
+    assert "gpt-4.1-nano" in [m["model"] for m in json.loads(status.stdout)["models"]]
+    report = cli("report", "--policies", str(POLICIES), "--store", uri(db), "--date", "2026-01-01", "--out",
+                 str(tmp_path / "out"))
+    assert report.returncode == 0, report.stderr
+    assert "| L1 | 1 |" in (tmp_path / "out" / "260101-DAILY-REPORT.md").read_text(encoding="utf-8")
+    assert sorted(p.name for p in read_only_dir.iterdir()) == ["history.db"] and digest(db) == before
+
+
+def test_a_write_ahead_log_that_cannot_be_read_is_explained(read_only_dir: Path, db: Path) -> None:
+    recorded(db)
+    writer = sqlite3.connect(db)
+    try:  # a commit left in the -wal (as by a killed engine), copied without its -shm
+        writer.execute("PRAGMA wal_autocheckpoint = 0")
+        writer.execute("UPDATE minutes SET calls = calls + 1")
+        writer.commit()
+        wal = db.with_name(db.name + "-wal")
+        assert wal.stat().st_size > 0
+        for p in (db, wal):
+            (read_only_dir / p.name).write_bytes(p.read_bytes())
+    finally:
+        writer.close()
+    seal(read_only_dir)
+    status = cli("status", "--policies", str(POLICIES), "--store", uri(read_only_dir / "history.db"))
+    assert status.returncode == 1
+    ro = read_only_dir / "history.db"
+    assert status.stderr == (
+        f"policy-engine: cannot read history database {ro} read-only: its write-ahead log {ro}-wal holds changes "
+        f"that SQLite can only read through history.db-shm, which it may not create in {read_only_dir} (not "
+        "writable by this process); make the directory writable for this user, or let the engine that writes it "
+        "close (which folds the log into the database), then retry\n")
+
+
+_OPEN_IN_READ_ONLY_DIR = """
+import json, os, sys
+from pathlib import Path
+from engine import PolicyEngine, StorageError
+from engine.store.historydb import open_readonly
+fds = lambda: len(os.listdir("/proc/self/fd"))
+folder, policies = Path(sys.argv[1]), sys.argv[2]
+out = {}
+for name in ("new.db", "history.db", "sub/history.db", "wal/history.db"):
+    before = fds()
+    try:
+        PolicyEngine.from_path(policies, store=f"sqlite:///{folder / name}").close()
+        out[name] = "opened"
+    except StorageError as exc:
+        out[name] = str(exc)
+    out[name + " fds"] = fds() - before
+for name in ("history.db", "wal/history.db"):
+    before = fds()
+    try:
+        open_readonly(folder / name).close()
+    except StorageError:
+        pass
+    out["read " + name + " fds"] = fds() - before
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="no /proc/self/fd to count open files")
+def test_the_engine_says_why_it_cannot_keep_history_in_a_read_only_directory(read_only_dir: Path,
+                                                                              db: Path) -> None:
+    recorded(read_only_dir / "history.db")
+    (read_only_dir / "wal").mkdir()
+    recorded(db)
+    writer = sqlite3.connect(db)
+    try:
+        writer.execute("PRAGMA wal_autocheckpoint = 0")
+        writer.execute("UPDATE minutes SET calls = calls + 1")
+        writer.commit()
+        for p in (db, db.with_name(db.name + "-wal")):
+            (read_only_dir / "wal" / p.name).write_bytes(p.read_bytes())
+    finally:
+        writer.close()
+    (read_only_dir / "wal").chmod(0o555)
+    seal(read_only_dir)
+    done = subprocess.run([*unprivileged(), sys.executable, "-c", _OPEN_IN_READ_ONLY_DIR, str(read_only_dir),
+                           str(POLICIES)], capture_output=True, text=True, timeout=120, check=False, cwd=ROOT)
+    (read_only_dir / "wal").chmod(0o755)
+    assert done.returncode == 0, done.stderr
+    got = json.loads(done.stdout)
+    what = ("make the directory writable for this user, or point the store at a path this process may write "
+            "(store='sqlite:///path/history.db'), or keep no history (store='memory://')")
+    assert got["new.db"] == (
+        f"cannot open history database {read_only_dir}/new.db: its directory {read_only_dir} is not writable by "
+        "this process (permission denied), and SQLite must create the database and its write-ahead log files "
+        f"(new.db-wal, new.db-shm) there; {what}")
+    assert got["history.db"] == (
+        f"cannot open history database {read_only_dir}/history.db: its directory {read_only_dir} is not writable "
+        "by this process (permission denied), and SQLite must create its write-ahead log files (history.db-wal, "
+        f"history.db-shm) there; {what}")
+    assert got["sub/history.db"] == (
+        f"cannot create the directory {read_only_dir}/sub of the history database {read_only_dir}/sub/history.db: "
+        "Permission denied; create it, or point the store at a path this process may write "
+        "(store='sqlite:///path/history.db'), or keep no history (store='memory://')")
+    assert got["wal/history.db"].startswith(f"cannot open history database {read_only_dir}/wal/history.db: ")
+    assert {k: v for k, v in got.items() if k.endswith("fds")} == {
+        "new.db fds": 0, "history.db fds": 0, "sub/history.db fds": 0, "wal/history.db fds": 0,
+        "read history.db fds": 0, "read wal/history.db fds": 0}
+    assert sorted(p.name for p in read_only_dir.iterdir()) == ["history.db", "wal"]
 
 
 # -- processes ---------------------------------------------------------------------------------
