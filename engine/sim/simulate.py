@@ -47,7 +47,8 @@ __all__ = ["DEFAULT_DATE", "FIRST_DATE", "LAST_DATE", "REPORT_WRITERS", "SimOpti
 
 DEFAULT_DATE = date(2026, 1, 1)
 #: The days ``--date`` accepts: the local day (in any time zone) lies within the years 1970-9999.
-FIRST_DATE, LAST_DATE = date(1970, 1, 2), date(9999, 12, 30)
+# the report, replay and budgets stop at 9998 (a monthly period needs the next month)
+FIRST_DATE, LAST_DATE = date(1970, 1, 2), date(9998, 12, 30)
 HISTORY_DIR = Path("memory") / "simulate"
 #: Where the daily report writer is looked up, in order: (module, function).
 REPORT_WRITERS = (("engine.reporting.render", "write_daily_report"),

@@ -115,8 +115,10 @@ def test_scenarios_are_listed() -> None:
     (["--hours", "0"], "--hours: expected 0 < H <= 24"),
     (["--start-hour", "20", "--hours", "5"], "the window ends by midnight"),
     (["--date", "2026-13-01"], "--date: expected YYYY-MM-DD"),
-    (["--date", "9999-12-31"], "--date: expected a day from 1970-01-02 to 9999-12-30, got 9999-12-31"),
-    (["--date", "0001-01-01"], "--date: expected a day from 1970-01-02 to 9999-12-30, got 0001-01-01"),
+    (["--date", "9999-12-31"], "--date: expected a day from 1970-01-02 to 9998-12-30, got 9999-12-31"),
+    # a monthly budget of the last days of year 9999 would need a month in year 10000
+    (["--date", "9999-12-30"], "--date: expected a day from 1970-01-02 to 9998-12-30, got 9999-12-30"),
+    (["--date", "0001-01-01"], "--date: expected a day from 1970-01-02 to 9998-12-30, got 0001-01-01"),
     (["--scale", "-1"], "--scale: expected 0 < F <= 100"),
     (["--seed", "x"], "invalid int value"),
     (["--no-such-option"], "unrecognized arguments"),
