@@ -19,7 +19,7 @@ from typing import Any
 from engine.budget import ROLLING_BUCKETS, BudgetLedger, period_bounds
 from engine.events import BudgetExhausted, BudgetReset, BudgetWarning, Event
 from engine.policy.model import BudgetSpec
-from engine.store.redis.link import ACK, Link, Unavailable
+from engine.store.redis.link import ACK, Link, Unavailable, corrupt
 from engine.store.redis.lua import split
 
 log = logging.getLogger("engine.redis")
@@ -161,15 +161,33 @@ class LedgerSync:
         return view
 
     def _event(self, ev: list[bytes], v: View, now: float) -> None:
-        spec, kind = self.spec, ev[0]
+        spec, kind, emit = self.spec, ev[0], self._link.emit
+        if kind == b"corrupt":
+            emit(self._events, corrupt(self._link.label, ev, self._corrupt_action))
+            return
         if kind == b"reset":
-            self._events.append(BudgetReset(now, spec.name, float(ev[1])))
+            emit(self._events, BudgetReset(now, spec.name, float(ev[1])))
             return
         usage = (spec.name, self._spent(v), v.tok, spec.tokens, v.cost, spec.cost_usd, v.start)
         if kind == b"warn":
-            self._events.append(BudgetWarning(now, *usage))
+            emit(self._events, BudgetWarning(now, *usage))
         elif kind == b"exh":
-            self._events.append(BudgetExhausted(now, *usage, v.end if not self._rolling else v.resets))
+            emit(self._events, BudgetExhausted(now, *usage, v.end if not self._rolling else v.resets))
+
+    def _corrupt_action(self, key: str, field: str) -> str:
+        if ":ack:" in key:
+            return "this client's acknowledgement was reset (its next settlement is applied)"
+        if not field:
+            return "the key was deleted"
+        if key.endswith(":r") or field in ("rt", "rc"):
+            return "the reservations were recounted"
+        if key.endswith(":k") or field == "bucket" or (self._rolling and field in ("tok", "cost")):
+            return "the rolling window was recounted from its buckets (a corrupt bucket counts as 0)"
+        if field in ("tok", "cost"):
+            return "the period's usage restarts from 0"
+        if field in ("cur", "end"):
+            return "the current period was taken from this client"
+        return "reset"
 
     # -- views -----------------------------------------------------------------
 

@@ -49,7 +49,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from engine.events import Event, StorageDegraded, StorageRecovered
+from engine.events import Event, StorageCorrupt, StorageDegraded, StorageRecovered
 
 log = logging.getLogger("engine.redis")
 
@@ -62,6 +62,15 @@ MAX_PENDING = 256
 ACK = "\x00ack"
 #: Run once when a store opens: proves the user may run SCRIPT LOAD and EVALSHA on the store's keys.
 PROBE = "return 1"
+
+
+def corrupt(label: str, ev: list[bytes], action: Callable[[str, str], str]) -> StorageCorrupt:
+    """The event (and a logged warning) for a script's ``corrupt`` report: key, field, value in hex."""
+    key, field, value = (bytes.fromhex(x.decode()).decode("utf-8", "replace") for x in ev[1:4])
+    what = action(key, field)
+    log.warning("redis store %s: corrupt value %r in %s%s; %s", label, value, key,
+                f" field {field!r}" if field else "", what)
+    return StorageCorrupt(time.time(), label, key, field, value, what)
 
 
 class Unavailable(Exception):
@@ -392,6 +401,10 @@ class Link:
                 sink.append(event)
         elif self.fallback_log is not None:
             self.fallback_log(event)
+
+    def emit(self, sink: list[Event], event: Event) -> None:
+        """Append ``event`` to ``sink`` (an engine's event list)."""
+        sink.append(event)
 
     def retry_now(self) -> None:
         """Let the next call try the server at once, whatever the backoff says."""
