@@ -12,7 +12,13 @@ behind :mod:`engine.store.base`; the ``redis`` client is an optional extra
                                        view may be where the semantics allow one
 ``retry_ms``      ``500``              first wait before retrying an unreachable
                                        server (doubling per failure)
-``max_retry_ms``  ``5000``             the longest such wait
+``max_retry_ms``  ``2000``             the longest such wait
+``degrade_after`` ``3``                timeouts within ``degrade_window_ms`` that
+                                       make an outage (any other error does at once)
+``degrade_window_ms`` ``10000``        see ``degrade_after``
+``on_conflict``   ``refuse``           another policy set's definitions on the
+                                       namespace: ``refuse`` (StorageError) or
+                                       ``replace`` them (see bind_policy)
 ================  ===================  =============================================
 
 Keys (``P`` = ``{namespace}:{policy_set}``)::
@@ -57,7 +63,9 @@ from engine.store.redis.lua_breaker import BREAKER
 __all__ = ["DEFAULTS", "RedisStore", "StorageDegraded", "StorageRecovered", "parse_uri", "redact"]
 
 DEFAULTS: dict[str, Any] = {"namespace": "llm-policy-engine", "policy_set": "default", "timeout_ms": 100.0,
-                            "cache_ms": 100.0, "retry_ms": 500.0, "max_retry_ms": 5000.0}
+                            "cache_ms": 100.0, "retry_ms": 500.0, "max_retry_ms": 2000.0, "degrade_after": 3,
+                            "degrade_window_ms": 10000.0, "on_conflict": "refuse"}
+_CONFLICT = ("refuse", "replace")
 _NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 _INSTALL = "pip install 'llm-policy-engine[redis]'"
 
@@ -98,6 +106,15 @@ def parse_uri(uri: str) -> dict[str, Any]:
             if not _NAME.match(value):
                 raise StorageError(f"expected {key} of letters, digits, '.', '_' or '-', got {value!r}")
             out[key] = value
+        elif key == "on_conflict":
+            if value not in _CONFLICT:
+                raise StorageError(f"expected on_conflict of {' or '.join(_CONFLICT)}, got {value!r}")
+            out[key] = value
+        elif key == "degrade_after":
+            if not value.isdigit() or not 1 <= int(value) <= 1000:
+                raise StorageError(f"expected degrade_after as a whole number of timeouts from 1 to 1000, "
+                                   f"got {value!r}")
+            out[key] = int(value)
         else:
             try:
                 number = float(value)
@@ -135,7 +152,8 @@ class RedisStore(MemoryStore):
                 retry=Retry(NoBackoff(), 0), client_name=f"llm-policy-engine:{self.prefix}")
 
         self.link = Link(connect, {"ledger": LEDGER, "breaker": BREAKER}, self.prefix, self.label,
-                         retry_s=opts["retry_ms"] / 1000.0, max_retry_s=opts["max_retry_ms"] / 1000.0)
+                         retry_s=opts["retry_ms"] / 1000.0, max_retry_s=opts["max_retry_ms"] / 1000.0,
+                         degrade_after=opts["degrade_after"], degrade_window_s=opts["degrade_window_ms"] / 1000.0)
         self.link.recoverer = self
         self.link.fallback_log = self.append_event
         self._cache_s = opts["cache_ms"] / 1000.0
@@ -174,18 +192,15 @@ class RedisStore(MemoryStore):
             return ledger
 
     def close(self) -> None:
-        """Read the last replies, try once to push what an outage left unsent, disconnect."""
+        """Stop the recovery, read the last replies, try once to push what an outage left unsent, disconnect."""
+        self.link.stop()
         with self.link.lock:
             if self._closed:
                 return
             self._closed = True
             self.link.flush()
-            if self.link.degraded or any(led.unconfirmed() for led in self._ledgers.values()):
-                self.link.retry_now()
-                try:
-                    self.link.raw("PING")
-                except Exception:  # noqa: S110 - best effort: what cannot be pushed is logged below
-                    pass
+            if self.link.disrupted:
+                self.link.recover(wait_replies=True)
             left = sum(led.unconfirmed() for led in self._ledgers.values())
             if left:
                 import logging
@@ -196,13 +211,17 @@ class RedisStore(MemoryStore):
 
     # -- recovery (called by the link with its lock held) ------------------------
 
-    def replay(self, data_lost: bool) -> list[Cmd]:
-        """Everything to send after an outage: breakers first, then settlements by sequence."""
+    def replay(self, data_lost: bool, final: bool) -> list[Cmd]:
+        """Everything to send after an outage: breakers first (in the final batch), then settlements by sequence."""
         cmds: list[Cmd] = []
-        for breaker in self._breakers.values():
-            cmds.extend(breaker.replay(data_lost))
+        if final:
+            for breaker in self._breakers.values():
+                cmds.extend(breaker.replay(data_lost))
         settles = [c for led in self._ledgers.values() for c in led.replay(data_lost, self.link.epoch)]
         return cmds + sorted(settles, key=lambda c: c.seq)
+
+    def policy_seen(self, stored: dict[bytes, bytes]) -> None:
+        """The namespace's policy fingerprint as a reconnection found it (see bind_policy)."""
 
     def recovered(self) -> None:
         for breaker in self._breakers.values():
@@ -221,7 +240,9 @@ class RedisStore(MemoryStore):
     def stats(self) -> dict[str, Any]:
         """Round trips and commands sent so far, and whether the server is reachable."""
         return {"round_trips": self.link.round_trips, "commands": self.link.commands,
-                "degraded": self.link.degraded, "prefix": self.prefix}
+                "degraded": self.link.degraded, "disrupted": self.link.disrupted, "prefix": self.prefix,
+                "backlog": sum(led.backlog() for led in self._ledgers.values()),
+                "unconfirmed": sum(led.unconfirmed() for led in self._ledgers.values())}
 
     def __repr__(self) -> str:
         return f"RedisStore({self.label})"
