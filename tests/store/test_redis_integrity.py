@@ -289,3 +289,142 @@ def test_half_open_starts_with_a_fresh_window(store: Any) -> None:
     assert breaker.snapshot(T0 + 10)["calls"] == 0  # was: 4, the closed state's calls
     breaker.on_result(T0 + 10, False, 5.0, ticket=ticket)
     assert breaker.snapshot(T0 + 10)["calls"] == 1
+
+
+# -- one policy set per namespace ----------------------------------------------------------------
+
+
+def _shared(directory: Path, uri: str, tokens: int = 1000, **kwargs: Any) -> PolicyEngine:
+    from tests.store.test_redis import write_policies
+
+    return PolicyEngine.from_path(write_policies(directory, tokens=tokens), store=uri, **kwargs)
+
+
+def _fingerprint(directory: Path) -> str:
+    from engine import load_policies
+    from engine.store.redis.fingerprint import fingerprint
+
+    return fingerprint(load_policies(directory))
+
+
+def test_a_second_policy_set_on_a_namespace_is_refused(redis_server: RedisServer, tmp_path: Path) -> None:  # noqa: F811
+    from engine import StorageError
+
+    uri = redis_server.uri()
+    first = _shared(tmp_path / "a", uri, tokens=1000)
+    try:
+        with pytest.raises(StorageError) as refused:
+            _shared(tmp_path / "b", uri, tokens=2000)  # was: shared usage, and wrote its own limits
+        message = str(refused.value)
+        assert _fingerprint(tmp_path / "a") in message and _fingerprint(tmp_path / "b") in message
+        assert "policy_set=" in message and "on_conflict=replace" in message
+        prefix = first.store.prefix  # type: ignore[attr-defined]
+        assert redis_server.client().hget(f"{prefix}:b:alpha-monthly:monthly@UTC", "tl") == b"1000.0"
+        same = _shared(tmp_path / "c", uri, tokens=1000)  # another process of the same policy set
+        own = _shared(tmp_path / "b", uri + "&policy_set=other", tokens=2000)  # a policy set of its own
+        same.close()
+        own.close()
+    finally:
+        first.close()
+
+
+def test_a_reload_that_changes_shared_definitions_replaces_the_fingerprint(
+        redis_server: RedisServer, tmp_path: Path) -> None:  # noqa: F811
+    from engine import StorageError, StoragePolicyChanged
+    from tests.store.test_redis import write_policies
+
+    uri = redis_server.uri()
+    eng = _shared(tmp_path / "a", uri, tokens=1000)
+    seen: list[Event] = []
+    eng.subscribe(seen.append)
+    old = _fingerprint(tmp_path / "a")
+    try:
+        write_policies(tmp_path / "a", tokens=5000)
+        assert eng.reload() is True
+        new = _fingerprint(tmp_path / "a")
+        changed = [e for e in seen if isinstance(e, StoragePolicyChanged)]
+        assert [(e.previous, e.fingerprint, e.reason) for e in changed] == [(old, new, "reload")]
+        prefix = eng.store.prefix  # type: ignore[attr-defined]
+        assert redis_server.client().hget(f"{prefix}:policy", "fp") == new.encode()
+        with pytest.raises(StorageError, match=old):
+            _shared(tmp_path / "old", uri, tokens=1000)
+        _shared(tmp_path / "new", uri, tokens=5000).close()
+    finally:
+        eng.close()
+
+
+def test_on_conflict_replace_takes_the_namespace_over(redis_server: RedisServer, tmp_path: Path) -> None:  # noqa: F811
+    from engine import StoragePolicyChanged
+
+    uri = redis_server.uri()
+    _shared(tmp_path / "a", uri, tokens=1000).close()
+    eng = _shared(tmp_path / "b", uri + "&on_conflict=replace", tokens=2000)
+    try:
+        eng.decide("L1")  # events of the start come with the first call
+        changed = [e for e in eng.store.events() if isinstance(e, StoragePolicyChanged)]
+        assert [(e.previous, e.fingerprint, e.reason) for e in changed] == [
+            (_fingerprint(tmp_path / "a"), _fingerprint(tmp_path / "b"), "replace")]
+    finally:
+        eng.close()
+
+
+def test_a_conflict_found_when_the_server_comes_back_keeps_the_store_off_it(
+        fresh_redis: RedisServer, tmp_path: Path) -> None:  # noqa: F811
+    import signal
+
+    uri = fresh_redis.uri(retry_ms=20, max_retry_ms=50)
+    _shared(tmp_path / "a", uri, tokens=1000).close()
+    assert fresh_redis.proc is not None
+    fresh_redis.proc.send_signal(signal.SIGSTOP)
+    try:
+        eng = _shared(tmp_path / "b", uri, tokens=2000)  # cannot check yet: starts on local state
+    finally:
+        fresh_redis.proc.send_signal(signal.SIGCONT)
+    seen: list[Event] = []
+    eng.subscribe(seen.append)
+    try:
+        def refused() -> bool:
+            eng.record(eng.decide("L1", model="alpha", estimated_tokens=10),
+                       Outcome(latency_ms=5.0, input_tokens=4, output_tokens=6))
+            return any("another policy set" in getattr(e, "error", "") for e in seen)
+        assert _until(refused)
+        assert "StorageRecovered" not in [type(e).__name__ for e in seen]
+        prefix = eng.store.prefix  # type: ignore[attr-defined]
+        assert fresh_redis.client().hget(f"{prefix}:b:alpha-monthly:monthly@UTC", "tl") == b"1000.0"
+    finally:
+        eng.close()
+
+
+def test_a_process_learns_at_reconnection_that_another_replaced_the_definitions(
+        redis_server: RedisServer, tmp_path: Path) -> None:  # noqa: F811
+    from engine import StoragePolicyChanged
+    from tests.store.test_redis import write_policies
+
+    uri = redis_server.uri()
+    a, b = _shared(tmp_path / "a", uri), _shared(tmp_path / "b", uri)
+    seen: list[Event] = []
+    b.subscribe(seen.append)
+    try:
+        write_policies(tmp_path / "a", tokens=5000)
+        a.reload()
+        b.store.link.fail(ConnectionResetError("test: the connection drops"))  # type: ignore[attr-defined]
+
+        def warned() -> bool:
+            b.decide("L1", model="beta")
+            return any(isinstance(e, StoragePolicyChanged) for e in seen)
+        assert _until(warned)
+        event = next(e for e in seen if isinstance(e, StoragePolicyChanged))
+        assert (event.previous, event.fingerprint, event.reason) == (
+            _fingerprint(tmp_path / "b"), _fingerprint(tmp_path / "a"), "other")
+    finally:
+        a.close()
+        b.close()
+
+
+def _until(condition: Callable[[], bool], seconds: float = 5.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True

@@ -559,6 +559,10 @@ class Link:
         else:
             sink.append(event)
 
+    def emit_all(self, event: Event) -> None:
+        """An event for every registered event list (queued when on the recovery thread)."""
+        self._emit(event)
+
     def _emit(self, event: Event) -> None:
         """An event of the link's own, for every registered event list."""
         if threading.current_thread() is self._thread:

@@ -16,7 +16,7 @@ and :class:`~engine.budget.BudgetLedger` (Lua numbers are doubles too).
 
 from __future__ import annotations
 
-__all__ = ["COMMON", "LEDGER", "split"]
+__all__ = ["COMMON", "LEDGER", "POLICY", "split"]
 
 
 def split(reply: bytes, fields: int) -> tuple[list[bytes], list[list[bytes]]]:
@@ -336,4 +336,18 @@ if rolling and frac(tok + rt, cst + rc) >= exh_at then
 end
 return reply({'OK', f17(tok), f17(cst), f17(rt), f17(rc), w and 1 or 0, e and 1 or 0, touched and 1 or 0,
               nres, nx[2] or '', resets, found, dup and 1 or 0, rolling and f17(k) or pkey}, evs)
+"""
+
+#: KEYS: epoch, the namespace's policy hash. ARGV: epoch, mode (claim: set if none is there; replace),
+#: fingerprint, revision, by (host:pid), at (wall seconds).
+#: Reply: OK, the fingerprint there before (or empty), then the hash as it is now: fingerprint, and
+#: revision, by, at in hex.
+POLICY = COMMON + r"""
+typed(KEYS[2], 'hash')
+local before = redis.call('HGET', KEYS[2], 'fp') or ''
+if before == '' or ARGV[2] == 'replace' then
+  redis.call('HSET', KEYS[2], 'fp', ARGV[3], 'revision', ARGV[4], 'by', ARGV[5], 'at', ARGV[6])
+end
+local h = redis.call('HMGET', KEYS[2], 'fp', 'revision', 'by', 'at')
+return reply({'OK', before, h[1] or '', hex(h[2] or ''), hex(h[3] or ''), hex(h[4] or '')}, {})
 """

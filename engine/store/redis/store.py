@@ -24,6 +24,9 @@ behind :mod:`engine.store.base`; the ``redis`` client is an optional extra
 Keys (``P`` = ``{namespace}:{policy_set}``)::
 
     P:epoch                     random id of the server's data (see engine.store.redis.link)
+    P:policy                    fingerprint of the shared definitions in force, with the revision,
+                                host:pid and time of the process that set it
+                                (see engine.store.redis.fingerprint)
     P:ack:{client}              last settlement applied from one client (expires after a day)
     P:k:{model}                 breaker hash: state, open_until, open_for, consecutive opens,
                                 probe slots, window totals
@@ -52,12 +55,13 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 from engine.errors import StorageError
 from engine.events import Event
-from engine.policy.model import BreakerSpec, BudgetSpec
+from engine.policy.model import BreakerSpec, BudgetSpec, PolicySet
 from engine.store.base import MemoryStore
 from engine.store.redis.breaker import RedisBreaker
 from engine.store.redis.budget import RedisLedger, budget_key
+from engine.store.redis.fingerprint import PolicyGuard
 from engine.store.redis.link import Cmd, Link, Misconfigured, StorageDegraded, StorageRecovered
-from engine.store.redis.lua import LEDGER
+from engine.store.redis.lua import LEDGER, POLICY
 from engine.store.redis.lua_breaker import BREAKER
 
 __all__ = ["DEFAULTS", "RedisStore", "StorageDegraded", "StorageRecovered", "parse_uri", "redact"]
@@ -151,11 +155,12 @@ class RedisStore(MemoryStore):
                 password=opts["password"], socket_timeout=timeout, socket_connect_timeout=timeout,
                 retry=Retry(NoBackoff(), 0), client_name=f"llm-policy-engine:{self.prefix}")
 
-        self.link = Link(connect, {"ledger": LEDGER, "breaker": BREAKER}, self.prefix, self.label,
+        self.link = Link(connect, {"ledger": LEDGER, "breaker": BREAKER, "policy": POLICY}, self.prefix, self.label,
                          retry_s=opts["retry_ms"] / 1000.0, max_retry_s=opts["max_retry_ms"] / 1000.0,
                          degrade_after=opts["degrade_after"], degrade_window_s=opts["degrade_window_ms"] / 1000.0)
         self.link.recoverer = self
         self.link.fallback_log = self.append_event
+        self.guard = PolicyGuard(self.link, opts["on_conflict"])
         self._cache_s = opts["cache_ms"] / 1000.0
         # the engine clock (time.monotonic by default) to wall time, in whole seconds (exact float sums)
         self._offset = float(round(time.time() - time.monotonic()))
@@ -191,6 +196,20 @@ class RedisStore(MemoryStore):
             self._ledgers[key] = ledger
             return ledger
 
+    def bind_policy(self, policy: PolicySet) -> None:
+        """The engine's policy set, at start and after each reload: one policy set per namespace.
+
+        Raises StorageError (having closed the store) when the namespace is in
+        use by a policy set with other shared definitions; see
+        :mod:`engine.store.redis.fingerprint`.
+        """
+        with self.link.lock:
+            try:
+                self.guard.bind(policy, self.label)
+            except StorageError:
+                self.close()
+                raise
+
     def close(self) -> None:
         """Stop the recovery, read the last replies, try once to push what an outage left unsent, disconnect."""
         self.link.stop()
@@ -215,6 +234,7 @@ class RedisStore(MemoryStore):
         """Everything to send after an outage: breakers first (in the final batch), then settlements by sequence."""
         cmds: list[Cmd] = []
         if final:
+            cmds.extend(self.guard.replay())
             for breaker in self._breakers.values():
                 cmds.extend(breaker.replay(data_lost))
         settles = [c for led in self._ledgers.values() for c in led.replay(data_lost, self.link.epoch)]
@@ -222,6 +242,7 @@ class RedisStore(MemoryStore):
 
     def policy_seen(self, stored: dict[bytes, bytes]) -> None:
         """The namespace's policy fingerprint as a reconnection found it (see bind_policy)."""
+        self.guard.seen(stored)
 
     def recovered(self) -> None:
         for breaker in self._breakers.values():
