@@ -153,13 +153,22 @@ def test_a_bad_window_value_resets_the_window(store: Any) -> None:
     assert breaker.snapshot(T0)["calls"] == 0 and not store.link.degraded
 
 
-def test_a_key_of_the_wrong_type_is_replaced(store: Any) -> None:
+@pytest.mark.parametrize("suffix", ["k:m", "k:m:w", "b:b:daily@UTC", "b:b:daily@UTC:P", "b:b:daily@UTC:P:r",
+                                    "b:b:daily@UTC:P:x"])
+def test_a_key_of_the_wrong_type_is_replaced(store: Any, suffix: str) -> None:
     events: list[Event] = []
     breaker = store.make_breaker("m", BREAKER, events)
-    store.link.raw("SET", f"{store.prefix}:k:m", "x")
-    assert breaker.try_acquire(T0) == 1 and not store.link.degraded
-    assert [(e.key, e.field, e.value) for e in events if isinstance(e, StorageCorrupt)] == [
-        (f"{store.prefix}:k:m", "", "type string")]
+    led = store.make_ledger(BUDGET, events)
+    breaker.on_result(T0, False, 5.0, ticket=breaker.try_acquire(T0))
+    led.settle(T0, led.reserve(T0, 10, 0.0), 10, 0.0)
+    store.link.flush()
+    key = f"{store.prefix}:{suffix.replace('P', repr(T0))}"
+    store.link.raw("DEL", key)
+    store.link.raw("SET", key, "x")
+    breaker.on_result(T0, True, 5.0, ticket=breaker.try_acquire(T0))
+    led.settle(T0, led.reserve(T0, 10, 0.0), 10, 0.0)
+    assert led.available(T0) and breaker.state(T0) == "closed" and not store.link.degraded
+    assert [(e.key, e.field, e.value) for e in events if isinstance(e, StorageCorrupt)] == [(key, "", "type string")]
 
 
 @pytest.mark.parametrize(("field", "value", "used"), [("tok", "nan", 0), ("tok", "abc", 0), ("tok", "-5", 0),

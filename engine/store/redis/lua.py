@@ -39,12 +39,24 @@ local function valid(raw, lo, hi, int)
 end
 local function hex(x)
   local function byte(c) return string.format('%02x', string.byte(c)) end
-  return (string.gsub(string.sub(tostring(x), 1, 48), '.', byte))
+  return (string.gsub(tostring(x), '.', byte))
 end
 -- what was found corrupt (and reset): key, field ('' for a key of the wrong type), the stored value
 local BAD = {}
 local function bad(key, field, raw)
-  BAD[#BAD + 1] = {'corrupt', hex(key), hex(field), hex(raw)}
+  BAD[#BAD + 1] = {'corrupt', hex(key), hex(field), hex(string.sub(tostring(raw), 1, 48))}
+end
+-- a read of a key; if the key has another type than the script uses, it is corrupt: deleted (so no
+-- later command on it fails) and read again (empty)
+local function read(cmd, key, ...)
+  local r = redis.pcall(cmd, key, ...)
+  if type(r) == 'table' and r.err then
+    local t = redis.call('TYPE', key)['ok']
+    redis.call('DEL', key)
+    bad(key, '', 'type ' .. t)
+    r = redis.call(cmd, key, ...)
+  end
+  return r
 end
 -- a key of another type than the script uses is corrupt: deleted (so no command on it fails)
 local function typed(key, want)
@@ -135,7 +147,6 @@ if seq > 0 then
   if seq <= acked then dup = true
   else redis.call('SET', KEYS[3], ARGV[12], 'EX', 86400) end
 end
-typed(base, 'hash')
 local D, pkey, pend, width, k, current
 if rolling then
   width, k, current = tonumber(ARGV[5]), tonumber(ARGV[6]), true
@@ -143,7 +154,7 @@ if rolling then
 else
   pkey, pend = ARGV[5], tonumber(ARGV[6])
   local pstart = tonumber(pkey)
-  local m = redis.call('HMGET', base, 'cur', 'end')
+  local m = read('HMGET', base, 'cur', 'end')
   local cur, cend = nil, nil
   if m[1] then
     cur = valid(m[1], -T_MAX, T_MAX)
@@ -168,13 +179,13 @@ else
   end
   D = base .. ':' .. pkey
 end
+if rolling then read('HLEN', base) end  -- (a rolling budget only writes its meta hash)
 local R, X, B = D .. ':r', D .. ':x', D .. ':k'
-typed(D, 'hash')
-typed(R, 'hash')
-typed(X, 'zset')
-if rolling then typed(B, 'hash') end
+read('HLEN', R)
+local dead = read('ZRANGEBYSCORE', X, '-inf', now)
+if rolling then read('HLEN', B) end
 local d = {}
-local raw = redis.call('HGETALL', D)
+local raw = read('HGETALL', D)
 for i = 1, #raw, 2 do d[raw[i]] = raw[i + 1] end
 local dirty, rebuild, recount = false, false, false
 local function stored(name, int)
@@ -271,7 +282,6 @@ local function drop(ids)
   dirty = true
   return n
 end
-local dead = redis.call('ZRANGEBYSCORE', X, '-inf', now)
 if #dead > 0 then drop(dead) end
 if recount or rt < 0 or rc < -1e-6 then recounted() end
 local found = 0

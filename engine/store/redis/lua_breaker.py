@@ -35,17 +35,20 @@ local MAX_PERMITS, MAX_OPEN = 1000, 86400  -- the largest half_open_permits and 
 local STATES = {closed = true, open = true, half_open = true, forced_open = true, disabled = true,
                 metrics_only = true}
 local wfp = kind .. ':' .. ARGV[5] .. ':' .. ARGV[6] .. ':' .. ARGV[7]
-typed(H, 'hash')
 local s = {}
-local raw = redis.call('HGETALL', H)
+local raw = read('HGETALL', H)
 for i = 1, #raw, 2 do s[raw[i]] = raw[i + 1] end
-local wbad = false  -- a corrupt window value: the window is reset before the script ends
+local wbad, wlost = false, false  -- a corrupt window value, a window of the wrong type: reset at the end
+local wtyped = s.wfp ~= wfp  -- the window's type is checked before its first use
+if wtyped then redis.call('DEL', W) end
+local function wcheck()
+  if wtyped then return end
+  wtyped = true
+  local before = #BAD
+  if kind == 'count' then typed(W, 'list') else typed(W, 'hash') end
+  if #BAD > before then wlost = true end
+end
 local nbad = #BAD
-if s.wfp ~= wfp then redis.call('DEL', W)
-elseif kind == 'count' then typed(W, 'list')
-else typed(W, 'hash') end
-if #BAD > nbad then wbad = true end
-nbad = #BAD
 local function n(key, dflt, lo, hi, int)
   local r = s[key]
   if r == nil then return dflt end
@@ -96,7 +99,7 @@ end
 
 local function wreset()
   redis.call('DEL', W)
-  wc, wx, ws, we, dirty = 0, 0, 0, nil, true
+  wc, wx, ws, we, dirty, wtyped = 0, 0, 0, nil, true, true
 end
 if s.wfp ~= wfp then wreset() end
 local function count_of(v)
@@ -112,6 +115,7 @@ local function advance(t)
     if ep_ - we >= nb then
       if wc > 0 then wreset() end
     else
+      wcheck()
       local f = {}
       for h = we + 1, ep_ do local o = h - nb; f[#f + 1] = 'c' .. o; f[#f + 1] = 'f' .. o; f[#f + 1] = 's' .. o end
       local v = hmget(W, f)
@@ -131,6 +135,7 @@ local function counts(t)
 end
 local function wrecord(t, failed, slow)
   dirty = true
+  wcheck()
   if kind == 'count' then
     if wc >= size then
       local old = valid(redis.call('LPOP', W) or '0', 0, 3, true)
@@ -322,8 +327,8 @@ elseif op == 'adopt' then
 end
 
 local c, f, sl = counts(now)
-if wbad then  -- a window value was corrupt: the counts cannot be trusted
-  bad(W, '', 'window')
+if wbad or wlost then  -- the counts cannot be trusted
+  if wbad then bad(W, '', 'window') end
   wreset()
   c, f, sl = 0, 0, 0
 end
