@@ -179,6 +179,10 @@ def _shared_text(status: dict[str, Any], when: Any) -> str:
         return "".join(f"; corrupt {field or 'key'}={raw!r}" for field, raw in found.items())
 
     lines = [f"store {status['store']} ({status['prefix']}), epoch {status['epoch'] or '-'}"]
+    policy = status.get("policy") or {}
+    if policy.get("fingerprint"):
+        lines.append(f"policy set {policy['fingerprint']} (revision {(policy.get('revision') or '-')[:12]}, "
+                     f"set by {policy.get('by') or '-'} at {when(policy.get('at'))})")
     lines.append(f"breakers: {len(status['breakers'])}")
     for name, b in status["breakers"].items():
         until = f" until {when(b['open_until'])}" if b["open_until"] else ""

@@ -415,6 +415,7 @@ def test_status_shows_the_shared_state(redis_server: RedisServer, tmp_path: Path
         text = capsys.readouterr().out
         assert "beta" in text and "forced_open" in text
         assert "alpha-monthly" in text and "30 (+0 reserved) / 1,000 tokens = 3.0%" in text
+        assert f"policy set {eng.store.guard.ours} (revision" in text  # type: ignore[attr-defined]
         assert main_status(["--store", uri, "--format", "json"]) == 0
         status = json.loads(capsys.readouterr().out)
         assert status["budgets"]["alpha-monthly"]["tokens_used"] == 30

@@ -1,12 +1,14 @@
 """``policy-engine status --store redis://…``: the shared state as the server holds it.
 
-Prints every breaker (state, open until, consecutive opens, probes in flight,
-window counts) and every budget (usage of the current period, reservations,
-warned/exhausted) under the store's namespace and policy set, read without
-changing anything. A value the scripts would treat as corrupt (one that
-does not parse or is out of range) is shown as such (``corrupt``: field ->
-stored text; the parsed value is None) instead of failing. Exit status: 0 shown, 1 the store could not be read,
-2 usage error.
+Prints the fingerprint of the policy set whose shared definitions are in
+force (see :mod:`engine.store.redis.fingerprint`), every breaker (state,
+open until, consecutive opens, probes in flight, window counts) and every
+budget (usage of the current period, reservations, warned/exhausted) under
+the store's namespace and policy set, read without changing anything. A
+value the scripts would treat as corrupt (one that does not parse or is out
+of range) is shown as such (``corrupt``: field -> stored text; the parsed
+value is None) instead of failing. Exit status: 0 shown, 1 the store could
+not be read, 2 usage error.
 """
 
 from __future__ import annotations
@@ -123,8 +125,11 @@ def _read(client: Any, prefix: str, opts: dict[str, Any]) -> dict[str, Any]:
             "used_fraction": max(fractions, default=0.0),
             "warned": d.h.get("w") == "1", "exhausted": d.h.get("e") == "1",
             "corrupt": {**meta.corrupt, **d.corrupt}}
+    policy = client.hgetall(f"{prefix}:policy") if client.type(f"{prefix}:policy") == "hash" else {}
     return {"store": f"redis://{opts['host']}:{opts['port']}/{opts['db']}", "prefix": prefix,
             "epoch": client.get(f"{prefix}:epoch"), "server_time": time.time(),
+            "policy": {"fingerprint": policy.get("fp"), "revision": policy.get("revision"), "by": policy.get("by"),
+                       "at": _Fields(policy).number("at", None, 0.0, _T_MAX)},
             "breakers": breakers, "budgets": budgets}
 
 

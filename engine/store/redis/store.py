@@ -203,12 +203,12 @@ class RedisStore(MemoryStore):
         use by a policy set with other shared definitions; see
         :mod:`engine.store.redis.fingerprint`.
         """
-        with self.link.lock:
-            try:
+        try:
+            with self.link.lock:
                 self.guard.bind(policy, self.label)
-            except StorageError:
-                self.close()
-                raise
+        except StorageError:
+            self.close()
+            raise
 
     def close(self) -> None:
         """Stop the recovery, read the last replies, try once to push what an outage left unsent, disconnect."""
