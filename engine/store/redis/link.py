@@ -365,10 +365,13 @@ class Link:
             self._retry_at = now + wait
             if reason is not None and not self._misconfigured:  # reported even in an outage already going on
                 self._misconfigured = True
-                log.error("redis store %s misconfigured: %s (%s: %s); deciding on local state",
-                          self.label, reason, type(exc).__name__, exc)
-                self._emit(StorageDegraded(time.time(), self.label,
-                                           f"misconfigured: {reason}: {type(exc).__name__}: {exc}", wait))
+                if isinstance(exc, Misconfigured):
+                    log.error("redis store %s misconfigured: %s; deciding on local state", self.label, reason)
+                else:
+                    log.error("redis store %s misconfigured: %s (%s: %s); deciding on local state",
+                              self.label, reason, type(exc).__name__, exc)
+                what = reason if isinstance(exc, Misconfigured) else f"{reason}: {type(exc).__name__}: {exc}"
+                self._emit(StorageDegraded(time.time(), self.label, f"misconfigured: {what}", wait))
             elif first:
                 log.warning("redis store %s unreachable (%s: %s); deciding on local state",
                             self.label, type(exc).__name__, exc)
