@@ -437,3 +437,13 @@ def _until(condition: Callable[[], bool], seconds: float = 5.0) -> bool:
             return False
         time.sleep(0.02)
     return True
+
+
+def test_a_clock_stepped_back_never_lengthens_a_probe_wait(store: Any) -> None:
+    events: list[Event] = []
+    breaker = tripped(store, events)
+    assert [breaker.try_acquire(T0 + 10), breaker.try_acquire(T0 + 10)] == [2, 5]  # probes due by T0 + 15
+    back = T0 - 3600
+    assert breaker.state(back) == "half_open"
+    assert breaker.state(back + 5.5) == "open"  # the probes expired half_open_max_wait_s after the step
+    assert events[-1].reason == "probe_expired"  # type: ignore[attr-defined]

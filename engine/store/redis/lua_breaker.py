@@ -22,7 +22,8 @@ __all__ = ["BREAKER"]
 #: field that does not parse, is out of the range any valid policy can produce, or contradicts the
 #: others is corrupt: the breaker is reset (closed, empty window) and a ``corrupt`` event names it;
 #: a corrupt window value resets the window. An open breaker is never open for longer than its
-#: open_for from now (a client whose clock was stepped back cannot lengthen it).
+#: open_for from now, a probe never waits longer than half_open_max_wait_s from now (a client whose
+#: clock was stepped back cannot lengthen them).
 BREAKER = COMMON + r"""
 local H, W = KEYS[2], KEYS[3]
 local op, now = ARGV[2], tonumber(ARGV[3])
@@ -95,6 +96,16 @@ if longest <= 0 then longest = maxof end  -- a restored state without its open_f
 if st == 'open' and ou - now > longest then
   -- open for longer than open_for from now: this client's clock is behind the one that opened it
   ou, dirty = now + longest, true
+end
+if st == 'half_open' and nd - now > maxwait then  -- likewise for the probes' deadlines
+  nd = INF
+  for i = 1, pm do
+    if tk[i] ~= 0 then
+      if dl[i] - now > maxwait then dl[i] = now + maxwait end
+      if dl[i] < nd then nd = dl[i] end
+    end
+  end
+  dirty = true
 end
 
 local function wreset()
