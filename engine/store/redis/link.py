@@ -477,8 +477,8 @@ class Link:
                     conn.send_packed_command([b"".join(self._command(c.script, c.keys, c.args) for c in cmds)],
                                              check_health=False)
                     self.commands += len(cmds)
+                    self._replayed += len(cmds)
                     self._pending.extend(c.handler for c in cmds)
-                self._replayed += len(cmds)
                 self._conn, conn = conn, None
                 self._recovered(lost)
             return True
