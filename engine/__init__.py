@@ -22,7 +22,9 @@ from engine.events import (
     FallbackTriggered,
     PolicyReloaded,
     ReloadFailed,
+    StorageCorrupt,
     StorageDegraded,
+    StoragePolicyChanged,
     StorageRecovered,
 )
 from engine.outcome import Decision, Outcome
@@ -66,8 +68,10 @@ __all__ = [
     "PolicySet",
     "Problem",
     "ReloadFailed",
+    "StorageCorrupt",
     "StorageDegraded",
     "StorageError",
+    "StoragePolicyChanged",
     "StorageRecovered",
     "check",
     "load_policies",

@@ -240,6 +240,9 @@ class PolicyEngine:
         self._scored = frozenset(t for t, spec in policy.tiers.items() if spec.strategy == "score")
         self._ranked: dict[str, tuple[float, tuple[str, ...]]] = {}
         self._monitor = monitor
+        bind = getattr(self.store, "bind_policy", None)
+        if bind is not None:  # a shared store checks that one policy set uses its namespace
+            bind(policy)
         for ledger in ledgers.values():
             ledger.evaluate(wall)  # a lowered limit takes effect (and emits) now
 

@@ -153,3 +153,38 @@ class StorageRecovered(Event):
     down_s: float
     data_lost: bool
     replayed: int
+
+
+@dataclass(frozen=True, slots=True)
+class StorageCorrupt(Event):
+    """A value in the shared store did not parse, was out of range or had the wrong type.
+
+    It was reset to a safe state (``action`` says how) by the operation that
+    found it; the same is logged as a warning. ``key`` and ``field`` name it
+    (``field`` is empty for a key of the wrong type), ``value`` is what was
+    stored (at most 48 bytes). ``at`` is wall-clock epoch seconds.
+    """
+
+    store: str
+    key: str
+    field: str
+    value: str
+    action: str
+
+
+@dataclass(frozen=True, slots=True)
+class StoragePolicyChanged(Event):
+    """The shared definitions in force on a shared store's namespace changed.
+
+    A fingerprint covers the budgets' limits and periods and the breakers'
+    settings. ``reason``: ``"reload"`` (this process reloaded policies that
+    change them), ``"replace"`` (this process started with
+    ``on_conflict=replace`` over another set's), ``"other"`` (another process
+    put ``fingerprint`` in force; this one still runs ``previous`` until it
+    reloads). ``at`` is wall-clock epoch seconds.
+    """
+
+    store: str
+    previous: str
+    fingerprint: str
+    reason: str

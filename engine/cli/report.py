@@ -174,23 +174,38 @@ def main_status(argv: Sequence[str] | None = None) -> int:
 # -- ``policy-engine status --store redis://…``: the shared state as the server holds it
 
 def _shared_text(status: dict[str, Any], when: Any) -> str:
+    def n(value: Any, spec: str = ",") -> str:
+        return "?" if value is None else format(value, spec)
+
+    def bad(entry: dict[str, Any]) -> str:
+        found = entry.get("corrupt") or {}
+        return "".join(f"; corrupt {field or 'key'}={raw!r}" for field, raw in found.items())
+
     lines = [f"store {status['store']} ({status['prefix']}), epoch {status['epoch'] or '-'}"]
+    policy = status.get("policy") or {}
+    if policy.get("fingerprint"):
+        lines.append(f"policy set {policy['fingerprint']} (revision {(policy.get('revision') or '-')[:12]}, "
+                     f"set by {policy.get('by') or '-'} at {when(policy.get('at'))})")
     lines.append(f"breakers: {len(status['breakers'])}")
     for name, b in status["breakers"].items():
         until = f" until {when(b['open_until'])}" if b["open_until"] else ""
-        lines.append(f"  {name:<28} {b['state']}{until}; opened {b['consecutive_opens']}x in a row; "
-                     f"{b['probes_in_flight']} probes in flight; window {b['window_calls']} calls, "
-                     f"{b['window_failures']} failed, {b['window_slow']} slow")
+        if "window_calls" not in b:
+            lines.append(f"  {name:<28} ?{bad(b)}")
+            continue
+        lines.append(f"  {name:<28} {b['state'] or '?'}{until}; opened {n(b['consecutive_opens'])}x in a row; "
+                     f"{n(b['probes_in_flight'])} probes in flight; window {n(b['window_calls'])} calls, "
+                     f"{n(b['window_failures'])} failed, {n(b['window_slow'])} slow{bad(b)}")
     lines.append(f"budgets: {len(status['budgets'])}")
     for name, u in status["budgets"].items():
         parts = []
         if u["tokens_limit"]:
-            parts.append(f"{u['tokens_used']:,} (+{u['tokens_reserved']:,} reserved) / {u['tokens_limit']:,} tokens")
+            parts.append(f"{n(u['tokens_used'])} (+{n(u['tokens_reserved'])} reserved) / {u['tokens_limit']:,} tokens")
         if u["cost_limit"]:
-            parts.append(f"${u['cost_used']:,.2f} (+${u['cost_reserved']:,.2f}) / ${u['cost_limit']:,.2f}")
+            parts.append(f"${n(u['cost_used'], ',.2f')} (+${n(u['cost_reserved'], ',.2f')}) / "
+                         f"${u['cost_limit']:,.2f}")
         flags = ", exhausted" if u["exhausted"] else ", warned" if u["warned"] else ""
         lines.append(f"  {name:<28} {u['period']}: {'; '.join(parts)} = {u['used_fraction']:.1%}; "
-                     f"{u['reservations']} reservations{flags}")
+                     f"{u['reservations']} reservations{flags}{bad(u)}")
     return "\n".join(lines)
 
 

@@ -49,6 +49,11 @@ class Store(Protocol):
     keep state in the process, shared ones (with the same methods) for a
     store whose state lives on a server. ``saved`` is a ledger's ``to_dict()``
     to start from (raise ValueError when it does not fit ``spec``).
+
+    Optionally, ``bind_policy(policy)``: the engine calls it with the policy
+    set in force once its breakers and ledgers are made, at start and after
+    each reload (a shared store checks there that one policy set uses its
+    namespace, and may raise StorageError at start).
     """
 
     uri: str

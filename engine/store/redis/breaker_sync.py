@@ -18,7 +18,7 @@ from typing import Any
 from engine.breaker import BreakerState, CircuitBreaker
 from engine.events import CircuitClosed, CircuitHalfOpened, CircuitOpened, Event
 from engine.policy.model import BreakerSpec
-from engine.store.redis.link import Link, Unavailable
+from engine.store.redis.link import Link, Unavailable, corrupt
 from engine.store.redis.lua import split
 
 log = logging.getLogger("engine.redis")
@@ -137,10 +137,17 @@ class BreakerSync:
         view = View(head, sent)
         if self._view is None or sent >= self._view.at:
             self._view = view
-        if events:
-            for ev in evs:
-                self._events.append(self._event(ev, now))
+        for ev in evs:
+            if ev[0] == b"corrupt":  # reported even when the transitions are not (a restore)
+                self._link.emit(self._events, corrupt(self._link.label, ev, self._corrupt_action))
+            elif events:
+                self._link.emit(self._events, self._event(ev, now))
         return head
+
+    def _corrupt_action(self, key: str, field: str) -> str:
+        if key == self._keys[1]:
+            return "the window was reset (empty)"
+        return "the breaker was reset: closed, with an empty window"
 
     def _event(self, ev: list[bytes], now: float) -> Event:
         kind = ev[0]

@@ -43,7 +43,7 @@ from collections.abc import Callable
 from typing import Any
 
 from engine.budget import BudgetLedger
-from engine.store.redis.budget_sync import PRUNE_AT, LedgerSync, Op, budget_key
+from engine.store.redis.budget_sync import MAX_FIELDS, PRUNE_AT, Aggregate, LedgerSync, Op, budget_key
 from engine.store.redis.link import Cmd
 
 log = logging.getLogger("engine.redis")
@@ -104,7 +104,7 @@ class RedisLedger(LedgerSync):
         field = res[0] if res is not None else ""
         self._remember(now, tokens, cost)
         if self._local is None:
-            op = Op(now, field, tokens, cost, self._link.next_seq())
+            op = Op(now, field, tokens, cost, self._link.next_seq(), self._period_key(now))
             self._unacked[op.seq] = op  # before sending: a failure may report it lost at once
             found = res is not None and now < res[3] and (self._rolling or res[4] == self._period_key(now))
             v = self._view
@@ -118,7 +118,16 @@ class RedisLedger(LedgerSync):
                 return found
             # unconfirmed: it stays in _unacked and is replayed under its number (applied once)
             return self._fallback(now).settle(now, rid, tokens, cost)
-        self._ops.append(Op(now, field, tokens, cost))
+        key = self._period_key(now)
+        agg = self._backlog.get(key)
+        if agg is None:
+            agg = self._backlog[key] = Aggregate(now)
+        agg.now = max(agg.now, now)
+        agg.tokens += tokens
+        agg.cost += cost
+        agg.count += 1
+        if field and len(agg.fields) < MAX_FIELDS:
+            agg.fields.append(field)
         return self._fallback(now).settle(now, rid, tokens, cost)
 
     def used_fraction(self, now: float) -> float:
@@ -213,57 +222,57 @@ class RedisLedger(LedgerSync):
         return self._local
 
     def replay(self, data_lost: bool, epoch: str | None) -> list[Cmd]:
-        """What to send to reconcile: settlements the server may lack, or all of ours if it lost its data."""
+        """What to send to reconcile, in order: settlements the server may lack (each period's outage
+        aggregate numbered once), or all of ours in the current periods if it lost its data."""
         local = self._local
-        quiet = 4 | (1 if local is not None and local.to_dict()["warned"] else 0) \
-            | (2 if local is not None and local.to_dict()["exhausted_fired"] else 0)
+        flags = local.to_dict() if local is not None else None
+        quiet = 4 | 8 | (1 if flags is not None and flags["warned"] else 0) \
+            | (2 if flags is not None and flags["exhausted_fired"] else 0)
         if data_lost:
-            if self._restore[0] != epoch:
-                ops = []
+            if self._restored != epoch:  # everything this client settled in the current periods, once
+                self._restored = epoch
+                self._backlog.clear()
+                self._unacked.clear()
                 for key, (tok, cost) in sorted(self._mine.items(), key=lambda kv: float(kv[0])):
                     at = (float(key) + 0.5) * self._width if self._rolling else float(key)
-                    ops.append(Op(at, "", tok, cost, self._link.next_seq()))
-                self._restore = (epoch, ops)
-                self._ops.clear()
-                self._unacked.clear()
+                    op = Op(at, "", tok, cost, self._link.next_seq(), key)
+                    self._unacked[op.seq] = op
             if self._view is not None:
                 quiet |= (1 if self._view.warned else 0) | (2 if self._view.exh else 0)
-            todo = list(self._restore[1])
-        else:
-            todo = sorted(self._unacked.values(), key=lambda op: op.seq)
-            for op in self._ops:
-                op.seq = op.seq or self._link.next_seq()
-            todo += self._ops
-        return [Cmd("ledger", self._keys(), self._args("settle", op.now, op.seq, op.field, op.tokens, op.cost, quiet),
-                    self._replayed(op), op.seq) for op in todo]
+        for key in sorted(self._backlog, key=float):  # settled since the last call: numbered now
+            agg = self._backlog[key]
+            op = Op(agg.now, " ".join(agg.fields), agg.tokens, agg.cost, self._link.next_seq(), key, agg.count)
+            self._unacked[op.seq] = op
+        self._backlog.clear()
+        return [Cmd("ledger", self._keys(), self._args("settle", op.now, op.seq, op.field, op.tokens, op.cost, quiet,
+                                                       op.key), self._replayed(op), op.seq)
+                for op in sorted(self._unacked.values(), key=lambda op: op.seq)]
 
     def _replayed(self, op: Op) -> Callable[[Any], None]:
         def handle(reply: Any) -> None:
             if reply is None:
                 return
             self._unacked.pop(op.seq, None)
-            if op in self._ops:
-                self._ops.remove(op)
-            if op in self._restore[1]:
-                self._restore[1].remove(op)
             self._opno += 1
             self._take(reply, op.now, time.monotonic(), self._opno, 0)
         return handle
 
     def unconfirmed(self) -> int:
         """Settlements the server has not confirmed yet (sent and unanswered, or kept during an outage)."""
-        return len(self._ops) + len(self._unacked) + len(self._restore[1])
+        return sum(op.count for op in self._unacked.values()) + sum(a.count for a in self._backlog.values())
+
+    def backlog(self) -> int:
+        """Commands a replay would send now: one per unconfirmed operation and per period settled offline."""
+        return len(self._unacked) + len(self._backlog)
 
     def forked(self) -> None:
         """In a child process: what this client knew belongs to the parent."""
-        self._view, self._local, self._restore = None, None, (None, [])
-        self._rids, self._mine, self._ops, self._unacked = {}, {}, [], {}
+        self._view, self._local, self._restored = None, None, None
+        self._rids, self._mine, self._backlog, self._unacked = {}, {}, {}, {}
 
     def recovered(self) -> None:
         """The server is back and reconciled: decide on it again."""
         self._local = None
-        if not self._restore[1]:
-            self._restore = (None, [])
 
 
 def _check_amounts(tokens: int, cost: float) -> None:

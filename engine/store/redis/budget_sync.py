@@ -19,17 +19,19 @@ from typing import Any
 from engine.budget import ROLLING_BUCKETS, BudgetLedger, period_bounds
 from engine.events import BudgetExhausted, BudgetReset, BudgetWarning, Event
 from engine.policy.model import BudgetSpec
-from engine.store.redis.link import ACK, Link, Unavailable
+from engine.store.redis.link import ACK, Link, Unavailable, corrupt
 from engine.store.redis.lua import split
 
 log = logging.getLogger("engine.redis")
 
-__all__ = ["GRACE_S", "LedgerSync", "Op", "View", "budget_key"]
+__all__ = ["GRACE_S", "MAX_FIELDS", "Aggregate", "LedgerSync", "Op", "View", "budget_key"]
 
 _INF = math.inf
 #: Seconds a finished period's keys stay on the server (for status), after its end.
 GRACE_S = 3600
 PRUNE_AT = 4096
+#: Server reservations an aggregate drops when replayed; beyond, they expire by their TTL.
+MAX_FIELDS = 256
 
 
 def budget_key(prefix: str, spec: BudgetSpec) -> str:
@@ -57,12 +59,29 @@ class View:
 
 
 class Op:
-    """A settlement to push once the server is back (``seq`` 0: not numbered yet)."""
+    """A settlement the server must apply exactly once: ``seq`` numbers it for the server's ack.
 
-    __slots__ = ("cost", "field", "now", "seq", "tokens")
+    ``key`` names its period (a fixed period's start or a rolling bucket);
+    ``field``: reservation ids to drop, separated by spaces; ``count``: the
+    settlements it stands for (an aggregate of an outage stands for many).
+    """
 
-    def __init__(self, now: float, field: str, tokens: int, cost: float, seq: int = 0) -> None:
+    __slots__ = ("cost", "count", "field", "key", "now", "seq", "tokens")
+
+    def __init__(self, now: float, field: str, tokens: int, cost: float, seq: int = 0, key: str = "",
+                 count: int = 1) -> None:
         self.now, self.field, self.tokens, self.cost, self.seq = now, field, tokens, cost, seq
+        self.key, self.count = key, count
+
+
+class Aggregate:
+    """What one ledger settled in one period while the server was unreachable: O(1) per period."""
+
+    __slots__ = ("cost", "count", "fields", "now", "tokens")
+
+    def __init__(self, now: float) -> None:
+        self.now, self.tokens, self.cost, self.count = now, 0, 0.0, 0
+        self.fields: list[str] = []
 
 
 class LedgerSync:
@@ -81,18 +100,20 @@ class LedgerSync:
         self._base = budget_key(prefix, spec)
         self._label = self._base.rsplit(":", 1)[1]
         self._bounds = (_INF, -_INF)
+        self._floor = (-_INF, -_INF)  # the latest period used: a period never goes back
         self._opno = 0
         # what this client knows beyond the server: carried over from the ledger this one replaces
         self._view: View | None = None
         self._rids: dict[int, tuple[str, int, float, float, str]] = {}  # rid -> field, tokens, cost, expires, period
         self._next_rid = 1
         self._mine: dict[str, list[Any]] = {}  # period start / bucket -> [tokens, cost] settled by this client
-        self._ops: list[Op] = []  # settled while the server was unreachable
-        self._unacked: dict[int, Op] = {}  # sent, reply not read yet
-        self._restore: tuple[str | None, list[Op]] = (None, [])
+        self._backlog: dict[str, Aggregate] = {}  # settled while the server was unreachable, by period
+        self._unacked: dict[int, Op] = {}  # numbered and sent (or to be resent), not confirmed yet
+        self._restored: str | None = None  # the epoch for which _mine was re-pushed
         self._local: BudgetLedger | None = None
         if prev is not None:
-            for name in ("_view", "_rids", "_next_rid", "_mine", "_ops", "_unacked", "_restore", "_local"):
+            for name in ("_view", "_rids", "_next_rid", "_mine", "_backlog", "_unacked", "_restored", "_local",
+                         "_floor"):
                 setattr(self, name, getattr(prev, name))
             if self._local is not None:
                 self._local = BudgetLedger.from_dict(spec, self._local.to_dict(), events=events)
@@ -103,12 +124,13 @@ class LedgerSync:
         return (self._base, ACK)
 
     def _args(self, op: str, now: float, seq: int = 0, rid: str = "", tokens: int = 0, cost: float = 0.0,
-              quiet: int = 0) -> tuple[Any, ...]:
+              quiet: int = 0, key: str = "") -> tuple[Any, ...]:
+        """The script's arguments; ``key``: the period a replayed settlement belongs to (else ``now``'s)."""
         spec = self.spec
         if self._rolling:
-            a5, a6 = repr(self._width), str(math.floor(now / self._width))
+            a5, a6 = repr(self._width), key or str(math.floor(now / self._width))
         else:
-            start, end = self._period(now)
+            start, end = self._bounds_at(float(key)) if key else self._period(now)
             a5, a6 = repr(start), repr(end)
         return (op, repr(now), "1" if self._rolling else "0", a5, a6, repr(float(spec.tokens or 0)),
                 repr(float(spec.cost_usd or 0.0)), repr(spec.warn_at), repr(spec.exhaust_at),
@@ -161,15 +183,33 @@ class LedgerSync:
         return view
 
     def _event(self, ev: list[bytes], v: View, now: float) -> None:
-        spec, kind = self.spec, ev[0]
+        spec, kind, emit = self.spec, ev[0], self._link.emit
+        if kind == b"corrupt":
+            emit(self._events, corrupt(self._link.label, ev, self._corrupt_action))
+            return
         if kind == b"reset":
-            self._events.append(BudgetReset(now, spec.name, float(ev[1])))
+            emit(self._events, BudgetReset(now, spec.name, float(ev[1])))
             return
         usage = (spec.name, self._spent(v), v.tok, spec.tokens, v.cost, spec.cost_usd, v.start)
         if kind == b"warn":
-            self._events.append(BudgetWarning(now, *usage))
+            emit(self._events, BudgetWarning(now, *usage))
         elif kind == b"exh":
-            self._events.append(BudgetExhausted(now, *usage, v.end if not self._rolling else v.resets))
+            emit(self._events, BudgetExhausted(now, *usage, v.end if not self._rolling else v.resets))
+
+    def _corrupt_action(self, key: str, field: str) -> str:
+        if ":ack:" in key:
+            return "this client's acknowledgement was reset (its next settlement is applied)"
+        if not field:
+            return "the key was deleted"
+        if key.endswith(":r") or field in ("rt", "rc"):
+            return "the reservations were recounted"
+        if key.endswith(":k") or field == "bucket" or (self._rolling and field in ("tok", "cost")):
+            return "the rolling window was recounted from its buckets (a corrupt bucket counts as 0)"
+        if field in ("tok", "cost"):
+            return "the period's usage restarts from 0"
+        if field in ("cur", "end"):
+            return "the current period was taken from this client"
+        return "reset"
 
     # -- views -----------------------------------------------------------------
 
@@ -199,11 +239,21 @@ class LedgerSync:
             return v.resets if self._fraction(v) >= self.spec.exhaust_at else None
         return self._period(now)[1]
 
-    def _period(self, now: float) -> tuple[float, float]:
+    def _bounds_at(self, t: float) -> tuple[float, float]:
+        """Start and end of the fixed period containing ``t`` (the last one computed is cached)."""
         start, end = self._bounds
-        if not start <= now < end:
-            s, e = period_bounds(self.spec, now)
+        if not start <= t < end:
+            s, e = period_bounds(self.spec, t)
             self._bounds = start, end = s, _INF if e is None else e
+        return start, end
+
+    def _period(self, now: float) -> tuple[float, float]:
+        """The period an operation at ``now`` works on: ``now``'s, never one before the latest used
+        (a clock stepped back stays in the period it had reached)."""
+        start, end = self._bounds_at(now)
+        if start < self._floor[0]:
+            return self._floor
+        self._floor = (start, end)
         return start, end
 
     def _key_bounds(self, key: str) -> tuple[float, float]:
@@ -211,7 +261,7 @@ class LedgerSync:
         if self._rolling:
             k = float(key)
             return (k - ROLLING_BUCKETS) * self._width, (k + 1) * self._width
-        return self._period(float(key))
+        return self._bounds_at(float(key))
 
     def _period_key(self, now: float) -> str:
         return repr(self._period(now)[0]) if not self._rolling else str(math.floor(now / self._width))

@@ -11,22 +11,38 @@ its reply is read at the next round trip (or once :data:`MAX_PENDING` replies
 wait), where the handler given with it runs. ``round_trips`` and ``commands``
 count both, for tests and benchmarks.
 
-**Outages.** Any error talking to the server (refused connection, a timeout
-after ``timeout_ms``, a reset, a server still loading, a script error) marks
-the link down: the handlers of replies not yet read are told they are lost,
-a :class:`StorageDegraded` event goes to every registered event list, and
+**Failures and outages.** Any error talking to the server drops the
+connection: the handlers of replies not yet read are told they are lost, and
 every call raises :class:`Unavailable` at once, without touching the network,
-until ``retry_ms`` has passed (doubling after each failed retry up to
-``max_retry_ms``). So an outage costs at most one ``timeout_ms`` per retry,
-never one per decision. A server that answers but refuses the client (wrong or
-missing password, no permission for a command the store needs, a database
-index out of range) is a misconfiguration, not an outage: :meth:`Link.open`,
-run when the store is created, raises :class:`Misconfigured` for it (the
-store turns that into a ``StorageError``); seen later (a rotated password),
-it is logged as an error and the :class:`StorageDegraded` event says
-"misconfigured", and the link stays in its fail mode, retrying as above. The first call after that reconnects, loads the
-scripts, checks the epoch, replays what the :class:`Recoverer` hands over in
-one round trip, and emits :class:`StorageRecovered`.
+so the breakers and ledgers decide on local state. A background thread (the
+*recovery thread*, one per link, alive only while the connection is down)
+reconnects; no decision ever waits for it. One slow reply is not an outage:
+a timeout only *degrades* the link (a :class:`StorageDegraded` event, and
+retries spaced ``retry_ms`` apart, doubling up to ``max_retry_ms``) once
+``degrade_after`` timeouts fall within ``degrade_window_s``; before that the
+thread reconnects at once and the few decisions made meanwhile are pushed as
+after an outage, with no event. Any other error (a refused or reset
+connection, a server still loading, a script error, a lost epoch) degrades at
+once. A server that answers but refuses the client (wrong or missing
+password, no permission for a command the store needs, a database index out
+of range, another policy set on the namespace) is a misconfiguration, not an
+outage: :meth:`Link.open`, run when the store is created, raises
+:class:`Misconfigured` for it (the store turns that into a ``StorageError``);
+seen later (a rotated password), it is logged as an error, the
+:class:`StorageDegraded` event says "misconfigured", and the link stays down,
+retrying as above.
+
+**Recovery.** The thread connects, loads the scripts, checks the epoch, then
+replays what the :class:`Recoverer` hands over: while that is more than
+:data:`FINAL_MAX` commands, in batches of at most :data:`BATCH` on its own
+connection, each batch's replies read before the next (so every batch makes
+progress, and a failure resends only what was not confirmed); the rest (what
+was settled meanwhile: the recoverer keeps one aggregate per budget and period,
+so it is small) is written under the lock, without waiting for the replies,
+just before the connection becomes the link's. Decisions wait for the lock at
+most for that write. :class:`StorageRecovered` follows (with the next call's
+events: events the thread produces are handed to the event lists by the next
+call, under the engine's lock).
 
 **Epoch.** ``{prefix}:epoch`` holds a random id that the first client to
 reach an empty server sets (``SET NX``). A client that finds another id than
@@ -49,19 +65,32 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from engine.events import Event, StorageDegraded, StorageRecovered
+from engine.events import Event, StorageCorrupt, StorageDegraded, StorageRecovered
 
 log = logging.getLogger("engine.redis")
 
-__all__ = ["ACK", "MAX_PENDING", "Cmd", "Link", "Misconfigured", "Recoverer", "StorageDegraded", "StorageRecovered",
-           "Unavailable", "misconfiguration"]
+__all__ = ["ACK", "BATCH", "FINAL_MAX", "MAX_PENDING", "Cmd", "Link", "Misconfigured", "Recoverer", "StorageDegraded",
+           "StorageRecovered", "Unavailable", "corrupt", "misconfiguration"]
 
 #: Replies allowed to wait unread before a send reads them all.
 MAX_PENDING = 256
+#: Commands a recovery sends per batch off the lock (each batch's replies are read before the next).
+BATCH = 256
+#: A backlog this small is written under the lock, as the connection becomes the link's.
+FINAL_MAX = 64
 #: Stands for this client's ack key among a script's keys (the link fills it in).
 ACK = "\x00ack"
 #: Run once when a store opens: proves the user may run SCRIPT LOAD and EVALSHA on the store's keys.
 PROBE = "return 1"
+
+
+def corrupt(label: str, ev: list[bytes], action: Callable[[str, str], str]) -> StorageCorrupt:
+    """The event (and a logged warning) for a script's ``corrupt`` report: key, field, value in hex."""
+    key, field, value = (bytes.fromhex(x.decode()).decode("utf-8", "replace") for x in ev[1:4])
+    what = action(key, field)
+    log.warning("redis store %s: corrupt value %r in %s%s; %s", label, value, key,
+                f" field {field!r}" if field else "", what)
+    return StorageCorrupt(time.time(), label, key, field, value, what)
 
 
 class Unavailable(Exception):
@@ -78,6 +107,8 @@ def misconfiguration(exc: BaseException) -> str | None:
         from redis.exceptions import AuthenticationError, AuthorizationError, NoPermissionError, RedisError
     except ImportError:  # pragma: no cover - the store cannot exist without the client
         return None
+    if isinstance(exc, Misconfigured):
+        return str(exc)
     if not isinstance(exc, RedisError):
         return None
     code = str(getattr(exc, "status_code", "") or "").upper()
@@ -107,9 +138,18 @@ class Cmd:
 
 
 class Recoverer(Protocol):
-    """The store side of a recovery (called with the link's lock held)."""
+    """The store side of a recovery (called with the link's lock held).
 
-    def replay(self, data_lost: bool) -> list[Cmd]: ...
+    ``replay`` hands over what the server may lack, in the order to send it;
+    called again, it hands over what is still unconfirmed and what was
+    settled since. ``final``: the last batch, which may include breakers.
+    ``policy_seen`` gets the namespace's policy hash as the server holds it
+    (raises Misconfigured to refuse the server).
+    """
+
+    def replay(self, data_lost: bool, final: bool) -> list[Cmd]: ...
+
+    def policy_seen(self, stored: dict[bytes, bytes]) -> None: ...
 
     def recovered(self) -> None: ...
 
@@ -117,14 +157,15 @@ class Recoverer(Protocol):
 
 
 class Link:
-    """A single shared connection with pipelining and a fail-fast outage mode."""
+    """A single shared connection with pipelining, a fail-fast mode and a recovery thread."""
 
     def __init__(self, connect: Callable[[], Any], scripts: dict[str, str], prefix: str, label: str, *,
-                 retry_s: float, max_retry_s: float) -> None:
+                 retry_s: float, max_retry_s: float, degrade_after: int = 3, degrade_window_s: float = 10.0) -> None:
         self.lock = threading.RLock()
         self.label = label
         self.prefix = prefix
         self.epoch_key = f"{prefix}:epoch"
+        self.policy_key = f"{prefix}:policy"
         self.recoverer: Recoverer | None = None
         self.sinks: dict[int, list[Event]] = {}
         self.fallback_log: Callable[[Event], None] | None = None
@@ -137,13 +178,21 @@ class Link:
         self._conn: Any = None
         self._pending: deque[Handler] = deque()
         self._retry_s, self._max_retry_s = retry_s, max_retry_s
+        self._degrade_after, self._degrade_window_s = max(1, degrade_after), degrade_window_s
         self._backoff = retry_s
-        self._down_since: float | None = None  # time.monotonic() of the first failure
+        self._down_since: float | None = None  # time.monotonic() of the first failure of this disruption
+        self._degraded = False  # the failures made a pattern: StorageDegraded was emitted
+        self._timeouts: deque[float] = deque()  # when recent timeouts happened (time.monotonic())
         self._retry_at = 0.0
         self._data_lost = False
         self._seq = 0
+        self._replayed = 0  # commands replayed in the current recovery
         self._misconfigured = False  # this outage has been reported as a misconfiguration
-        self._deferred: tuple[BaseException, float] | None = None  # open()'s connection failure
+        self._deferred: BaseException | None = None  # open()'s connection failure
+        self._thread: threading.Thread | None = None
+        self._wake = threading.Event()
+        self._closing = False
+        self._queued: list[tuple[list[Event] | None, Event]] = []  # events from the recovery thread
         self._new_identity()
 
     def _new_identity(self) -> None:
@@ -155,12 +204,17 @@ class Link:
 
     @property
     def up(self) -> bool:
-        """True while the last exchange with the server succeeded."""
+        """True while the connection is usable."""
         return self._down_since is None and self._conn is not None
 
     @property
     def degraded(self) -> bool:
-        """True from a failure until the next successful recovery."""
+        """True from a failure that made a pattern (see the module docstring) until the next recovery."""
+        return self._degraded
+
+    @property
+    def disrupted(self) -> bool:
+        """True from any failure until the connection is back and what was decided locally is sent."""
         return self._down_since is not None
 
     def next_seq(self) -> int:
@@ -179,18 +233,15 @@ class Link:
             try:
                 conn = self._connect()
                 conn.connect()
-                self._data_lost = self._handshake(conn, probe=True) or self._data_lost
+                epoch, _ = self._handshake(conn)
+                self._data_lost = self._learn(epoch) or self._data_lost
             except Exception as exc:
-                if conn is not None:
-                    try:
-                        conn.disconnect()
-                    except Exception:  # noqa: S110 - the socket is dropped either way
-                        pass
+                _drop(conn)
                 reason = misconfiguration(exc)
                 if reason is not None:
                     raise Misconfigured(f"redis store {self.label} is misconfigured: {reason}: "
                                         f"{type(exc).__name__}: {exc}") from exc
-                self._deferred = (exc, time.monotonic())
+                self._deferred = exc
                 return
             self._conn = conn
 
@@ -228,6 +279,8 @@ class Link:
     def flush(self) -> None:
         """Read every reply still waiting (one round trip at most); never raises."""
         with self.lock:
+            if self._queued and threading.current_thread() is not self._thread:
+                self._deliver()
             if not self._pending or self._conn is None:
                 return
             try:
@@ -275,138 +328,307 @@ class Link:
                 raise _EpochChanged("the server's epoch changed: it lost its data")
             handler(reply)
 
-    # -- outages -------------------------------------------------------------
+    # -- failures ------------------------------------------------------------
 
     def fail(self, exc: BaseException) -> None:
-        """Mark the link down after ``exc``; lost replies are reported to their handlers."""
+        """Drop the connection after ``exc``; degrade if the failures make a pattern. Wakes the recovery."""
         at_once = isinstance(exc, _EpochChanged)  # reconnect at once to re-push what was lost
         with self.lock:
-            if self._conn is not None:
-                try:
-                    self._conn.disconnect()
-                except Exception:  # noqa: S110 - already failing; the socket is dropped either way
-                    pass
+            _drop(self._conn)
             self._conn = None
             lost = list(self._pending)
             self._pending.clear()
             for handler in lost:
                 handler(None)
             now = time.monotonic()
-            first = self._down_since is None
-            if first:
+            if self._down_since is None:
                 self._down_since = now
-                self._backoff = self._retry_s
-            wait = 0.0 if at_once else self._backoff
-            self._retry_at = now + wait
-            if not at_once:
-                self._backoff = min(self._backoff * 2.0, self._max_retry_s)
+                self._replayed = 0
             reason = misconfiguration(exc)
+            timeouts = self._timeouts
+            if reason is None and _is_timeout(exc):
+                timeouts.append(now)
+                while timeouts and now - timeouts[0] > self._degrade_window_s:
+                    timeouts.popleft()
+                pattern = len(timeouts) >= self._degrade_after
+            else:
+                pattern = True
+            first = pattern and not self._degraded
+            if first:
+                self._degraded = True
+                self._backoff = self._retry_s
+            if at_once or not self._degraded:
+                wait = 0.0
+            else:
+                wait = self._backoff * (0.9 + 0.2 * secrets.randbelow(1000) / 1000.0)  # spread the clients
+                self._backoff = min(self._backoff * 2.0, self._max_retry_s)
+            self._retry_at = now + wait
             if reason is not None and not self._misconfigured:  # reported even in an outage already going on
                 self._misconfigured = True
-                log.error("redis store %s misconfigured: %s (%s: %s); deciding on local state",
-                          self.label, reason, type(exc).__name__, exc)
-                self._emit(StorageDegraded(time.time(), self.label,
-                                           f"misconfigured: {reason}: {type(exc).__name__}: {exc}", wait))
+                if isinstance(exc, Misconfigured):
+                    log.error("redis store %s misconfigured: %s; deciding on local state", self.label, reason)
+                else:
+                    log.error("redis store %s misconfigured: %s (%s: %s); deciding on local state",
+                              self.label, reason, type(exc).__name__, exc)
+                what = reason if isinstance(exc, Misconfigured) else f"{reason}: {type(exc).__name__}: {exc}"
+                self._emit(StorageDegraded(time.time(), self.label, f"misconfigured: {what}", wait))
             elif first:
                 log.warning("redis store %s unreachable (%s: %s); deciding on local state",
                             self.label, type(exc).__name__, exc)
                 self._emit(StorageDegraded(time.time(), self.label, f"{type(exc).__name__}: {exc}", wait))
+            self._start_recovery()
 
     def _ready(self) -> Any:
+        """The connection for a call from a decision (lock held); raises Unavailable while it is down."""
         if self._pid != os.getpid():  # forked: the socket and what was sent belong to the parent
-            self._conn = None
-            self._pending.clear()
-            self._new_identity()
-            self._down_since, self._data_lost, self._misconfigured, self._deferred = None, False, False, None
-            if self.recoverer is not None:
-                self.recoverer.forked()
+            self._after_fork()
+        if self._queued and threading.current_thread() is not self._thread:
+            self._deliver()
         if self._conn is not None:
             return self._conn
-        if self._deferred is not None:  # open() failed to connect just now: that is the outage
-            exc, at = self._deferred
-            self._deferred = None
-            if time.monotonic() - at < self._retry_s:
-                self.fail(exc)
-                raise Unavailable(str(exc)) from exc
-        if self._down_since is not None and time.monotonic() < self._retry_at:
-            raise Unavailable("redis store is down; retrying later")
+        if self._deferred is not None:  # open() failed to connect: that is the outage
+            exc, self._deferred = self._deferred, None
+            self.fail(exc)
+            raise Unavailable(str(exc)) from exc
+        if self._down_since is None:  # never connected, never failed (a fork)
+            self._down_since, self._retry_at = time.monotonic(), 0.0
+        self._start_recovery()
+        raise Unavailable("redis store is down; deciding on local state")
+
+    def _after_fork(self) -> None:
+        self._conn = None
+        self._pending.clear()
+        self._queued.clear()
+        self._thread, self._wake = None, threading.Event()
+        self._new_identity()
+        self._down_since, self._data_lost, self._misconfigured, self._deferred = None, False, False, None
+        self._degraded = False
+        self._timeouts.clear()
+        if self.recoverer is not None:
+            self.recoverer.forked()
+        conn: Any = None
+        try:  # as the store did when it was created
+            conn = self._connect()
+            conn.connect()
+            epoch, _ = self._handshake(conn)
+            self._learn(epoch)
+        except Exception as exc:
+            _drop(conn)
+            self.fail(exc)
+            return
+        self._conn = conn
+
+    # -- recovery ------------------------------------------------------------
+
+    def _start_recovery(self) -> None:
+        """Start the recovery thread unless it runs (lock held); wake it."""
+        self._wake.set()
+        if self._thread is None and not self._closing:
+            self._thread = threading.Thread(target=self._recover_loop, name=f"redis-recovery {self.label}",
+                                            daemon=True)
+            self._thread.start()
+
+    def _recover_loop(self) -> None:
+        while True:
+            with self.lock:
+                if self._closing or self._down_since is None or self._pid != os.getpid():
+                    if self._thread is threading.current_thread():
+                        self._thread = None
+                    return
+                wait = self._retry_at - time.monotonic()
+                self._wake.clear()
+            if wait > 0:
+                self._wake.wait(min(wait, 1.0))
+                continue
+            self.recover()
+
+    def recover(self, wait_replies: bool = False) -> bool:
+        """One attempt to reconnect and replay (the recovery thread's, or ``close``'s); True on success.
+
+        Network waits happen without the lock, except with ``wait_replies``
+        (used by ``close``, which then also reads the last replies).
+        """
+        conn: Any = None
         try:
             conn = self._connect()
             conn.connect()
-            self._data_lost = self._handshake(conn) or self._data_lost
-            lost = self._data_lost
-            self._conn = conn
-            replayed = self._replay(conn, lost)
+            epoch, policy = self._handshake(conn)
+            with self.lock:
+                if self._closing and not wait_replies:
+                    raise _Closing("closing")
+                self._data_lost = self._learn(epoch) or self._data_lost
+                lost = self._data_lost
+                if self.recoverer is not None:
+                    self.recoverer.policy_seen(policy)
+            while True:
+                with self.lock:
+                    cmds = self.recoverer.replay(lost, False) if self.recoverer is not None else []
+                if len(cmds) <= FINAL_MAX:
+                    break
+                for start in range(0, len(cmds), BATCH):  # off the lock: decisions go on meanwhile
+                    self._exchange(conn, cmds[start:start + BATCH])
+            with self.lock:
+                if self._closing and not wait_replies:
+                    raise _Closing("closing")
+                cmds = self.recoverer.replay(lost, True) if self.recoverer is not None else []
+                if wait_replies:
+                    self._exchange(conn, cmds)
+                elif cmds:
+                    conn.send_packed_command([b"".join(self._command(c.script, c.keys, c.args) for c in cmds)],
+                                             check_health=False)
+                    self.commands += len(cmds)
+                    self._replayed += len(cmds)
+                    self._pending.extend(c.handler for c in cmds)
+                self._conn, conn = conn, None
+                self._recovered(lost)
+            return True
         except Exception as exc:
-            self.fail(exc)
-            raise Unavailable(str(exc)) from exc
-        self._data_lost = False
-        if self._down_since is not None:
-            down = time.monotonic() - self._down_since
-            self._down_since = None
-            self._misconfigured = False
-            if self.recoverer is not None:
-                self.recoverer.recovered()
-            log.warning("redis store %s reachable again after %.3f s%s; %d operations replayed", self.label,
-                        down, " (it had lost its data)" if lost else "", replayed)
-            self._emit(StorageRecovered(time.time(), self.label, down, lost, replayed))
-        return conn
+            _drop(conn)
+            if not isinstance(exc, _Closing):
+                self.fail(exc)
+            return False
 
-    def _handshake(self, conn: Any, probe: bool = False) -> bool:
-        """Load the scripts and settle the epoch (``probe``: and try EVALSHA); True if the server lost its data."""
-        names = list(self._sources)
-        fresh = secrets.token_hex(8)
-        extra: list[tuple[Any, ...]] = []
-        if probe:
-            sha = hashlib.sha1(PROBE.encode()).hexdigest()  # noqa: S324
-            extra = [("SCRIPT", "LOAD", PROBE), ("EVALSHA", sha, 1, self.epoch_key)]
-        commands = [("SCRIPT", "LOAD", self._sources[n]) for n in names] + extra
-        conn.send_packed_command(conn.pack_commands(
-            [*commands, ("SET", self.epoch_key, fresh, "NX"), ("GET", self.epoch_key)]), check_health=False)
-        self.commands += len(commands) + 2
-        self.round_trips += 1
-        replies = [conn.read_response() for _ in range(len(commands) + 2)]
-        epoch = replies[-1].decode() if isinstance(replies[-1], bytes) else str(replies[-1])
+    def _exchange(self, conn: Any, cmds: Sequence[Cmd]) -> None:
+        """Send ``cmds``, read their replies, then run their handlers under the lock; raises on any failure."""
+        if not cmds:
+            return
+        conn.send_packed_command([b"".join(self._command(c.script, c.keys, c.args) for c in cmds)],
+                                 check_health=False)
+        replies = [conn.read_response() for _ in cmds]
+        with self.lock:
+            self.commands += len(cmds)
+            self.round_trips += 1
+            self._replayed += len(cmds)
+            for c, reply in zip(cmds, replies, strict=True):
+                if reply == b"EPOCH":
+                    raise _EpochChanged("the server's epoch changed: it lost its data")
+                if isinstance(reply, Exception):
+                    raise reply
+                c.handler(reply)
+
+    def _recovered(self, lost: bool) -> None:
+        """The connection is the link's again (lock held)."""
+        self._data_lost = False
+        self._timeouts.clear()
+        if self._down_since is None:
+            return
+        down = time.monotonic() - self._down_since
+        degraded = self._degraded
+        self._down_since = None
+        self._degraded = self._misconfigured = False
+        self._backoff = self._retry_s
+        if self.recoverer is not None:
+            self.recoverer.recovered()
+        if degraded:
+            log.warning("redis store %s reachable again after %.3f s%s; %d operations replayed", self.label,
+                        down, " (it had lost its data)" if lost else "", self._replayed)
+            self._emit(StorageRecovered(time.time(), self.label, down, lost, self._replayed))
+
+    def _learn(self, epoch: str) -> bool:
+        """Take the server's epoch (lock held); True if it changed: the server lost its data."""
         lost = self.epoch is not None and epoch != self.epoch
         self.epoch = epoch
         return lost
 
-    def _replay(self, conn: Any, lost: bool) -> int:
-        if self.recoverer is None or (self._down_since is None and not lost):
-            return 0
-        cmds = self.recoverer.replay(lost)
-        if not cmds:
-            return 0
-        conn.send_packed_command([b"".join(self._command(c.script, c.keys, c.args) for c in cmds)],
-                                 check_health=False)
-        self.commands += len(cmds)
-        self.round_trips += 1
-        replies = [conn.read_response() for _ in cmds]  # an error fails the whole replay: it is redone
-        for c, reply in zip(cmds, replies, strict=True):
-            c.handler(reply)
-        return len(cmds)
+    def _handshake(self, conn: Any) -> tuple[str, dict[bytes, bytes]]:
+        """Load the scripts, prove EVALSHA may run, settle the epoch; the epoch and the policy hash."""
+        names = list(self._sources)
+        fresh = secrets.token_hex(8)
+        sha = hashlib.sha1(PROBE.encode()).hexdigest()  # noqa: S324
+        commands: list[tuple[Any, ...]] = [("SCRIPT", "LOAD", self._sources[n]) for n in names]
+        commands += [("SCRIPT", "LOAD", PROBE), ("EVALSHA", sha, 1, self.epoch_key),
+                     ("SET", self.epoch_key, fresh, "NX"), ("GET", self.epoch_key), ("HGETALL", self.policy_key)]
+        conn.send_packed_command(conn.pack_commands(commands), check_health=False)
+        replies = [conn.read_response() for _ in commands]
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+        with self.lock:
+            self.commands += len(commands)
+            self.round_trips += 1
+        raw = replies[-2]
+        epoch = raw.decode() if isinstance(raw, bytes) else str(raw)
+        policy = replies[-1]
+        if isinstance(policy, list):  # RESP2 gives a flat list
+            policy = dict(zip(policy[::2], policy[1::2], strict=True))
+        return epoch, policy if isinstance(policy, dict) else {}
+
+    # -- events --------------------------------------------------------------
+
+    def emit(self, sink: list[Event], event: Event) -> None:
+        """Append ``event`` to ``sink`` (an engine's event list), or queue it when on the recovery thread."""
+        if threading.current_thread() is self._thread:
+            self._queued.append((sink, event))
+        else:
+            sink.append(event)
+
+    def emit_all(self, event: Event) -> None:
+        """An event for every registered event list (queued when on the recovery thread)."""
+        self._emit(event)
 
     def _emit(self, event: Event) -> None:
+        """An event of the link's own, for every registered event list."""
+        if threading.current_thread() is self._thread:
+            self._queued.append((None, event))
+            return
+        self._broadcast(event)
+
+    def _broadcast(self, event: Event) -> None:
         if self.sinks:
             for sink in self.sinks.values():
                 sink.append(event)
         elif self.fallback_log is not None:
             self.fallback_log(event)
 
+    def _deliver(self) -> None:
+        """Hand what the recovery thread produced to the event lists (lock held, on a decision's thread)."""
+        queued, self._queued = self._queued, []
+        for sink, event in queued:
+            if sink is None:
+                self._broadcast(event)
+            else:
+                sink.append(event)
+
     def retry_now(self) -> None:
-        """Let the next call try the server at once, whatever the backoff says."""
+        """Let the next attempt try the server at once, whatever the backoff says."""
         self._retry_at = 0.0
+        self._wake.set()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop the recovery thread (it ends within one ``timeout_ms`` of a network wait)."""
+        with self.lock:
+            self._closing = True
+            thread = self._thread
+            self._wake.set()
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
 
     def close(self) -> None:
-        """Read what is pending and drop the connection."""
+        """Stop the recovery, read what is pending and drop the connection."""
+        self.stop()
         with self.lock:
             self.flush()
-            if self._conn is not None:
-                try:
-                    self._conn.disconnect()
-                except Exception:  # noqa: S110
-                    pass
-                self._conn = None
+            if self._queued:
+                self._deliver()
+            _drop(self._conn)
+            self._conn = None
+
+
+def _drop(conn: Any) -> None:
+    if conn is not None:
+        try:
+            conn.disconnect()
+        except Exception:  # noqa: S110 - the socket is dropped either way
+            pass
+
+
+def _is_timeout(exc: BaseException) -> bool:
+    """True for a reply that took longer than ``timeout_ms`` (slow, not necessarily down)."""
+    try:
+        from redis.exceptions import TimeoutError as RedisTimeout
+    except ImportError:  # pragma: no cover
+        return isinstance(exc, TimeoutError)
+    return isinstance(exc, RedisTimeout | TimeoutError)
 
 
 def _b(value: Any) -> bytes:
@@ -421,3 +643,7 @@ def _b(value: Any) -> bytes:
 
 class _EpochChanged(Exception):
     """The server's epoch is not the one this client knew: it lost its data."""
+
+
+class _Closing(Exception):
+    """The store is closing: the recovery thread gives up."""

@@ -16,7 +16,7 @@ and :class:`~engine.budget.BudgetLedger` (Lua numbers are doubles too).
 
 from __future__ import annotations
 
-__all__ = ["COMMON", "LEDGER", "split"]
+__all__ = ["COMMON", "LEDGER", "POLICY", "split"]
 
 
 def split(reply: bytes, fields: int) -> tuple[list[bytes], list[list[bytes]]]:
@@ -27,7 +27,45 @@ def split(reply: bytes, fields: int) -> tuple[list[bytes], list[list[bytes]]]:
 COMMON = r"""
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 'EPOCH' end
 local INF = math.huge
+local BIG = 2 ^ 50  -- counters and sequence numbers stay far below 2^53 (exact in a double)
+local T_MAX = 1e11  -- wall-clock seconds (year 5138): a larger time is corrupt
 local function f17(x) return string.format('%.17g', x) end
+-- a stored number if it parses, is finite and lies in [lo, hi] (an integer if int), else nil
+local function valid(raw, lo, hi, int)
+  local v = tonumber(raw)
+  if v == nil or v ~= v or v < lo or v > hi then return nil end
+  if int and v ~= math.floor(v) then return nil end
+  return v
+end
+local function hex(x)
+  local function byte(c) return string.format('%02x', string.byte(c)) end
+  return (string.gsub(tostring(x), '.', byte))
+end
+-- what was found corrupt (and reset): key, field ('' for a key of the wrong type), the stored value
+local BAD = {}
+local function bad(key, field, raw)
+  BAD[#BAD + 1] = {'corrupt', hex(key), hex(field), hex(string.sub(tostring(raw), 1, 48))}
+end
+-- a read of a key; if the key has another type than the script uses, it is corrupt: deleted (so no
+-- later command on it fails) and read again (empty)
+local function read(cmd, key, ...)
+  local r = redis.pcall(cmd, key, ...)
+  if type(r) == 'table' and r.err then
+    local t = redis.call('TYPE', key)['ok']
+    redis.call('DEL', key)
+    bad(key, '', 'type ' .. t)
+    r = redis.call(cmd, key, ...)
+  end
+  return r
+end
+-- a key of another type than the script uses is corrupt: deleted (so no command on it fails)
+local function typed(key, want)
+  local t = redis.call('TYPE', key)['ok']
+  if t ~= 'none' and t ~= want then
+    redis.call('DEL', key)
+    bad(key, '', 'type ' .. t)
+  end
+end
 -- one bulk string, cheap to parse: 'OK' and the fields, then '|'-prefixed events; '-' is empty
 local function reply(head, evs)
   local parts = {}
@@ -36,29 +74,45 @@ local function reply(head, evs)
     if v == '' then v = '-' end
     parts[#parts + 1] = v
   end
-  for _, ev in ipairs(evs) do
-    local f = {}
-    for i = 1, #ev do
-      local v = tostring(ev[i])
-      if v == '' then v = '-' end
-      f[#f + 1] = v
+  for _, list in ipairs({BAD, evs}) do
+    for _, ev in ipairs(list) do
+      local f = {}
+      for i = 1, #ev do
+        local v = tostring(ev[i])
+        if v == '' then v = '-' end
+        f[#f + 1] = v
+      end
+      parts[#parts + 1] = '|' .. table.concat(f, ',')
     end
-    parts[#parts + 1] = '|' .. table.concat(f, ',')
   end
   return table.concat(parts, ' ')
 end
 local function chunked(cmd, key, ids)
-  for i = 1, #ids, 1000 do
-    redis.call(cmd, key, unpack(ids, i, math.min(i + 999, #ids)))
+  for i = 1, #ids, 999 do
+    redis.call(cmd, key, unpack(ids, i, math.min(i + 998, #ids)))
   end
+end
+local function hmget(key, fields)
+  local out = {}
+  for i = 1, #fields, 999 do
+    local part = redis.call('HMGET', key, unpack(fields, i, math.min(i + 998, #fields)))
+    for j = 1, #part do out[#out + 1] = part[j] end
+  end
+  return out
 end
 """
 
 #: KEYS: epoch, budget meta hash, this client's ack key.
 #: ARGV: epoch, op, now, rolling, start|width, end|bucket, token limit (0: none),
-#: cost limit (0: none), warn_at, exhaust_at, ttl, seq (0: none), rid, tokens, cost,
-#: quiet (1: no warning, 2: no exhausted, 4: no reset event), grace_s, name, period label.
+#: cost limit (0: none), warn_at, exhaust_at, ttl, seq (0: none), rid (settle: fields separated by
+#: spaces), tokens, cost, quiet (1: no warning, 2: no exhausted, 4: no reset event, 8: a replayed
+#: settlement, booked in the period it names even if that is an earlier one), grace_s, name, period label.
 #: ops: peek, eval, reserve (checked), hold (admitted by the client), settle.
+#:
+#: A fixed budget's period never goes back: an operation naming a period before the latest one the
+#: server has seen (a client whose clock was stepped back) works on the latest one, except a replayed
+#: settlement. A stored value that does not parse or is out of range is reported (a ``corrupt``
+#: event) and reset: usage to 0 (a rolling window's from its buckets), reservations recounted.
 LEDGER = COMMON + r"""
 local op, now = ARGV[2], tonumber(ARGV[3])
 local rolling = ARGV[4] == '1'
@@ -67,6 +121,7 @@ local warn_at, exh_at, ttl = tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber(ARG
 local seq, rid = tonumber(ARGV[12]), ARGV[13]
 local tokens, cost = tonumber(ARGV[14]), tonumber(ARGV[15])
 local quiet, grace = tonumber(ARGV[16]), tonumber(ARGV[17])
+local replay = quiet % 16 >= 8
 local base = KEYS[2]
 local evs = {}
 local function frac(t, c)
@@ -76,54 +131,115 @@ local function frac(t, c)
   if a >= b then return a end
   return b
 end
+local function amount(raw, int)  -- tokens (an integer) or dollars (a float residue may dip below 0)
+  if raw == nil or raw == false then return nil end
+  if int then return valid(raw, 0, BIG, true) end
+  return valid(raw, -1e-6, BIG)
+end
 local dup = false
 if seq > 0 then
-  if seq <= tonumber(redis.call('GET', KEYS[3]) or '0') then dup = true
+  typed(KEYS[3], 'string')
+  local got, acked = redis.call('GET', KEYS[3]), 0
+  if got then
+    acked = valid(got, 0, BIG, true)
+    if acked == nil then bad(KEYS[3], '', got); acked = 0 end
+  end
+  if seq <= acked then dup = true
   else redis.call('SET', KEYS[3], ARGV[12], 'EX', 86400) end
 end
-local D, pstart, pend, width, k, current
+local D, pkey, pend, width, k, current
 if rolling then
   width, k, current = tonumber(ARGV[5]), tonumber(ARGV[6]), true
   D = base .. ':roll'
 else
-  pstart, pend = ARGV[5], tonumber(ARGV[6])
-  local cur = redis.call('HGET', base, 'cur')
+  pkey, pend = ARGV[5], tonumber(ARGV[6])
+  local pstart = tonumber(pkey)
+  local m = read('HMGET', base, 'cur', 'end')
+  local cur, cend = nil, nil
+  if m[1] then
+    cur = valid(m[1], -T_MAX, T_MAX)
+    if cur == nil then bad(base, 'cur', m[1]) end
+  end
+  if m[2] then
+    cend = valid(m[2], -T_MAX, T_MAX)
+    if cend == nil then bad(base, 'end', m[2]) end
+  end
   current = true
-  if (not cur) or tonumber(pstart) > tonumber(cur) then
-    if cur then
-      local old = base .. ':' .. cur
-      if redis.call('HGET', old, 't') == '1' and quiet % 8 < 4 then evs[#evs + 1] = {'reset', pstart} end
+  if cur == nil or pstart > cur then
+    if cur ~= nil then
+      local old = base .. ':' .. m[1]
+      if redis.pcall('HGET', old, 't') == '1' and quiet % 8 < 4 then evs[#evs + 1] = {'reset', pkey} end
       redis.call('DEL', old .. ':r', old .. ':x')
     end
-    redis.call('HSET', base, 'cur', pstart, 'name', ARGV[18], 'period', ARGV[19], 'tl', ARGV[7], 'cl', ARGV[8])
-  elseif tonumber(pstart) < tonumber(cur) then
-    current = false
+    redis.call('HSET', base, 'cur', pkey, 'end', ARGV[6], 'name', ARGV[18], 'period', ARGV[19],
+               'tl', ARGV[7], 'cl', ARGV[8])
+  elseif pstart < cur then
+    if replay and op == 'settle' then current = false  -- reconciled in the period it happened in
+    else pkey, pend = m[1], cend or pend end  -- never back to an earlier period
   end
-  D = base .. ':' .. pstart
+  D = base .. ':' .. pkey
 end
+if rolling then read('HLEN', base) end  -- (a rolling budget only writes its meta hash)
 local R, X, B = D .. ':r', D .. ':x', D .. ':k'
+read('HLEN', R)
+local dead = read('ZRANGEBYSCORE', X, '-inf', now)
+if rolling then read('HLEN', B) end
 local d = {}
-local raw = redis.call('HGETALL', D)
+local raw = read('HGETALL', D)
 for i = 1, #raw, 2 do d[raw[i]] = raw[i + 1] end
-local tok, cst = tonumber(d.tok or '0'), tonumber(d.cost or '0')
-local rt, rc = tonumber(d.rt or '0'), tonumber(d.rc or '0')
+local dirty, rebuild, recount = false, false, false
+local function stored(name, int)
+  if d[name] == nil then return 0 end
+  local v = amount(d[name], int)
+  if v == nil then
+    bad(D, name, d[name])
+    dirty = true
+    return nil
+  end
+  return v
+end
+local tok, cst = stored('tok', true), stored('cost', false)
+if tok == nil or cst == nil then rebuild = true end
+tok, cst = tok or 0, cst or 0
+local rt, rc = stored('rt', true), stored('rc', false)
+if rt == nil or rc == nil then recount = true end
+rt, rc = rt or 0, rc or 0
 local w, e, touched = d.w == '1', d.e == '1', d.t == '1'
-local dirty = false
+-- a rolling window's buckets k - 60 .. k, corrupt ones dropped
+local function buckets(at)
+  local f = {}
+  for i = at - 60, at do f[#f + 1] = 't' .. i; f[#f + 1] = 'c' .. i end
+  local v = redis.call('HMGET', B, unpack(f))
+  local out, gone = {}, {}
+  for i = 1, #v do
+    local x = 0
+    if v[i] then
+      x = amount(v[i], i % 2 == 1)
+      if x == nil then bad(B, f[i], v[i]); gone[#gone + 1] = f[i]; x = 0 end
+    end
+    out[i] = x
+  end
+  if #gone > 0 then redis.call('HDEL', B, unpack(gone)) end
+  return out
+end
 if rolling then
-  local cur = tonumber(d.bucket or '')
-  if cur == nil or k > cur then
-    if cur ~= nil then
+  local cur = nil
+  if d.bucket ~= nil then
+    cur = valid(d.bucket, -BIG, BIG, true)
+    if cur == nil then bad(D, 'bucket', d.bucket) end
+  end
+  if cur == nil or k > cur or rebuild then
+    if cur ~= nil and k > cur then
       local gone = {}
-      for i = cur - 60, math.min(cur, k - 61) do
+      for i = cur - 60, math.min(cur, k - 61) do  -- at most 61: the old window's buckets
         gone[#gone + 1] = 't' .. i; gone[#gone + 1] = 'c' .. i
       end
       if #gone > 0 then redis.call('HDEL', B, unpack(gone)) end
     end
-    local f = {}
-    for i = k - 60, k do f[#f + 1] = 't' .. i; f[#f + 1] = 'c' .. i end
-    local v = redis.call('HMGET', B, unpack(f))
+    if cur ~= nil and k < cur then k = cur end
+    local v = buckets(k)
     tok, cst = 0, 0
-    for i = 1, #v, 2 do tok = tok + tonumber(v[i] or '0'); cst = cst + tonumber(v[i + 1] or '0') end
+    for i = 1, #v, 2 do tok = tok + v[i]; cst = cst + v[i + 1] end
     local sp = frac(tok, cst)
     local w2, e2 = w and sp >= warn_at, e and sp >= exh_at
     if (w2 ~= w or e2 ~= e) and quiet % 8 < 4 then evs[#evs + 1] = {'reset', f17((k - 60) * width)} end
@@ -134,17 +250,30 @@ if rolling then
     k = cur
   end
 end
+-- reservations: R maps an id to 'tokens cost', X holds their expiry times
+local function recounted()
+  rt, rc = 0, 0
+  local all = redis.call('HGETALL', R)
+  local gone = {}
+  for i = 1, #all, 2 do
+    local a, b = string.match(all[i + 1], '^(%S+) (%S+)$')
+    a, b = amount(a, true), amount(b, false)
+    if a == nil or b == nil then bad(R, all[i], all[i + 1]); gone[#gone + 1] = all[i]
+    else rt, rc = rt + a, rc + b end
+  end
+  if #gone > 0 then chunked('HDEL', R, gone); chunked('ZREM', X, gone) end
+  dirty = true
+end
 local function drop(ids)
   if #ids == 0 then return 0 end
   local n = 0
-  for i = 1, #ids, 1000 do
-    local part = {unpack(ids, i, math.min(i + 999, #ids))}
-    local vals = redis.call('HMGET', R, unpack(part))
-    for j = 1, #vals do
-      if vals[j] then
-        local a, b = string.match(vals[j], '^(%S+) (%S+)$')
-        rt, rc, n = rt - tonumber(a), rc - tonumber(b), n + 1
-      end
+  local vals = hmget(R, ids)
+  for j = 1, #vals do
+    if vals[j] then
+      local a, b = string.match(vals[j], '^(%S+) (%S+)$')
+      a, b = amount(a, true), amount(b, false)
+      if a == nil or b == nil then bad(R, ids[j], vals[j]); recount = true
+      else rt, rc, n = rt - a, rc - b, n + 1 end
     end
   end
   chunked('HDEL', R, ids)
@@ -153,8 +282,8 @@ local function drop(ids)
   dirty = true
   return n
 end
-local dead = redis.call('ZRANGEBYSCORE', X, '-inf', now)
 if #dead > 0 then drop(dead) end
+if recount or rt < 0 or rc < -1e-6 then recounted() end
 local found = 0
 if not dup then
   if op == 'hold' or (op == 'reserve' and frac(tok + rt, cst + rc) < exh_at) then
@@ -162,11 +291,19 @@ if not dup then
     redis.call('ZADD', X, now + ttl, rid)
     rt, rc, touched, found, dirty = rt + tokens, rc + cost, true, 1, true
   elseif op == 'settle' then
-    if rid ~= '' then found = drop({rid}) end
+    if rid ~= '' then
+      local ids = {}
+      for id in string.gmatch(rid, '%S+') do ids[#ids + 1] = id end
+      found = drop(ids)
+      if recount then recounted() end
+    end
     tok, cst, touched, dirty = tok + tokens, cst + cost, true, true
     if rolling then
-      redis.call('HINCRBY', B, 't' .. k, tokens)
-      redis.call('HSET', B, 'c' .. k, f17(tonumber(redis.call('HGET', B, 'c' .. k) or '0') + cost))
+      local v = redis.call('HMGET', B, 't' .. k, 'c' .. k)
+      local bt, bc = amount(v[1], true), amount(v[2], false)
+      if v[1] and bt == nil then bad(B, 't' .. k, v[1]) end
+      if v[2] and bc == nil then bad(B, 'c' .. k, v[2]) end
+      redis.call('HSET', B, 't' .. k, f17((bt or 0) + tokens), 'c' .. k, f17((bc or 0) + cost))
     end
   end
   if current and (op == 'settle' or op == 'eval') then
@@ -200,15 +337,27 @@ local nres = redis.call('HLEN', R)
 local nx = redis.call('ZRANGE', X, 0, 0, 'WITHSCORES')
 local resets = ''
 if rolling and frac(tok + rt, cst + rc) >= exh_at then
-  local f = {}
-  for i = k - 60, k do f[#f + 1] = 't' .. i; f[#f + 1] = 'c' .. i end
-  local v = redis.call('HMGET', B, unpack(f))
+  local v = buckets(k)
   local t2, c2 = tok, cst
   for i = 0, 60 do
-    t2, c2 = t2 - tonumber(v[2 * i + 1] or '0'), c2 - tonumber(v[2 * i + 2] or '0')
+    t2, c2 = t2 - v[2 * i + 1], c2 - v[2 * i + 2]
     if frac(t2 + rt, c2 + rc) < exh_at then resets = f17((k - 60 + i + 61) * width); break end
   end
 end
 return reply({'OK', f17(tok), f17(cst), f17(rt), f17(rc), w and 1 or 0, e and 1 or 0, touched and 1 or 0,
-              nres, nx[2] or '', resets, found, dup and 1 or 0, rolling and f17(k) or pstart}, evs)
+              nres, nx[2] or '', resets, found, dup and 1 or 0, rolling and f17(k) or pkey}, evs)
+"""
+
+#: KEYS: epoch, the namespace's policy hash. ARGV: epoch, mode (claim: set if none is there; replace),
+#: fingerprint, revision, by (host:pid), at (wall seconds).
+#: Reply: OK, the fingerprint there before (or empty), then the hash as it is now: fingerprint, and
+#: revision, by, at in hex.
+POLICY = COMMON + r"""
+typed(KEYS[2], 'hash')
+local before = redis.call('HGET', KEYS[2], 'fp') or ''
+if before == '' or ARGV[2] == 'replace' then
+  redis.call('HSET', KEYS[2], 'fp', ARGV[3], 'revision', ARGV[4], 'by', ARGV[5], 'at', ARGV[6])
+end
+local h = redis.call('HMGET', KEYS[2], 'fp', 'revision', 'by', 'at')
+return reply({'OK', before, h[1] or '', hex(h[2] or ''), hex(h[3] or ''), hex(h[4] or '')}, {})
 """

@@ -17,6 +17,13 @@ __all__ = ["BREAKER"]
 #: half_open_permits, half_open_max_wait_s, model name, then the op's own arguments:
 #: acquire | sync | release TICKET | result TICKET FAILED(1/0/-1) SLOW(1/0)
 #: | force TARGET | restore STATE OPEN_UNTIL OPEN_FOR CONSECUTIVE | adopt (restore if closed)
+#:
+#: Every loop is bounded by the policy's sizes (permits, buckets), whatever is stored. A stored
+#: field that does not parse, is out of the range any valid policy can produce, or contradicts the
+#: others is corrupt: the breaker is reset (closed, empty window) and a ``corrupt`` event names it;
+#: a corrupt window value resets the window. An open breaker is never open for longer than its
+#: open_for from now, a probe never waits longer than half_open_max_wait_s from now (a client whose
+#: clock was stepped back cannot lengthen them).
 BREAKER = COMMON + r"""
 local H, W = KEYS[2], KEYS[3]
 local op, now = ARGV[2], tonumber(ARGV[3])
@@ -25,30 +32,93 @@ local minc, needed = tonumber(ARGV[8]), tonumber(ARGV[9])
 local frate, srate = tonumber(ARGV[10]), tonumber(ARGV[11])
 local ofs, backoff, maxof = tonumber(ARGV[12]), tonumber(ARGV[13]), tonumber(ARGV[14])
 local P, maxwait = tonumber(ARGV[15]), tonumber(ARGV[16])
+local MAX_PERMITS, MAX_OPEN = 1000, 86400  -- the largest half_open_permits and open duration a policy allows
+local STATES = {closed = true, open = true, half_open = true, forced_open = true, disabled = true,
+                metrics_only = true}
+local wfp = kind .. ':' .. ARGV[5] .. ':' .. ARGV[6] .. ':' .. ARGV[7]
 local s = {}
-local raw = redis.call('HGETALL', H)
+local raw = read('HGETALL', H)
 for i = 1, #raw, 2 do s[raw[i]] = raw[i + 1] end
-local function n(key, dflt)
-  local v = tonumber(s[key] or '')
-  if v == nil then return dflt end
+local wbad, wlost = false, false  -- a corrupt window value, a window of the wrong type: reset at the end
+local wtyped = s.wfp ~= wfp  -- the window's type is checked before its first use
+if wtyped then redis.call('DEL', W) end
+local function wcheck()
+  if wtyped then return end
+  wtyped = true
+  local before = #BAD
+  if kind == 'count' then typed(W, 'list') else typed(W, 'hash') end
+  if #BAD > before then wlost = true end
+end
+local nbad = #BAD
+local function n(key, dflt, lo, hi, int)
+  local r = s[key]
+  if r == nil then return dflt end
+  local v = valid(r, lo, hi, int)
+  if v == nil then bad(H, key, r); return dflt end
   return v
 end
 local st = s.st or 'closed'
-local ou, of, co, sq, ep = n('ou', INF), n('of', 0), n('co', 0), n('sq', 0), n('ep', 0)
-local pm = n('pm', P)
-local us, fl, pc, pf, ps, nd = n('us', 0), n('fl', 0), n('pc', 0), n('pf', 0), n('ps', 0), n('nd', INF)
-local wc, wx, ws, we = n('wc', 0), n('wx', 0), n('ws', 0), n('we', nil)
+if not STATES[st] then bad(H, 'st', st); st = 'closed' end
+local ou, of, co = n('ou', INF, 0, T_MAX), n('of', 0, 0, MAX_OPEN), n('co', 0, 0, BIG, true)
+local sq, ep = n('sq', 0, 0, 2 ^ 40, true), n('ep', 0, 0, BIG, true)
+local pm = n('pm', P, 1, MAX_PERMITS, true)
+local us, fl = n('us', 0, 0, pm, true), n('fl', 0, 0, pm, true)
+local pc = n('pc', 0, 0, MAX_PERMITS, true)
+local pf, ps = n('pf', 0, 0, pc, true), n('ps', 0, 0, pc, true)
+local nd = n('nd', INF, 0, T_MAX)
+local wc, wx, ws = n('wc', 0, 0, BIG, true), n('wx', 0, 0, BIG, true), n('ws', 0, 0, BIG, true)
+local we = n('we', nil, -BIG, BIG, true)
+if s.wfp == wfp and (wx > wc or ws > wc or (kind == 'count' and wc > size)) then
+  bad(H, 'wc', s.wc or '')
+end
 local tk, dl = {}, {}
-for i = 1, pm do tk[i], dl[i] = n('t' .. i, 0), n('d' .. i, INF) end
+local busy = 0
+for i = 1, pm do
+  tk[i], dl[i] = n('t' .. i, 0, 0, 2 ^ 52, true), n('d' .. i, INF, 0, T_MAX)
+  if tk[i] ~= 0 then busy = busy + 1 end
+end
+if busy ~= fl then bad(H, 'fl', s.fl or '')
+elseif fl > us then bad(H, 'us', s.us or '') end
+if st == 'open' and s.ou == nil then bad(H, 'ou', '') end
+if #BAD > nbad then  -- corrupt: start afresh, closed with an empty window
+  redis.call('DEL', H, W)
+  s = {}
+  st, ou, of, co, sq, ep, pm = 'closed', INF, 0, 0, 0, 0, P
+  us, fl, pc, pf, ps, nd = 0, 0, 0, 0, 0, INF
+  wc, wx, ws, we = 0, 0, 0, nil
+  tk, dl = {}, {}
+  for i = 1, pm do tk[i], dl[i] = 0, INF end
+end
 local evs, dirty, ticket = {}, false, 0
-local wfp = kind .. ':' .. ARGV[5] .. ':' .. ARGV[6] .. ':' .. ARGV[7]
 local width = wsec / nb
+local longest = of
+if longest <= 0 then longest = maxof end  -- a restored state without its open_for
+if st == 'open' and ou - now > longest then
+  -- open for longer than open_for from now: this client's clock is behind the one that opened it
+  ou, dirty = now + longest, true
+end
+if st == 'half_open' and nd - now > maxwait then  -- likewise for the probes' deadlines
+  nd = INF
+  for i = 1, pm do
+    if tk[i] ~= 0 then
+      if dl[i] - now > maxwait then dl[i] = now + maxwait end
+      if dl[i] < nd then nd = dl[i] end
+    end
+  end
+  dirty = true
+end
 
 local function wreset()
   redis.call('DEL', W)
-  wc, wx, ws, we, dirty = 0, 0, 0, nil, true
+  wc, wx, ws, we, dirty, wtyped = 0, 0, 0, nil, true, true
 end
 if s.wfp ~= wfp then wreset() end
+local function count_of(v)
+  if not v then return 0 end
+  local x = valid(v, 0, BIG, true)
+  if x == nil then wbad = true; return 0 end
+  return x
+end
 local function advance(t)
   local ep_ = math.floor(t / width)
   if we == nil then we, dirty = ep_, true return ep_ end
@@ -56,13 +126,15 @@ local function advance(t)
     if ep_ - we >= nb then
       if wc > 0 then wreset() end
     else
+      wcheck()
       local f = {}
       for h = we + 1, ep_ do local o = h - nb; f[#f + 1] = 'c' .. o; f[#f + 1] = 'f' .. o; f[#f + 1] = 's' .. o end
-      local v = redis.call('HMGET', W, unpack(f))
+      local v = hmget(W, f)
       for i = 1, #v, 3 do
-        wc, wx, ws = wc - tonumber(v[i] or '0'), wx - tonumber(v[i + 1] or '0'), ws - tonumber(v[i + 2] or '0')
+        wc, wx, ws = wc - count_of(v[i]), wx - count_of(v[i + 1]), ws - count_of(v[i + 2])
       end
-      redis.call('HDEL', W, unpack(f))
+      chunked('HDEL', W, f)
+      if wc < 0 or wx < 0 or ws < 0 or wx > wc or ws > wc then wbad = true end
     end
     we, dirty = ep_, true
   end
@@ -74,10 +146,13 @@ local function counts(t)
 end
 local function wrecord(t, failed, slow)
   dirty = true
+  wcheck()
   if kind == 'count' then
     if wc >= size then
-      local old = tonumber(redis.call('LPOP', W) or '0') or 0
+      local old = valid(redis.call('LPOP', W) or '0', 0, 3, true)
+      if old == nil then wbad = true; old = 0 end
       wx, ws = wx - old % 2, ws - math.floor(old / 2)
+      if wx < 0 or ws < 0 then wbad = true end
     else
       wc = wc + 1
     end
@@ -85,10 +160,14 @@ local function wrecord(t, failed, slow)
   else
     local ep_ = advance(t)
     if ep_ <= we - nb then return end
-    redis.call('HINCRBY', W, 'c' .. ep_, 1)
+    local keys = {'c' .. ep_}
+    if failed then keys[#keys + 1] = 'f' .. ep_ end
+    if slow then keys[#keys + 1] = 's' .. ep_ end
+    for _, key in ipairs(keys) do
+      local r = redis.pcall('HINCRBY', W, key, 1)
+      if type(r) == 'table' then wbad = true end  -- not an integer
+    end
     wc = wc + 1
-    if failed then redis.call('HINCRBY', W, 'f' .. ep_, 1) end
-    if slow then redis.call('HINCRBY', W, 's' .. ep_, 1) end
   end
   if failed then wx = wx + 1 end
   if slow then ws = ws + 1 end
@@ -101,7 +180,7 @@ if pm ~= P then
   sq = math.floor((sq + 1) * pm / P) + 1
   local f = {}
   for i = 1, pm do f[#f + 1] = 't' .. i; f[#f + 1] = 'd' .. i end
-  redis.call('HDEL', H, unpack(f))
+  chunked('HDEL', H, f)
   pm = P
   clear_episode()
 end
@@ -117,15 +196,17 @@ local function open(reason, fr, sr, c, f, sl)
   clear_episode()
   opened(reason, fr, sr, c, f, sl)
 end
-local function half_open()
+local function half_open()  -- as Resilience4j: every transition but into open starts a fresh window
   st, ou, ep = 'half_open', INF, ep + 1
+  wreset()
   clear_episode()
   evs[#evs + 1] = {'half', pm}
 end
 local function admit()
   if us >= pm then return 0 end
   local slot = 1
-  while tk[slot] ~= 0 do slot = slot + 1 end
+  while slot <= pm and tk[slot] ~= 0 do slot = slot + 1 end
+  if slot > pm then return 0 end
   local t = 2 + sq * pm + slot - 1
   sq = sq + 1
   local dd = now + maxwait
@@ -186,11 +267,11 @@ local function check_trip()
   elseif sr >= srate then open('slow_call_rate', fr, sr, c, f, sl) end
 end
 local function restore(state, until_, of_, co_)
-  co, of = tonumber(co_), tonumber(of_)
+  co, of = valid(co_, 0, BIG, true) or 0, valid(of_, 0, MAX_OPEN) or 0
   clear_episode()
   if state == 'open' or state == 'half_open' then
-    st, ou = 'open', tonumber(until_) or now
-  else
+    st, ou = 'open', valid(until_, 0, T_MAX) or now
+  elseif STATES[state] then
     st, ou = state, INF
   end
 end
@@ -257,6 +338,11 @@ elseif op == 'adopt' then
 end
 
 local c, f, sl = counts(now)
+if wbad or wlost then  -- the counts cannot be trusted
+  if wbad then bad(W, '', 'window') end
+  wreset()
+  c, f, sl = 0, 0, 0
+end
 if dirty or s.wfp ~= wfp or s.name ~= ARGV[17] then
   local set = {'st', st, 'of', f17(of), 'co', f17(co), 'sq', f17(sq), 'ep', f17(ep), 'pm', f17(pm),
                'us', f17(us), 'fl', f17(fl), 'pc', f17(pc), 'pf', f17(pf), 'ps', f17(ps),
@@ -270,7 +356,7 @@ if dirty or s.wfp ~= wfp or s.name ~= ARGV[17] then
   put('we', we, nil)
   for i = 1, pm do put('t' .. i, tk[i], 0); put('d' .. i, dl[i], INF) end
   redis.call('HSET', H, unpack(set))
-  if #del > 0 then redis.call('HDEL', H, unpack(del)) end
+  if #del > 0 then chunked('HDEL', H, del) end
 end
 local mind = ''
 if st == 'half_open' and us >= pm then

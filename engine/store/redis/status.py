@@ -1,14 +1,19 @@
 """``policy-engine status --store redis://…``: the shared state as the server holds it.
 
-Prints every breaker (state, open until, consecutive opens, probes in flight,
-window counts) and every budget (usage of the current period, reservations,
-warned/exhausted) under the store's namespace and policy set, read without
-changing anything. Exit status: 0 shown, 1 the store could not be read,
-2 usage error.
+Prints the fingerprint of the policy set whose shared definitions are in
+force (see :mod:`engine.store.redis.fingerprint`), every breaker (state,
+open until, consecutive opens, probes in flight, window counts) and every
+budget (usage of the current period, reservations, warned/exhausted) under
+the store's namespace and policy set, read without changing anything. A
+value the scripts would treat as corrupt (one that does not parse or is out
+of range) is shown as such (``corrupt``: field -> stored text; the parsed
+value is None) instead of failing. Exit status: 0 shown, 1 the store could
+not be read, 2 usage error.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -45,42 +50,93 @@ def read_status(uri: str) -> dict[str, Any]:
         client.close()
 
 
+_STATES = ("closed", "open", "half_open", "forced_open", "disabled", "metrics_only")
+_BIG = 2.0 ** 50
+_T_MAX = 1e11  # wall-clock seconds; the scripts treat a later time as corrupt
+
+
+class _Fields:
+    """One hash's values, parsed as the scripts parse them; what does not parse is kept in ``corrupt``."""
+
+    def __init__(self, h: dict[str, str]) -> None:
+        self.h = h
+        self.corrupt: dict[str, str] = {}
+
+    def number(self, key: str, default: float | None, lo: float, hi: float, integer: bool = False) -> float | None:
+        raw = self.h.get(key)
+        if raw is None:
+            return default
+        try:
+            value = float(raw)
+        except ValueError:
+            value = math.nan
+        if not lo <= value <= hi or (integer and not value.is_integer()):
+            self.corrupt[key] = raw
+            return None
+        return value
+
+    def count(self, key: str) -> int | None:
+        value = self.number(key, 0.0, 0.0, _BIG, integer=True)
+        return None if value is None else int(value)
+
+
 def _read(client: Any, prefix: str, opts: dict[str, Any]) -> dict[str, Any]:
     breakers: dict[str, Any] = {}
     for key in sorted(client.scan_iter(match=f"{prefix}:k:*", count=500)):
         if key.endswith(":w"):
             continue
-        h = client.hgetall(key)
-        name = h.get("name") or key[len(prefix) + 3:]
-        until = float(h["ou"]) if h.get("st") == "open" and h.get("ou") else None
-        count = {field: int(float(h.get(short, 0))) for field, short in (
+        if client.type(key) != "hash":
+            breakers[key[len(prefix) + 3:]] = {"state": None, "open_until": None, "corrupt": {"": "not a hash"}}
+            continue
+        f = _Fields(client.hgetall(key))
+        name = f.h.get("name") or key[len(prefix) + 3:]
+        state = f.h.get("st", "closed")
+        if state not in _STATES:
+            f.corrupt["st"] = state
+        until = f.number("ou", None, 0.0, _T_MAX) if state == "open" else None
+        count = {field: f.count(short) for field, short in (
             ("consecutive_opens", "co"), ("probes_in_flight", "fl"), ("window_calls", "wc"),
             ("window_failures", "wx"), ("window_slow", "ws"))}
-        breakers[name] = {"state": h.get("st", "closed"), "open_until": until, **count}
+        breakers[name] = {"state": state if state in _STATES else None, "open_until": until, **count,
+                          "corrupt": f.corrupt}
     budgets: dict[str, Any] = {}
     for key in sorted(client.scan_iter(match=f"{prefix}:b:*", count=500)):
-        meta = client.hgetall(key) if client.type(key) == "hash" else {}
-        if "period" not in meta or "tok" in meta:
+        meta = _Fields(client.hgetall(key) if client.type(key) == "hash" else {})
+        if "period" not in meta.h or "tok" in meta.h:
             continue
-        rolling = meta["period"].startswith("rolling")
-        data_key = f"{key}:roll" if rolling else f"{key}:{meta.get('cur', '')}"
-        d = client.hgetall(data_key)
-        tl, cl = float(meta.get("tl", 0)), float(meta.get("cl", 0))
-        tok, cost = int(float(d.get("tok", 0))), float(d.get("cost", 0))
-        rt, rc = int(float(d.get("rt", 0))), float(d.get("rc", 0))
-        fractions = [x for x in ((tok + rt) / tl if tl else None, (cost + rc) / cl if cl else None) if x is not None]
-        budgets[meta.get("name", key)] = {
-            "period": meta["period"], "period_start": None if rolling else float(meta.get("cur") or 0),
+        rolling = meta.h["period"].startswith("rolling")
+        start = None if rolling else meta.number("cur", None, -_T_MAX, _T_MAX)
+        data_key = f"{key}:roll" if rolling else f"{key}:{meta.h.get('cur', '')}"
+        d = _Fields(client.hgetall(data_key) if client.type(data_key) == "hash" else {})
+        tl = meta.number("tl", 0.0, 0.0, _BIG)
+        cl = meta.number("cl", 0.0, 0.0, _BIG)
+        tok, rt = d.count("tok"), d.count("rt")
+        cost, rc = d.number("cost", 0.0, -1e-6, _BIG), d.number("rc", 0.0, -1e-6, _BIG)
+        fractions = []
+        if tl and tok is not None and rt is not None:
+            fractions.append((tok + rt) / tl)
+        if cl and cost is not None and rc is not None:
+            fractions.append((cost + rc) / cl)
+        budgets[meta.h.get("name", key)] = {
+            "period": meta.h["period"], "period_start": start,
             "tokens_used": tok, "tokens_reserved": rt, "tokens_limit": int(tl) if tl else None,
             "cost_used": cost, "cost_reserved": rc, "cost_limit": cl or None,
-            "reservations": client.hlen(f"{data_key}:r"), "used_fraction": max(fractions, default=0.0),
-            "warned": d.get("w") == "1", "exhausted": d.get("e") == "1"}
+            "reservations": client.hlen(f"{data_key}:r") if client.type(f"{data_key}:r") == "hash" else 0,
+            "used_fraction": max(fractions, default=0.0),
+            "warned": d.h.get("w") == "1", "exhausted": d.h.get("e") == "1",
+            "corrupt": {**meta.corrupt, **d.corrupt}}
+    policy = client.hgetall(f"{prefix}:policy") if client.type(f"{prefix}:policy") == "hash" else {}
     return {"store": f"redis://{opts['host']}:{opts['port']}/{opts['db']}", "prefix": prefix,
             "epoch": client.get(f"{prefix}:epoch"), "server_time": time.time(),
+            "policy": {"fingerprint": policy.get("fp"), "revision": policy.get("revision"), "by": policy.get("by"),
+                       "at": _Fields(policy).number("at", None, 0.0, _T_MAX)},
             "breakers": breakers, "budgets": budgets}
 
 
 def when(t: float | None) -> str:
     if t is None:
         return "-"
-    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    try:
+        return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    except (OverflowError, OSError, ValueError):
+        return f"t={t!r}"

@@ -12,12 +12,21 @@ behind :mod:`engine.store.base`; the ``redis`` client is an optional extra
                                        view may be where the semantics allow one
 ``retry_ms``      ``500``              first wait before retrying an unreachable
                                        server (doubling per failure)
-``max_retry_ms``  ``5000``             the longest such wait
+``max_retry_ms``  ``2000``             the longest such wait
+``degrade_after`` ``3``                timeouts within ``degrade_window_ms`` that
+                                       make an outage (any other error does at once)
+``degrade_window_ms`` ``10000``        see ``degrade_after``
+``on_conflict``   ``refuse``           another policy set's definitions on the
+                                       namespace: ``refuse`` (StorageError) or
+                                       ``replace`` them (see bind_policy)
 ================  ===================  =============================================
 
 Keys (``P`` = ``{namespace}:{policy_set}``)::
 
     P:epoch                     random id of the server's data (see engine.store.redis.link)
+    P:policy                    fingerprint of the shared definitions in force, with the revision,
+                                host:pid and time of the process that set it
+                                (see engine.store.redis.fingerprint)
     P:ack:{client}              last settlement applied from one client (expires after a day)
     P:k:{model}                 breaker hash: state, open_until, open_for, consecutive opens,
                                 probe slots, window totals
@@ -46,19 +55,22 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 from engine.errors import StorageError
 from engine.events import Event
-from engine.policy.model import BreakerSpec, BudgetSpec
+from engine.policy.model import BreakerSpec, BudgetSpec, PolicySet
 from engine.store.base import MemoryStore
 from engine.store.redis.breaker import RedisBreaker
 from engine.store.redis.budget import RedisLedger, budget_key
+from engine.store.redis.fingerprint import PolicyGuard
 from engine.store.redis.link import Cmd, Link, Misconfigured, StorageDegraded, StorageRecovered
-from engine.store.redis.lua import LEDGER
+from engine.store.redis.lua import LEDGER, POLICY
 from engine.store.redis.lua_breaker import BREAKER
 from engine.text import redact_uri
 
 __all__ = ["DEFAULTS", "RedisStore", "StorageDegraded", "StorageRecovered", "parse_uri", "redact"]
 
 DEFAULTS: dict[str, Any] = {"namespace": "llm-policy-engine", "policy_set": "default", "timeout_ms": 100.0,
-                            "cache_ms": 100.0, "retry_ms": 500.0, "max_retry_ms": 5000.0}
+                            "cache_ms": 100.0, "retry_ms": 500.0, "max_retry_ms": 2000.0, "degrade_after": 3,
+                            "degrade_window_ms": 10000.0, "on_conflict": "refuse"}
+_CONFLICT = ("refuse", "replace")
 _NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 _INSTALL = "pip install 'llm-policy-engine[redis]'"
 
@@ -90,6 +102,15 @@ def parse_uri(uri: str) -> dict[str, Any]:
             if not _NAME.match(value):
                 raise StorageError(f"expected {key} of letters, digits, '.', '_' or '-', got {value!r}")
             out[key] = value
+        elif key == "on_conflict":
+            if value not in _CONFLICT:
+                raise StorageError(f"expected on_conflict of {' or '.join(_CONFLICT)}, got {value!r}")
+            out[key] = value
+        elif key == "degrade_after":
+            if not value.isdigit() or not 1 <= int(value) <= 1000:
+                raise StorageError(f"expected degrade_after as a whole number of timeouts from 1 to 1000, "
+                                   f"got {value!r}")
+            out[key] = int(value)
         else:
             try:
                 number = float(value)
@@ -126,10 +147,12 @@ class RedisStore(MemoryStore):
                 password=opts["password"], socket_timeout=timeout, socket_connect_timeout=timeout,
                 retry=Retry(NoBackoff(), 0), client_name=f"llm-policy-engine:{self.prefix}")
 
-        self.link = Link(connect, {"ledger": LEDGER, "breaker": BREAKER}, self.prefix, self.label,
-                         retry_s=opts["retry_ms"] / 1000.0, max_retry_s=opts["max_retry_ms"] / 1000.0)
+        self.link = Link(connect, {"ledger": LEDGER, "breaker": BREAKER, "policy": POLICY}, self.prefix, self.label,
+                         retry_s=opts["retry_ms"] / 1000.0, max_retry_s=opts["max_retry_ms"] / 1000.0,
+                         degrade_after=opts["degrade_after"], degrade_window_s=opts["degrade_window_ms"] / 1000.0)
         self.link.recoverer = self
         self.link.fallback_log = self.append_event
+        self.guard = PolicyGuard(self.link, opts["on_conflict"])
         self._cache_s = opts["cache_ms"] / 1000.0
         # the engine clock (time.monotonic by default) to wall time, in whole seconds (exact float sums)
         self._offset = float(round(time.time() - time.monotonic()))
@@ -165,19 +188,30 @@ class RedisStore(MemoryStore):
             self._ledgers[key] = ledger
             return ledger
 
+    def bind_policy(self, policy: PolicySet) -> None:
+        """The engine's policy set, at start and after each reload: one policy set per namespace.
+
+        Raises StorageError (having closed the store) when the namespace is in
+        use by a policy set with other shared definitions; see
+        :mod:`engine.store.redis.fingerprint`.
+        """
+        try:
+            with self.link.lock:
+                self.guard.bind(policy, self.label)
+        except StorageError:
+            self.close()
+            raise
+
     def close(self) -> None:
-        """Read the last replies, try once to push what an outage left unsent, disconnect."""
+        """Stop the recovery, read the last replies, try once to push what an outage left unsent, disconnect."""
+        self.link.stop()
         with self.link.lock:
             if self._closed:
                 return
             self._closed = True
             self.link.flush()
-            if self.link.degraded or any(led.unconfirmed() for led in self._ledgers.values()):
-                self.link.retry_now()
-                try:
-                    self.link.raw("PING")
-                except Exception:  # noqa: S110 - best effort: what cannot be pushed is logged below
-                    pass
+            if self.link.disrupted:
+                self.link.recover(wait_replies=True)
             left = sum(led.unconfirmed() for led in self._ledgers.values())
             if left:
                 import logging
@@ -188,13 +222,19 @@ class RedisStore(MemoryStore):
 
     # -- recovery (called by the link with its lock held) ------------------------
 
-    def replay(self, data_lost: bool) -> list[Cmd]:
-        """Everything to send after an outage: breakers first, then settlements by sequence."""
+    def replay(self, data_lost: bool, final: bool) -> list[Cmd]:
+        """Everything to send after an outage: breakers first (in the final batch), then settlements by sequence."""
         cmds: list[Cmd] = []
-        for breaker in self._breakers.values():
-            cmds.extend(breaker.replay(data_lost))
+        if final:
+            cmds.extend(self.guard.replay())
+            for breaker in self._breakers.values():
+                cmds.extend(breaker.replay(data_lost))
         settles = [c for led in self._ledgers.values() for c in led.replay(data_lost, self.link.epoch)]
         return cmds + sorted(settles, key=lambda c: c.seq)
+
+    def policy_seen(self, stored: dict[bytes, bytes]) -> None:
+        """The namespace's policy fingerprint as a reconnection found it (see bind_policy)."""
+        self.guard.seen(stored)
 
     def recovered(self) -> None:
         for breaker in self._breakers.values():
@@ -213,7 +253,9 @@ class RedisStore(MemoryStore):
     def stats(self) -> dict[str, Any]:
         """Round trips and commands sent so far, and whether the server is reachable."""
         return {"round_trips": self.link.round_trips, "commands": self.link.commands,
-                "degraded": self.link.degraded, "prefix": self.prefix}
+                "degraded": self.link.degraded, "disrupted": self.link.disrupted, "prefix": self.prefix,
+                "backlog": sum(led.backlog() for led in self._ledgers.values()),
+                "unconfirmed": sum(led.unconfirmed() for led in self._ledgers.values())}
 
     def __repr__(self) -> str:
         return f"RedisStore({self.label})"
