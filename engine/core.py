@@ -160,6 +160,9 @@ class PolicyEngine:
         step = self._raw - raw
         self._skew += step
         self._wall_shift = self._wall_offset - self._skew  # wall time stays the clock's own
+        stepped = getattr(self.store, "clock_stepped", None)
+        if stepped is not None:  # a store that turns engine time into wall time must follow
+            stepped(self._skew, self._wall_shift)
         log.log(logging.WARNING if step >= 1.0 else logging.DEBUG,
                 "the clock stepped back %.3f s; engine time carries on (now %.3f s ahead of the clock)",
                 step, self._skew)
@@ -257,7 +260,11 @@ class PolicyEngine:
         if not self._paths:
             raise RuntimeError("this engine was not loaded from files: nothing to reload")
         with self._reload_lock:  # one reload at a time: an older read never replaces a newer one
-            return self._reload()
+            changed = self._reload()
+        # delivered once the reload lock is let go: a listener may call reload() itself, and the events
+        # other threads queued meanwhile are delivered here too
+        self._deliver()
+        return changed
 
     @property
     def paths(self) -> tuple[str | os.PathLike[str], ...]:
@@ -293,7 +300,6 @@ class PolicyEngine:
                     tuple(sorted(set(previous.models) - set(policy.models)))))
                 changed = True
             self._post(events)
-        self._deliver()
         return changed
 
     def watch(self, **options: Any) -> Any:
@@ -524,6 +530,10 @@ class PolicyEngine:
                 if pending.decision != decision:
                     raise ValueError(self._mismatch(decision))
                 decision = pending.decision
+            if self._classes is not classes:  # a reload changed the error classes since the check above
+                problem = outcome.problem(self._classes)
+                if problem is not None:
+                    raise ValueError(problem)
             del self._pending[decision.id]
             raw = self._clock()  # engine time, inlined from _now()
             if raw < self._raw:

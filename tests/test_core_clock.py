@@ -152,3 +152,25 @@ def test_a_restart_after_a_backward_step_keeps_the_open_time(policy_dir: Path, c
     again = PolicyEngine.from_path(policy_dir, clock=clock)
     again.restore_state(saved)
     assert again.state(MINI)["breaker"]["open_until"] == clock.now + 30.0
+
+
+# -- stores that turn engine time into wall time follow a backward step ----------------------------------
+
+
+def test_the_history_files_events_at_the_clocks_own_time_after_a_step_back(policy_dir: Path, tmp_path: Path) -> None:
+    import sqlite3
+
+    clock = FakeClock()
+    db = tmp_path / "history.db"
+    eng = PolicyEngine.from_path(policy_dir, clock=clock, store=f"sqlite:///{db}")
+    eng.state(MINI)
+    clock.step_back(86400.0)  # a day back: the clock is corrected by hand
+    trip(eng, clock)
+    wall = clock.now  # FakeClock counts epoch seconds
+    eng.close()
+    with sqlite3.connect(db) as conn:
+        opened = conn.execute("select at from events where kind = 'CircuitOpened'").fetchall()
+        minutes = conn.execute("select min(minute), max(minute) from minutes").fetchone()
+    assert len(opened) == 1
+    assert abs(opened[0][0] - wall) < 1.0  # on the clock's day, with the calls that opened it
+    assert minutes[0] <= wall // 60 <= minutes[1]

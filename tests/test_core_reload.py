@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import re
+import threading
 from pathlib import Path
 
 import pytest
 
 from engine import Decision, NoModelAvailable, Outcome, PolicyEngine
-from engine.events import BudgetExhausted, Event, PolicyReloaded, ReloadFailed
+from engine.events import BudgetExhausted, CircuitOpened, Event, PolicyReloaded, ReloadFailed
 from engine.testing import FakeClock
 
 OK = Outcome(800.0, 1000, 200)
@@ -343,3 +344,84 @@ def test_a_rejected_storage_uri_never_shows_its_password(eng: PolicyEngine, poli
         assert "hunter2" not in shown
     assert status["last_error"] == [f"{policy_dir / 'storage.yaml'}:3:6: invalid-format: expected a string matching "
                                     "^(memory|sqlite|redis)://, got 'rediss://***@cache:6380/0'"]
+
+
+# -- reloads called from listeners, and reloads racing a record ------------------------------------------
+
+
+def test_a_listener_may_reload_the_engine_it_listens_to(eng: PolicyEngine, policy_dir: Path) -> None:
+    nested: list[bool] = []
+
+    def listener(event: Event) -> None:
+        if isinstance(event, PolicyReloaded) and not nested:
+            nested.append(eng.reload())  # e.g. re-check after an automated edit
+
+    eng.subscribe(listener)
+    edit(policy_dir / "monitoring.yaml", "kind: monitoring", "# edited\nkind: monitoring")
+    worker = threading.Thread(target=eng.reload, daemon=True)
+    worker.start()
+    worker.join(10)
+    assert not worker.is_alive(), "reload() deadlocked in its own listener"
+    assert nested == [False]  # the nested reload ran and found nothing new
+
+
+def test_a_listener_reloading_on_another_threads_event_never_deadlocks(eng: PolicyEngine, policy_dir: Path) -> None:
+    # The reloading thread delivers the events other threads queued meanwhile; a listener that reloads on one
+    # of them must not find the reload lock still held by the thread delivering.
+    in_listener, tripped = threading.Event(), threading.Event()
+    reloads: list[bool] = []
+
+    def listener(event: Event) -> None:
+        if isinstance(event, PolicyReloaded) and not in_listener.is_set():
+            in_listener.set()
+            tripped.wait(10)  # a slow listener: the other thread's events queue behind it
+        elif isinstance(event, CircuitOpened):
+            reloads.append(eng.reload())
+
+    eng.subscribe(listener)
+    edit(policy_dir / "monitoring.yaml", "kind: monitoring", "# edited\nkind: monitoring")
+    reloader = threading.Thread(target=eng.reload, daemon=True)
+    reloader.start()
+    assert in_listener.wait(10)
+
+    def trip() -> None:
+        while eng.state("gpt-4.1-mini")["breaker"]["state"] == "closed":
+            eng.record(eng.decide("L2", model="gpt-4.1-mini"), Outcome(100.0, error="server_error"))
+
+    tripper = threading.Thread(target=trip, daemon=True)
+    tripper.start()
+    tripper.join(10)
+    assert not tripper.is_alive()
+    tripped.set()
+    reloader.join(10)
+    assert not reloader.is_alive(), "the reloading thread deadlocked delivering another thread's event"
+    assert reloads == [False]
+
+
+def test_a_record_racing_a_reload_that_removes_its_error_class_is_refused_untouched(
+        eng: PolicyEngine, policy_dir: Path) -> None:
+    errors = policy_dir / "errors.yaml"
+    text = errors.read_text()
+    start = text.index("  overloaded:")
+    assert all(not line.strip() or line.startswith("    ") for line in text[start:].splitlines()[1:])  # the last
+    without = text[:start]
+    d = eng.decide("L2", model="gpt-4.1-mini", estimated_tokens=1000)
+    before = eng.state("gpt-4.1-mini")
+
+    class Racing(Outcome):  # checked against the classes in force, then a reload lands before record locks
+        __slots__ = ()
+
+        def problem(self, classes: object) -> str | None:
+            found = Outcome.problem(self, classes)  # type: ignore[arg-type]
+            if errors.read_text() != without:  # the first check only: then the reload lands
+                errors.write_text(without)
+                assert eng.reload()
+            return found
+
+    with pytest.raises(ValueError, match="overloaded"):
+        eng.record(d, Racing(500.0, error="overloaded"))
+    after = eng.state("gpt-4.1-mini")
+    assert after["in_flight"] == before["in_flight"] == 1
+    assert after["budgets"] == before["budgets"]  # the reservation is still held, nothing settled
+    eng.record(d, Outcome(500.0, error="server_error"))  # the decision is still open and can be recorded
+    assert eng.state("gpt-4.1-mini")["in_flight"] == 0

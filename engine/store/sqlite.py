@@ -115,7 +115,7 @@ class SQLiteStore:
         self._cells: Cells = {}  # filled by record_call under _cells_lock
         self._cells_lock = threading.Lock()
         self._unwritten: dict[tuple[int, str, str], list[Any]] = {}  # swapped out, not yet committed
-        self._queued: deque[Event] = deque()
+        self._queued: deque[tuple[Event, float | None]] = deque()
         self._recent: deque[Event] = deque(maxlen=RECENT_EVENTS)
         self._fallbacks: dict[tuple[int, str, str, str, str, str], int] = {}
         self._events: list[tuple[float, str, str, float, str]] = []
@@ -177,8 +177,13 @@ class SQLiteStore:
                 c[ZERO] += 1
 
     def append_event(self, event: Event) -> None:
-        self._queued.append(event)
+        # with the wall offset in force now: a clock stepped back later does not move this event
+        self._queued.append((event, self._offset))
         self._recent.append(event)
+
+    def clock_stepped(self, skew: float, wall_shift: float) -> None:
+        """The engine's clock stepped back: its time now maps to wall time by ``wall_shift``."""
+        self._offset = wall_shift
 
     def events(self) -> list[Event]:
         """The newest events this process emitted (the full log is in the database)."""
@@ -233,19 +238,19 @@ class SQLiteStore:
                 add_cell(have, cell)
         queued = self._queued
         for _ in range(len(queued)):
-            self._take_event(queued.popleft())
+            self._take_event(*queued.popleft())
         if len(self._events) > MAX_PENDING_EVENTS:
             log.warning("history: dropping %d events the database did not take",
                         len(self._events) - MAX_PENDING_EVENTS)
             del self._events[:-MAX_PENDING_EVENTS]
 
-    def _take_event(self, event: Event) -> None:
+    def _take_event(self, event: Event, offset: float | None) -> None:
         if type(event) is FallbackTriggered:  # coalesced: a storm of fallbacks is one row per minute
-            key = (int(to_wall(event.at, self._offset) // 60), event.tier, event.from_model or "",
+            key = (int(to_wall(event.at, offset) // 60), event.tier, event.from_model or "",
                    event.to_model, event.to_tier, fallback_reason(event.reason))
             self._fallbacks[key] = self._fallbacks.get(key, 0) + 1
             return
-        at, kind, subject, clock_at, data = event_row(event, self._offset)
+        at, kind, subject, clock_at, data = event_row(event, offset)
         self._events.append((at, kind, subject, clock_at, dumps(data)))
 
     def flush(self) -> None:

@@ -781,3 +781,31 @@ def test_after_a_reload_the_store_tracks_the_breakers_the_engine_uses(
             assert eng.store._breakers[name] is eng._models[name].breaker  # type: ignore[attr-defined]
     finally:
         eng.close()
+
+
+def test_an_engine_whose_clock_stepped_back_gives_the_server_the_clocks_own_time(
+        redis_server: RedisServer, tmp_path: Path) -> None:  # noqa: F811
+    from engine.testing import FakeClock
+
+    policies = write_policies(tmp_path / "p")
+    uri = redis_server.uri() + "&cache_ms=0"
+    clock_a, clock_b = FakeClock(), FakeClock()
+    a = PolicyEngine.from_path(policies, clock=clock_a, store=uri)
+    b = PolicyEngine.from_path(policies, clock=clock_b, store=uri)
+    try:
+        a.state("alpha")
+        clock_a.step_back(3600.0)  # a's host stepped back an hour, then corrected: its engine time runs ahead
+        a.state("alpha")
+        clock_a.advance(3600.0)
+        a.state("alpha")
+        for _ in range(40):  # b's failures open the shared breaker on the true time
+            if b.state("alpha")["breaker"]["state"] != "closed":
+                break
+            b.record(b.decide("L1", model="alpha"), Outcome(latency_ms=5.0, error="server_error"))
+        assert b.state("alpha")["breaker"]["state"] == "open"
+        assert a.state("alpha")["breaker"]["state"] == "open"
+        with pytest.raises(NoModelAvailable):
+            a.decide("L1", model="alpha")
+    finally:
+        a.close()
+        b.close()

@@ -182,6 +182,21 @@ def test_probes_that_succeed_close_with_a_fresh_window(store: Store) -> None:
     assert (snap["state"], snap["calls"], snap["consecutive_opens"]) == ("closed", 0, 0)
 
 
+def test_half_open_starts_fresh_and_counts_only_its_probes(store: Store) -> None:
+    # Resilience4j: every transition but into OPEN starts fresh metrics; a call admitted while closed that
+    # reports during the half-open episode is not one of its probes and is not counted
+    events: list[Event] = []
+    b = store.make_breaker("m", BREAKER, events)
+    late = b.try_acquire(T0)
+    for _ in range(4):
+        call(b, T0, True)
+    snap = b.snapshot(T0 + 10.0)
+    assert (snap["state"], snap["calls"], snap["failures"]) == ("half_open", 0, 0)
+    b.on_result(T0 + 10.0, True, FAST, ticket=late)
+    snap = b.snapshot(T0 + 10.0)
+    assert (snap["state"], snap["calls"], snap["failures"]) == ("half_open", 0, 0)
+
+
 def test_a_failed_probe_reopens_with_backoff_up_to_the_cap(store: Store) -> None:
     events: list[Event] = []
     b = tripped(store, events)

@@ -62,9 +62,9 @@ class RedisBreaker(BreakerSync):
     """One model's shared breaker; see the module docstring."""
 
     def __init__(self, link: Link, prefix: str, name: str, spec: BreakerSpec, events: list[Event],
-                 cache_s: float, offset: float) -> None:
+                 cache_s: float, offset: float, skew: list[float] | None = None) -> None:
         _check_permits(spec)
-        super().__init__(link, prefix, name, spec, events, cache_s, offset)
+        super().__init__(link, prefix, name, spec, events, cache_s, offset, skew)
 
     # -- decisions -------------------------------------------------------------
 

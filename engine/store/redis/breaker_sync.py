@@ -48,9 +48,10 @@ class BreakerSync:
     """One client's side of a shared breaker; see the module docstring."""
 
     def __init__(self, link: Link, prefix: str, name: str, spec: BreakerSpec, events: list[Event],
-                 cache_s: float, offset: float) -> None:
+                 cache_s: float, offset: float, skew: list[float] | None = None) -> None:
         self.name = name
         self._link, self._events, self._cache_s, self._offset = link, events, cache_s, offset
+        self._skew = skew if skew is not None else [0.0]  # engine time minus the clock's (the store's)
         self._keys = (f"{prefix}:k:{name}", f"{prefix}:k:{name}:w")
         self._view: View | None = None
         self._local: CircuitBreaker | None = None
@@ -72,10 +73,13 @@ class BreakerSync:
     # -- server calls ----------------------------------------------------------
 
     def _wall(self, now: float) -> float:
+        """The clock's own wall time of engine time ``now`` (the server's time is shared by every process)."""
+        now -= self._skew[0]
         return now if now >= 1e9 else now + self._offset
 
     def _engine(self, wall: float, now: float) -> float:
-        return wall if now >= 1e9 else wall - self._offset
+        skew = self._skew[0]
+        return (wall if now - skew >= 1e9 else wall - self._offset) + skew
 
     def _until(self, v: View, now: float) -> float | None:
         if v.state == "forced_open":

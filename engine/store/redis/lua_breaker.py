@@ -312,7 +312,8 @@ elseif op == 'result' then
       done = true
     end
     state = st
-    if state == 'disabled' then done = true end
+    -- half-open metrics hold this episode's probes only (as the in-process breaker)
+    if state == 'disabled' or state == 'half_open' then done = true end
   end
   if not done and failed ~= nil then
     wrecord(now, failed, slow)

@@ -156,6 +156,9 @@ class RedisStore(MemoryStore):
         self._cache_s = opts["cache_ms"] / 1000.0
         # the engine clock (time.monotonic by default) to wall time, in whole seconds (exact float sums)
         self._offset = float(round(time.time() - time.monotonic()))
+        # how far the engine's time runs ahead of its clock after backward steps (engine.core), shared
+        # by every breaker: the server is given the clock's own wall time
+        self._skew = [0.0]
         self._ledgers: dict[str, RedisLedger] = {}
         self._breakers: dict[str, RedisBreaker] = {}
         self._closed = False
@@ -170,9 +173,14 @@ class RedisStore(MemoryStore):
         """A breaker on the server shared by every process of this namespace and policy set."""
         with self.link.lock:
             self.link.sinks[id(events)] = events
-            breaker = RedisBreaker(self.link, self.prefix, name, spec, events, self._cache_s, self._offset)
+            breaker = RedisBreaker(self.link, self.prefix, name, spec, events, self._cache_s, self._offset,
+                                   self._skew)
             self._breakers[name] = breaker
             return breaker
+
+    def clock_stepped(self, skew: float, wall_shift: float) -> None:
+        """The engine's clock stepped back: its time now runs ``skew`` seconds ahead of the clock."""
+        self._skew[0] = skew
 
     def make_ledger(self, spec: BudgetSpec, events: list[Event],  # type: ignore[override]
                     saved: dict[str, Any] | None = None) -> RedisLedger:
