@@ -3,8 +3,8 @@
 Exit codes (stable):
 
 ====  =====================================================
-0     success: every policy set is valid
-1     invalid: at least one problem was found
+0     success: every policy set is valid (warnings may be printed)
+1     invalid: at least one error was found (or a warning, with ``--strict``)
 2     usage error: unknown option, missing argument
 ====  =====================================================
 """
@@ -28,13 +28,15 @@ def _validate_parser(prog: str) -> argparse.ArgumentParser:
         prog=prog,
         description="Validate a policy set: every problem as file:line:col: code: message. "
         "All PATHs together form one policy set; a directory contributes its *.yaml and *.yml files.",
-        epilog="exit status: 0 valid, 1 invalid, 2 usage error",
+        epilog="exit status: 0 valid (warnings are printed), 1 invalid (or warnings with --strict), "
+               "2 usage error",
     )
     p.add_argument("paths", nargs="*", metavar="PATH",
                    help="policy directory or files (default: ./policies)")
     p.add_argument("--format", choices=("text", "json"), default="text",
                    help="text (default) or json for tools")
     p.add_argument("-q", "--quiet", action="store_true", help="print problems only, no summary")
+    p.add_argument("--strict", action="store_true", help="warnings fail too (exit 1)")
     return p
 
 
@@ -45,7 +47,9 @@ def run_validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
             parser.error("no PATH given and no ./policies directory here")
         paths = ["policies"]
     policy, problems = check(paths)
-    valid = policy is not None and not problems
+    errors = sum(p.is_error for p in problems)
+    warnings = len(problems) - errors
+    valid = policy is not None and not (args.strict and warnings)
     if args.format == "json":
         files = sorted({p.file for p in problems} | set(policy.files if policy else ()))
         out = {
@@ -53,6 +57,9 @@ def run_validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
             "paths": list(map(str, paths)),
             "files": files,
             "revision": policy.revision if policy else None,
+            "strict": args.strict,
+            "errors": errors,
+            "warnings": warnings,
             "problems": [p.to_dict() for p in problems],
         }
         print(json.dumps(out, indent=2))
@@ -60,15 +67,22 @@ def run_validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
         for problem in problems:
             print(problem.format())
         if not args.quiet:
+            noted = f", {_count(warnings, 'warning')}" if warnings else ""
             if valid:
                 assert policy is not None
                 print(f"{printable(', '.join(map(str, paths)))}: {len(policy.files)} files, "
-                      f"{len(policy.models)} models, {len(policy.tiers)} tiers: valid "
+                      f"{len(policy.models)} models, {len(policy.tiers)} tiers: valid{noted} "
                       f"(revision {policy.revision[:12]})")
+            elif errors:
+                print(f"{_count(len(problems), 'problem')} found" + (f" ({_count(errors, 'error')}{noted})"
+                                                                      if warnings else ""), file=sys.stderr)
             else:
-                count = len(problems)
-                print(f"{count} problem{'s' if count != 1 else ''} found", file=sys.stderr)
+                print(f"{_count(warnings, 'warning')} found, and --strict makes warnings fail", file=sys.stderr)
     return EXIT_OK if valid else EXIT_INVALID
+
+
+def _count(n: int, what: str) -> str:
+    return f"{n} {what}{'s' if n != 1 else ''}"
 
 
 def validate_main(argv: Sequence[str] | None = None) -> int:

@@ -35,7 +35,7 @@ from engine.policy.model import (
     TierSpec,
     frozen_map,
 )
-from engine.policy.problems import Problem, Suggester
+from engine.policy.problems import Problem, Suggester, sort_problems
 from engine.policy.yamlread import Document, Path
 
 #: Per kind, the top-level keys that hold named entries (all others are settings).
@@ -351,6 +351,14 @@ class Compiler:
                          f"model {name!r} is not a candidate of any tier; add it to a tier's candidates "
                          f"or remove it", key=True)
 
+    def unused_profiles(self, models: Mapping[str, ModelSpec]) -> None:
+        used = {m.breaker_profile for m in models.values()}
+        for name, e in self.entries("breakers", "profiles").items():
+            if name not in used:
+                self.add(e.doc, e.path, "unused-profile",
+                         f"breaker profile {name!r} is used by no model; name it in a model's 'breaker' "
+                         f"or remove it", key=True)
+
     def tier_order(self, tiers: Mapping[str, TierSpec]) -> tuple[str, ...]:
         e = self.settings.get(("routing", "tier_order"))
         if e is None:
@@ -383,4 +391,7 @@ class Compiler:
             report=self.report(),
             storage_uri=self.setting("storage", "uri"),
         )
-        return None if self.problems else policy
+        self.unused_profiles(models)
+        if any(p.is_error for p in self.problems):
+            return None
+        return dataclasses.replace(policy, warnings=tuple(sort_problems(self.problems)))
