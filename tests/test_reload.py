@@ -390,7 +390,7 @@ def test_watch_starts_a_native_watcher_and_the_context_stops_it(eng: PolicyEngin
     with watch(eng, debounce_s=0.02) as w:
         assert w.mode == "inotify" and w.is_alive()
         breakers = policy_dir / "breakers.yaml"
-        rename_over(breakers, edited(breakers, "failure_rate: 50", "failure_rate: 25"))
+        rename_over(breakers, edited(breakers, "failure_rate: 0.5", "failure_rate: 0.25"))
         seen.wait(lambda: eng.policy.models["gpt-4.1"].breaker.failure_rate == 25, "failure_rate 25")
     assert set(threading.enumerate()) == threads
 
@@ -421,7 +421,7 @@ def test_decisions_made_before_a_reload_are_recorded_after_it(eng: PolicyEngine,
     held = eng.decide("L4", estimated_tokens=1500)
     start("inotify")
     breakers = policy_dir / "breakers.yaml"
-    in_place(breakers, edited(breakers, "failure_rate: 50", "failure_rate: 30"))
+    in_place(breakers, edited(breakers, "failure_rate: 0.5", "failure_rate: 0.3"))
     seen.wait(lambda: eng.policy.models["gpt-5"].breaker.failure_rate == 30, "failure_rate 30")
     eng.record(held, OK)
     state = eng.state(held.model)

@@ -16,7 +16,7 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from engine.policy import contexts
-from engine.policy.expressions import ExprError, check_template, compile_expression
+from engine.policy.expressions import ExprError, check_template, compile_expression, unit_warnings
 from engine.policy.model import (
     BUILTIN_ERROR_CLASSES,
     AnomalyRule,
@@ -62,6 +62,9 @@ _BUILTIN_ERRORS = {
     "bad_request": ErrorClassSpec("bad_request", "ignore", "none", False),
 }
 assert tuple(_BUILTIN_ERRORS) == BUILTIN_ERROR_CLASSES
+
+#: Breaker settings the policy writes as fractions from 0 to 1 and BreakerSpec holds as percents.
+_FRACTIONS = frozenset({"failure_rate", "slow_call_rate"})
 
 _DURATION = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(ms|s|m|h|d)$")
 _UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -134,11 +137,17 @@ class Compiler:
 
     def expr(self, entry: _Entry, path: Path, source: str, names: Mapping[str, str]) -> Expression | None:
         try:
-            return compile_expression(source, names)
+            compiled = compile_expression(source, names)
         except ExprError as exc:
-            where = f" (at character {exc.offset + 1})" if exc.offset else ""
-            self.add(entry.doc, entry.path + path, exc.code, f"{exc.message}{where} in {source!r}")
+            self._expr_problem(entry, path, source, exc)
             return None
+        for warning in unit_warnings(source):
+            self._expr_problem(entry, path, source, warning)
+        return compiled
+
+    def _expr_problem(self, entry: _Entry, path: Path, source: str, exc: ExprError) -> None:
+        where = f" (at character {exc.offset + 1})" if exc.offset else ""
+        self.add(entry.doc, entry.path + path, exc.code, f"{exc.message}{where} in {source!r}")
 
     def zone(self, entry: _Entry, path: Path, name: str) -> str:
         try:
@@ -174,6 +183,8 @@ class Compiler:
         return classes
 
     def breaker_spec(self, entry: _Entry | None, base: BreakerSpec, over: Mapping[str, Any]) -> BreakerSpec:
+        # policies write rates as fractions (0.5); the breaker compares percents of its window (50.0)
+        over = {k: round(v * 100, 9) if k in _FRACTIONS else v for k, v in over.items()}
         spec = dataclasses.replace(base, **over)
         if entry is not None:  # judged only where this entry sets one of the two values
             if spec.open_for_s > spec.max_open_for_s and ("open_for_s" in over or "max_open_for_s" in over):

@@ -299,6 +299,47 @@ def compile_expression(source: str, names: Mapping[str, str]) -> Expression:
     return Expression(source=source, names=frozenset(checker.used), fn=fn)
 
 
+#: Context names that hold a fraction from 0 to 1 (besides every name ending in ``_rate``).
+FRACTION_NAMES = frozenset({"availability"})
+_SYMBOL = {ast.Lt: "<", ast.LtE: "<=", ast.Gt: ">", ast.GtE: ">=", ast.Eq: "==", ast.NotEq: "!="}
+
+
+def _fraction_name(node: ast.AST) -> str | None:
+    if isinstance(node, ast.Name) and (node.id.endswith("_rate") or node.id in FRACTION_NAMES):
+        return node.id
+    return None
+
+
+def _number(node: ast.AST) -> float | None:
+    if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)) and not isinstance(node.value, bool):
+        return float(node.value)
+    return None
+
+
+def unit_warnings(source: str) -> list[ExprError]:
+    """``expr-rate-unit`` warnings of a checked expression: a rate compared with a number above 1.
+
+    ``error_rate > 20`` was meant as 20% and can never hold, since rates are fractions from 0 to 1.
+    """
+    found: list[ExprError] = []
+    for node in ast.walk(parse(source)):
+        if not isinstance(node, ast.Compare):
+            continue
+        left = node.left
+        for op, right in zip(node.ops, node.comparators, strict=True):
+            for name_node, num_node in ((left, right), (right, left)):
+                name, number = _fraction_name(name_node), _number(num_node)
+                if name is not None and number is not None and 1 < number <= 100 and type(op) in _SYMBOL:
+                    text = ast.unparse(ast.Compare(left, [op], [right]))
+                    found.append(ExprError(
+                        "expr-rate-unit",
+                        f"{name} is a fraction from 0 to 1, so {text!r} compares it with a percent: "
+                        f"write {round(number / 100, 9):g} for {number:g}%",
+                        getattr(num_node, "col_offset", 0)))
+            left = right
+    return found
+
+
 def check_template(template: str, names: Mapping[str, str]) -> ExprError | None:
     """Check a message template's ``{name}`` / ``{name:spec}`` placeholders."""
     from engine.policy.templating import TemplateError, placeholders

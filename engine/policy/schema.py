@@ -8,6 +8,7 @@ turned into stable problem codes that point at the offending key or value.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from functools import cache
 from typing import Any
@@ -99,7 +100,8 @@ def _message(err: ValidationError, kind: str) -> str:
         return f"expected {val!r}, got {_got(inst)}"
     if v in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
         op = {"minimum": ">=", "maximum": "<=", "exclusiveMinimum": ">", "exclusiveMaximum": "<"}[str(v)]
-        return f"expected a number {op} {val}, got {inst!r}"
+        unit = " (a fraction from 0 to 1: 0.5 is 50%)" if _any(err.schema).get("x-unit") == "fraction" else ""
+        return f"expected a number {op} {val}{unit}, got {inst!r}"
     if v == "pattern":
         return f"expected a string matching {val}, got {inst!r}"
     if v in ("minItems", "minProperties"):
@@ -116,6 +118,23 @@ def _message(err: ValidationError, kind: str) -> str:
     if isinstance(raw, str) and raw != inst:  # jsonschema's own message holds the value as given
         text = text.replace(repr(raw), repr(inst)).replace(raw, inst)
     return text
+
+
+_PERCENT = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*%\s*$")
+
+
+def _rate_unit(err: ValidationError, key: str) -> str | None:
+    """The ``rate-unit`` message for a fraction written as a percent (``50`` or ``"50%"``), else None."""
+    if _any(err.schema).get("x-unit") != "fraction":
+        return None
+    inst = _any(err.instance)
+    if err.validator in ("maximum", "exclusiveMaximum") and isinstance(inst, (int, float)) and 1 < inst <= 100:
+        percent, got = float(inst), repr(inst)
+    elif err.validator == "type" and isinstance(inst, str) and (m := _PERCENT.match(inst)):
+        percent, got = float(m.group(1)), f"the string {inst!r}"
+    else:
+        return None
+    return f"{key} is a fraction from 0 to 1: write {round(percent / 100, 9):g} for {percent:g}%, got {got}"
 
 
 def _any(value: object) -> Any:
@@ -152,6 +171,8 @@ def _problems(doc: Document, err: ValidationError) -> Iterator[Problem]:
     elif path == ("version",) and err.validator == "const":
         yield doc.problem(path, "unsupported-version",
                           f"expected version {err.validator_value}, got {_got(_shown(err.instance, kind))}")
+    elif path and (unit := _rate_unit(err, str(path[-1]))) is not None:
+        yield doc.problem(path, "rate-unit", unit)
     else:
         yield doc.problem(path, _CODES.get(str(err.validator), "schema-violation"), _message(err, kind))
 
