@@ -51,6 +51,18 @@ COLLECTIONS: dict[str, tuple[str, ...]] = {
     "storage": (),
 }
 
+#: What one named entry of each collection is called in a message.
+_ENTRY_NOUNS: dict[tuple[str, str], str] = {
+    ("models", "models"): "model",
+    ("breakers", "profiles"): "breaker profile",
+    ("breakers", "overrides"): "breaker override of model",
+    ("budgets", "budgets"): "budget",
+    ("routing", "tiers"): "tier",
+    ("errors", "classes"): "error class",
+    ("monitoring", "anomalies"): "anomaly rule",
+    ("recommendations", "rules"): "recommendation rule",
+}
+
 _BUILTIN_ERRORS = {
     "timeout": ErrorClassSpec("timeout", "failure", "any", True),
     "rate_limit": ErrorClassSpec("rate_limit", "failure", "any", True),
@@ -113,8 +125,9 @@ class Compiler:
                         first = table[name]
                         line, col = first.doc.where(first.path, key=True)
                         self.add(doc, (key, name), "duplicate-definition",
-                                 f"{kind} {key} entry {name!r} is already defined at "
-                                 f"{first.doc.file}:{line}:{col}", key=True)
+                                 f"{_ENTRY_NOUNS.get((kind, key), key)} {name!r} is already defined at "
+                                 f"{first.doc.file}:{line}:{col}; names are unique across the set's files: "
+                                 f"rename or remove one of the two", key=True)
                         continue
                     table[name] = _Entry(doc, (key, name), item)
             elif (kind, key) in self.settings:

@@ -43,6 +43,16 @@ FUNCTIONS: dict[str, Callable[..., Any]] = {
 }
 _ARITY = {"abs": (1, 1), "float": (1, 1), "int": (1, 1), "max": (2, 8), "min": (2, 8), "round": (1, 2)}
 
+#: Words people write for a metric under another name (looked up when no name is close).
+SYNONYMS: dict[str, str] = {
+    "latency": "p95_ms", "latency_ms": "p95_ms", "p50": "p50_ms", "p95": "p95_ms", "p99": "p99_ms",
+    "median_ms": "p50_ms", "avg_ms": "mean_ms", "average_ms": "mean_ms", "cost": "cost_usd", "spend": "cost_usd",
+    "failure_rate": "error_rate", "failure_ratio": "error_rate", "errors_429": "errors_rate_limit",
+    "requests": "calls", "count": "calls", "uptime": "availability", "inflight": "in_flight",
+    "concurrency": "in_flight", "budget": "budget_used", "rank": "priority", "position": "priority",
+    "tokens": "tokens_out", "price": "price_out",
+}
+
 _BINOPS = (ast.Add, ast.Sub, ast.Mult, ast.Div, ast.FloorDiv, ast.Mod)
 _ORDER = (ast.Lt, ast.LtE, ast.Gt, ast.GtE)
 _EQ = (ast.Eq, ast.NotEq)
@@ -143,14 +153,26 @@ class _Checker:
         if node.id.startswith("_"):
             raise self.fail(node, "expr-forbidden", f"names starting with '_' are not allowed, got {node.id!r}")
         if node.id not in self.names:
-            from engine.policy.problems import did_you_mean
 
             if node.id in FUNCTIONS:
                 raise self.fail(node, "expr-forbidden", f"function {node.id!r} can only be called")
-            raise self.fail(node, "expr-unknown-name",
-                            f"unknown name {node.id!r}{did_you_mean(node.id, self.names)}")
+            raise self.fail(node, "expr-unknown-name", f"unknown name {node.id!r}{self.hint(node.id)}")
         self.used.add(node.id)
         return frozenset({self.names[node.id]})
+
+    def hint(self, name: str) -> str:
+        """A did-you-mean: the closest name, else a known synonym, else the names there are."""
+        from engine.policy.problems import did_you_mean
+
+        close = did_you_mean(name, self.names)
+        if close:
+            return close
+        synonym = SYNONYMS.get(name.casefold())
+        if synonym is not None and synonym in self.names:
+            return f" (did you mean {synonym!r}?)"
+        plain = sorted(n for n in self.names if not n.startswith("errors_"))
+        errors = "errors_<class>, " if len(plain) < len(self.names) else ""
+        return f"; the names here are {errors}{', '.join(plain)}"
 
     def _UnaryOp(self, node: ast.UnaryOp, depth: int) -> frozenset[str]:
         if type(node.op) in _FORBIDDEN_OPS:

@@ -123,6 +123,27 @@ def _message(err: ValidationError, kind: str) -> str:
 _PERCENT = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*%\s*$")
 
 
+def _moved_key(doc: Document, err: ValidationError, path: tuple[Any, ...]) -> str | None:
+    """A setting that lost its indentation and now names an entry: ``max_in_flight: 128`` one level
+    up reads as a model named 'max_in_flight'. Says which key changed meaning, and where it belongs."""
+    if err.validator != "type" or len(path) < 2 or _any(err.validator_value) != "object":
+        return None
+    name, parent_path = path[-1], path[:-1]
+    if not isinstance(name, str) or name not in _any(err.schema).get("properties", {}):
+        return None
+    parent: Any = doc.data
+    for step in parent_path:
+        parent = parent[step]
+    names = list(parent)
+    above = next((n for n in reversed(names[: names.index(name)]) if isinstance(parent[n], dict)), None)
+    where = ".".join(map(str, parent_path))
+    fix = (f"indent it under {above!r}, with that entry's other keys" if above
+           else "indent it under the entry it belongs to")
+    return (f"{name!r} is a setting of each entry of {where!r}, but it is indented as an entry itself, so it "
+            f"became an entry named {name!r} with the value {_got(_any(err.instance))} (an entry must be a "
+            f"mapping): {fix}")
+
+
 def _rate_unit(err: ValidationError, key: str) -> str | None:
     """The ``rate-unit`` message for a fraction written as a percent (``50`` or ``"50%"``), else None."""
     if _any(err.schema).get("x-unit") != "fraction":
@@ -171,6 +192,8 @@ def _problems(doc: Document, err: ValidationError) -> Iterator[Problem]:
     elif path == ("version",) and err.validator == "const":
         yield doc.problem(path, "unsupported-version",
                           f"expected version {err.validator_value}, got {_got(_shown(err.instance, kind))}")
+    elif (shape := _moved_key(doc, err, path)) is not None:
+        yield doc.problem(path, "wrong-type", shape, key=True)
     elif path and (unit := _rate_unit(err, str(path[-1]))) is not None:
         yield doc.problem(path, "rate-unit", unit)
     else:
