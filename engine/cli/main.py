@@ -103,10 +103,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                    add_help=False)
     sub.add_parser("status", help="breakers, budgets and health per model from the history store",
                    add_help=False)
+    sub.add_parser("test", help="run policy test files (*_test.yaml): scripted scenarios with expectations",
+                   add_help=False)
     sub.add_parser("convert", help="write a shared trace or a history database as a replay trace CSV",
                    add_help=False)
     args, rest = parser.parse_known_args(argv)
     # each command's module is imported only when used, so validation starts fast
+    if args.command == "test":
+        from engine.cli.policytest import main as main_test
+
+        return main_test(rest)
     if args.command == "convert":
         from engine.cli.convert import main as main_convert
 

@@ -214,6 +214,15 @@ def _kind_problem(doc: Document) -> Problem | None:
     return None
 
 
+def validate_kind(doc: Document, kind: str) -> list[Problem]:
+    """Every problem of ``doc`` against ``schemas/<kind>.schema.json``: for file kinds that are not
+    part of a policy set (policy tests)."""
+    problems: dict[Problem, None] = {}
+    for err in validator(kind).iter_errors(doc.data):
+        problems.update(dict.fromkeys(_problems(doc, err)))
+    return list(problems)
+
+
 def validate(doc: Document) -> list[Problem]:
     """Every schema problem of one document (its kind picks the schema)."""
     first = _kind_problem(doc)
