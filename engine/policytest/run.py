@@ -9,6 +9,7 @@ recommendation rules fired) is collected for the coverage summary.
 
 from __future__ import annotations
 
+import math
 import shutil
 import sqlite3
 import tempfile
@@ -343,6 +344,8 @@ class _Run:
 
 def _short(value: Any, tz: ZoneInfo, key: str = "") -> str:
     if isinstance(value, float) and key.endswith(("_until", "_at", "_start")):
+        if not math.isfinite(value):
+            return "never"
         return datetime.fromtimestamp(value, tz).strftime("%H:%M:%S")
     if isinstance(value, float):
         return f"{value:.4g}"
@@ -417,6 +420,10 @@ def run_case(case: TestCase, policy: PolicySet, policy_dir: Path) -> Result:
         except _Setup as exc:
             run.result.error = str(exc)
             run.result.failures.append(Failure(exc.line, "setup", "a step the policy set can run", str(exc)))
+        except Exception as exc:  # an error of the engine itself: reported on the case, never a crash
+            run.result.error = f"{type(exc).__name__}: {exc}"
+            run.result.failures.append(Failure(case.line, "error", "the case to run to its end",
+                                               f"{type(exc).__name__}: {exc}"))
         finally:
             run.eng.close()
     run.result.seconds = time.perf_counter() - began
