@@ -116,15 +116,24 @@ class _Run:
         self.eng.subscribe(self.events.append)
         self.active: dict[str, set[str]] = {}
         self.seen = 0
+        self.last_call = case.start
 
     # -- time ------------------------------------------------------------------
     def advance(self, at: float) -> None:
+        """Move the clock to ``at``, evaluating anomaly rules on the policy's schedule on the way.
+
+        After the last call, rules are evaluated until the monitoring window and the longest ``for``
+        have passed; from then on the window is empty and nothing changes, so time jumps.
+        """
         target = self.case.start + at
-        every = self.eng.policy.monitoring.evaluate_every_s
+        monitoring = self.eng.policy.monitoring
+        every = monitoring.evaluate_every_s
+        horizon = self.last_call + monitoring.window_s + max((r.for_s for r in monitoring.anomalies), default=0.0) \
+            + 2 * every
         now = self.clock.now
         if target <= now:
             return
-        steps = int((target - now) // every)
+        steps = int((min(target, horizon) - now) // every) if horizon > now else 0
         for i in range(1, min(steps, MAX_TICKS_PER_GAP) + 1):
             self.clock.set(now + i * every)
             self.eng.tick()
@@ -147,6 +156,7 @@ class _Run:
         except ValueError as exc:
             raise _Setup(line, str(exc)) from None
         self.result.calls += 1
+        self.last_call = self.clock.now
 
     def note(self, d: Decision) -> None:
         self.result.exercised.candidates.add((d.tier, d.model))
