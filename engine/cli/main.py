@@ -105,6 +105,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                    add_help=False)
     sub.add_parser("test", help="run policy test files (*_test.yaml): scripted scenarios with expectations",
                    add_help=False)
+    sub.add_parser("explain", help="why a tier would pick the model it picks now, and what would change it",
+                   add_help=False)
     sub.add_parser("convert", help="write a shared trace or a history database as a replay trace CSV",
                    add_help=False)
     args, rest = parser.parse_known_args(argv)
@@ -113,6 +115,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from engine.cli.policytest import main as main_test
 
         return main_test(rest)
+    if args.command == "explain":
+        from engine.cli.explain import main as main_explain
+
+        return main_explain(rest)
     if args.command == "convert":
         from engine.cli.convert import main as main_convert
 
