@@ -107,6 +107,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                    add_help=False)
     sub.add_parser("explain", help="why a tier would pick the model it picks now, and what would change it",
                    add_help=False)
+    sub.add_parser("diff", help="what changed in meaning between two policy sets, and its effect with --replay",
+                   add_help=False)
     sub.add_parser("convert", help="write a shared trace or a history database as a replay trace CSV",
                    add_help=False)
     args, rest = parser.parse_known_args(argv)
@@ -119,6 +121,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from engine.cli.explain import main as main_explain
 
         return main_explain(rest)
+    if args.command == "diff":
+        from engine.cli.diff import main as main_diff
+
+        return main_diff(rest)
     if args.command == "convert":
         from engine.cli.convert import main as main_convert
 
