@@ -88,7 +88,7 @@ def _replay(args: argparse.Namespace, labels: tuple[str, str]) -> dict[str, Any]
 
         from engine.sim.simulate import SimOptions, simulate
 
-        base = SimOptions(seed=args.seed, hours=args.hours, history="none", report=False)
+        base = SimOptions(seed=args.seed, hours=args.hours, history="none", report=False, baselines=False)
         runs = [simulate(replace(base, policies=d)) for d in (args.old, args.new)]
         summaries = [r.engine for r in runs]
         title = (f"effect on the shipped workload's simulated day ({runs[0].requests:,} calls, scenario "

@@ -104,3 +104,15 @@ def test_usage_and_invalid_sets(new: Path, tmp_path: Path) -> None:
     (new / "routing.yaml").write_text("kind: routing\nversion: 1\ntiers: {}\n")
     bad = run(str(POLICIES), str(new))
     assert bad.returncode == 1 and "too-few-items" in bad.stderr
+
+
+def test_replay_without_a_trace_simulates_the_shipped_workload_through_both(new: Path) -> None:
+    edit(new / "routing.yaml", "[gpt-4.1-nano, gemini-2.5-flash-lite, gpt-4o-mini]",
+         "[gpt-4o-mini, gpt-4.1-nano, gemini-2.5-flash-lite]")
+    out = run(str(POLICIES), str(new), "--replay", "--hours", "1", "--json")
+    assert out.returncode == 0, out.stderr
+    runs = json.loads(out.stdout)["replay"]["runs"]
+    assert runs[0]["calls"] == runs[1]["calls"] > 1000  # the same arrivals through both sets
+    served = [r["served_by"].get("gpt-4o-mini", 0) for r in runs]
+    assert served[1] > 10 * max(served[0], 1)  # L1's first choice is now gpt-4o-mini
+    assert runs[1]["cost_per_success_usd"] > runs[0]["cost_per_success_usd"]  # and it costs more than nano
