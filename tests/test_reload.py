@@ -522,3 +522,15 @@ def test_cli_refuses_an_invalid_set(policy_dir: Path, tmp_path: Path) -> None:
 def test_cli_usage_error(tmp_path: Path) -> None:
     proc = Proc("--debounce-ms", "soon", cwd=tmp_path)
     assert proc.finish() == 2
+
+
+def test_cli_prints_the_warnings_of_a_set_it_takes(policy_dir: Path, tmp_path: Path) -> None:
+    proc = Proc(str(policy_dir), "--once", cwd=tmp_path)
+    assert proc.line().startswith("watching ")
+    routing = policy_dir / "routing.yaml"
+    rename_over(routing, edited(routing, "[gpt-5, claude-opus-4-1, o3]", "[gpt-5, claude-opus-4-1]"))
+    assert proc.line().startswith("reloaded revision ")  # a warning never stops a reload
+    line = (policy_dir / "models.yaml").read_text().splitlines().index("  o3:") + 1
+    assert proc.line() == (f"{policy_dir / 'models.yaml'}:{line}:3: unreachable-model: model 'o3' is not a "
+                           "candidate of any tier; add it to a tier's candidates or remove it (warning)")
+    assert proc.finish() == 0
