@@ -123,6 +123,19 @@ def _message(err: ValidationError, kind: str) -> str:
 _PERCENT = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*%\s*$")
 
 
+def _belongs_below(schema: dict[str, Any], key: str) -> str:
+    """A hint when ``key``, unknown here, is a setting one level down: it lost its indentation."""
+    for name, sub in schema.get("properties", {}).items():
+        if not isinstance(sub, dict):
+            continue
+        entries = sub.get("additionalProperties")
+        if isinstance(entries, dict) and key in entries.get("properties", {}):
+            return f"; {key!r} is a setting of each entry of {name!r}: indent it under the entry it belongs to"
+        if key in sub.get("properties", {}):
+            return f"; {key!r} is a setting under {name!r}: indent it there"
+    return ""
+
+
 def _moved_key(doc: Document, err: ValidationError, path: tuple[Any, ...]) -> str | None:
     """A setting that lost its indentation and now names an entry: ``max_in_flight: 128`` one level
     up reads as a model named 'max_in_flight'. Says which key changed meaning, and where it belongs."""
@@ -173,8 +186,8 @@ def _problems(doc: Document, err: ValidationError) -> Iterator[Problem]:
             if key not in known:
                 allowed = ", ".join(sorted(known))
                 yield doc.problem(path + (key,), "unknown-key",
-                                  f"unknown key {key!r}{did_you_mean(key, known)}; expected one of: {allowed}",
-                                  key=True)
+                                  f"unknown key {key!r}{did_you_mean(key, known)}; expected one of: {allowed}"
+                                  f"{_belongs_below(schema, key)}", key=True)
     elif err.validator == "required" and isinstance(instance, dict):
         for key in _any(err.validator_value):
             if key not in instance:

@@ -111,6 +111,32 @@ def explain(text: str, context: str | None, problem: str | None,
     return line, col, parser
 
 
+def _closer(lines: list[str], line: int, here: int) -> int | None:
+    """The content line between ``line`` and an earlier line of the same indentation that is indented
+    less than both: it closed the mapping ``line`` belongs to."""
+    lowest = None
+    for i in range(line - 1, 0, -1):
+        text = lines[i - 1]
+        if not _content(text):
+            continue
+        indent = _indent(text)
+        if indent == here:
+            return lowest
+        if indent < here:
+            lowest = i if lowest is None or indent < _indent(lines[lowest - 1]) else lowest
+            if indent == 0:
+                return None if lowest == i and i == 1 else _same_before(lines, i, here, lowest)
+    return None
+
+
+def _same_before(lines: list[str], start: int, here: int, lowest: int) -> int | None:
+    """``lowest`` when a line above ``start`` has indentation ``here`` (in the mapping it closed)."""
+    for i in range(start - 1, 0, -1):
+        if _content(lines[i - 1]) and _indent(lines[i - 1]) == here:
+            return lowest
+    return None
+
+
 def _mapping_value(lines: list[str], line: int, col: int, parser: str) -> tuple[int, int, str]:
     if _odd(lines, line) != line:
         return _indentation(lines, line, col, parser)
@@ -133,6 +159,14 @@ def _indentation(lines: list[str], line: int, col: int, parser: str) -> tuple[in
         return line, col, f"the indentation here lines up with no key above it ({parser})"
     line = _odd(lines, line)
     here = _indent(lines[line - 1])
+    closer = _closer(lines, line, here)
+    if closer is not None:
+        ckey = lines[closer - 1].strip().split(":", 1)[0]
+        key = lines[line - 1].strip().split(":", 1)[0]
+        return (closer, _indent(lines[closer - 1]) + 1,
+                f"line {closer} ({ckey!r}) is indented {_indent(lines[closer - 1])} spaces, which ends the "
+                f"mapping that line {line} ({key!r}, indented {here}) still belongs to: indent {ckey!r} like "
+                f"the keys of the entry it belongs to, or move it below that mapping ({parser})")
     above = _sibling_indents(lines, line)
     shown = sorted({i for i in above if i != here})
     near = ", ".join(str(i) for i in shown[:6])
