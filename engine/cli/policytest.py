@@ -75,9 +75,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     rendered = {"text": lambda: output.text(out, verbose=args.verbose), "json": lambda: output.as_json(out),
                 "junit": lambda: output.junit(out)}[args.format]()
     _emit(args, rendered)
-    if args.format != "text" and args.output is None:
-        pass
-    elif args.format != "text":
+    if args.format != "text" and args.output:  # JSON or JUnit went to a file: the summary still shows here
         print(output.text(out, verbose=args.verbose))
     if any(not r.passed for r in out.results):
         return EXIT_FAILED

@@ -98,3 +98,9 @@ def test_an_invalid_policy_set_exits_1(suite: Path) -> None:
     out = run(str(suite))
     assert out.returncode == 1
     assert f"{suite / 'routing.yaml'}:3:8: too-few-items" in out.stderr
+
+
+def test_junit_to_a_file_still_prints_the_summary(suite: Path, tmp_path: Path) -> None:
+    out = run(str(suite), "--format", "junit", "-o", str(tmp_path / "j.xml"))
+    assert out.stdout.rstrip().endswith("1 passed, 1 failed of 2 selected")
+    assert (tmp_path / "j.xml").read_text().startswith("<?xml")
