@@ -86,3 +86,8 @@ def test_usage_errors() -> None:
         bad.stderr
     assert run("L2", "--at", "tomorrow").returncode == 2
     assert run("L2", "--store", "redis://localhost/0").returncode == 2
+
+
+def test_a_missing_history_store_exits_1(tmp_path: Path) -> None:
+    out = run("L2", "--store", f"sqlite:///{tmp_path / 'none.db'}")
+    assert out.returncode == 1 and f"no history database at {tmp_path / 'none.db'}" in out.stderr
