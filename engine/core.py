@@ -279,7 +279,7 @@ class PolicyEngine:
             status = self._reload_status
             status["attempts"] += 1
             status["last_attempt_at"] = now
-            if policy is None or problems:
+            if policy is None:  # warnings alone never stop a reload
                 status["failures"] += 1
                 status["last_error"] = [p.format() for p in problems]
                 status["last_error_at"] = now

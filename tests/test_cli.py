@@ -210,3 +210,38 @@ def test_a_storage_uri_failing_its_schema_is_shown_without_the_password(policy_d
     assert out.returncode == 1
     assert SECRET not in out.stdout + out.stderr
     assert [p["code"] for p in json.loads(out.stdout)["problems"]] == ["invalid-format"]
+
+
+def _orphan_model(policy_dir: Path) -> int:
+    """Take o3 out of tier L4, so it is a candidate of no tier (a warning); its line in models.yaml."""
+    routing = policy_dir / "routing.yaml"
+    routing.write_text(routing.read_text().replace("[gpt-5, claude-opus-4-1, o3]", "[gpt-5, claude-opus-4-1]"))
+    return (policy_dir / "models.yaml").read_text().splitlines().index("  o3:") + 1
+
+
+def test_warnings_print_but_exit_0_and_strict_fails(policy_dir: Path) -> None:
+    line = _orphan_model(policy_dir)
+    out = run("validate", str(policy_dir))
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert out.stdout.splitlines()[0] == (
+        f"{policy_dir / 'models.yaml'}:{line}:3: unreachable-model: model 'o3' is not a candidate of any tier; "
+        "add it to a tier's candidates or remove it (warning)")
+    assert "tiers: valid, 1 warning (revision" in out.stdout
+    strict = run("validate", "--strict", str(policy_dir))
+    assert strict.returncode == 1
+    assert strict.stderr.strip() == "1 warning found, and --strict makes warnings fail"
+
+
+def test_json_carries_severity(policy_dir: Path) -> None:
+    _orphan_model(policy_dir)
+    (policy_dir / "extra.yaml").write_text("kind: report\nversion: 1\ntop_models: 0\n")
+    out = run("validate", "--format", "json", str(policy_dir))
+    assert out.returncode == 1
+    doc = json.loads(out.stdout)
+    assert doc["valid"] is False and doc["errors"] == 1 and doc["warnings"] == 0
+    # errors stop the set before cross-file checks: only schema problems, all errors
+    assert {p["severity"] for p in doc["problems"]} == {"error"}
+    (policy_dir / "extra.yaml").unlink()
+    doc = json.loads(run("validate", "--format", "json", str(policy_dir)).stdout)
+    assert doc["valid"] is True and doc["errors"] == 0 and doc["warnings"] == 1
+    assert [(p["code"], p["severity"]) for p in doc["problems"]] == [("unreachable-model", "warning")]

@@ -45,7 +45,7 @@ def test_valid_edit_takes_effect_and_reports(eng: PolicyEngine, policy_dir: Path
     events: list[Event] = []
     eng.subscribe(events.append)
     before = eng.policy.revision
-    edit(policy_dir / "breakers.yaml", "failure_rate: 50", "failure_rate: 25")
+    edit(policy_dir / "breakers.yaml", "failure_rate: 0.5", "failure_rate: 0.25")
     assert eng.reload() is True
     assert eng.policy.models["gpt-4.1"].breaker.failure_rate == 25
     [event] = events
@@ -94,7 +94,7 @@ def test_changed_threshold_applies_from_the_next_call(eng: PolicyEngine, policy_
     for _ in range(3):
         eng.record(eng.decide("L2", model="gpt-4.1-mini"), Outcome(10.0, error="timeout"))
     assert eng.state("gpt-4.1-mini")["breaker"]["state"] == "closed"
-    edit(policy_dir / "breakers.yaml", "failure_rate: 50", "failure_rate: 5")
+    edit(policy_dir / "breakers.yaml", "failure_rate: 0.5", "failure_rate: 0.05")
     eng.reload()
     assert eng.state("gpt-4.1-mini")["breaker"]["state"] == "closed"  # no transition on reload
     eng.record(eng.decide("L2", model="gpt-4.1-mini"), Outcome(10.0, error="timeout"))

@@ -390,7 +390,7 @@ def test_watch_starts_a_native_watcher_and_the_context_stops_it(eng: PolicyEngin
     with watch(eng, debounce_s=0.02) as w:
         assert w.mode == "inotify" and w.is_alive()
         breakers = policy_dir / "breakers.yaml"
-        rename_over(breakers, edited(breakers, "failure_rate: 50", "failure_rate: 25"))
+        rename_over(breakers, edited(breakers, "failure_rate: 0.5", "failure_rate: 0.25"))
         seen.wait(lambda: eng.policy.models["gpt-4.1"].breaker.failure_rate == 25, "failure_rate 25")
     assert set(threading.enumerate()) == threads
 
@@ -421,7 +421,7 @@ def test_decisions_made_before_a_reload_are_recorded_after_it(eng: PolicyEngine,
     held = eng.decide("L4", estimated_tokens=1500)
     start("inotify")
     breakers = policy_dir / "breakers.yaml"
-    in_place(breakers, edited(breakers, "failure_rate: 50", "failure_rate: 30"))
+    in_place(breakers, edited(breakers, "failure_rate: 0.5", "failure_rate: 0.3"))
     seen.wait(lambda: eng.policy.models["gpt-5"].breaker.failure_rate == 30, "failure_rate 30")
     eng.record(held, OK)
     state = eng.state(held.model)
@@ -522,3 +522,15 @@ def test_cli_refuses_an_invalid_set(policy_dir: Path, tmp_path: Path) -> None:
 def test_cli_usage_error(tmp_path: Path) -> None:
     proc = Proc("--debounce-ms", "soon", cwd=tmp_path)
     assert proc.finish() == 2
+
+
+def test_cli_prints_the_warnings_of_a_set_it_takes(policy_dir: Path, tmp_path: Path) -> None:
+    proc = Proc(str(policy_dir), "--once", cwd=tmp_path)
+    assert proc.line().startswith("watching ")
+    routing = policy_dir / "routing.yaml"
+    rename_over(routing, edited(routing, "[gpt-5, claude-opus-4-1, o3]", "[gpt-5, claude-opus-4-1]"))
+    assert proc.line().startswith("reloaded revision ")  # a warning never stops a reload
+    line = (policy_dir / "models.yaml").read_text().splitlines().index("  o3:") + 1
+    assert proc.line() == (f"{policy_dir / 'models.yaml'}:{line}:3: unreachable-model: model 'o3' is not a "
+                           "candidate of any tier; add it to a tier's candidates or remove it (warning)")
+    assert proc.finish() == 0

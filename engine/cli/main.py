@@ -3,8 +3,8 @@
 Exit codes (stable):
 
 ====  =====================================================
-0     success: every policy set is valid
-1     invalid: at least one problem was found
+0     success: every policy set is valid (warnings may be printed)
+1     invalid: at least one error was found (or a warning, with ``--strict``)
 2     usage error: unknown option, missing argument
 ====  =====================================================
 """
@@ -28,13 +28,15 @@ def _validate_parser(prog: str) -> argparse.ArgumentParser:
         prog=prog,
         description="Validate a policy set: every problem as file:line:col: code: message. "
         "All PATHs together form one policy set; a directory contributes its *.yaml and *.yml files.",
-        epilog="exit status: 0 valid, 1 invalid, 2 usage error",
+        epilog="exit status: 0 valid (warnings are printed), 1 invalid (or warnings with --strict), "
+               "2 usage error",
     )
     p.add_argument("paths", nargs="*", metavar="PATH",
                    help="policy directory or files (default: ./policies)")
     p.add_argument("--format", choices=("text", "json"), default="text",
                    help="text (default) or json for tools")
     p.add_argument("-q", "--quiet", action="store_true", help="print problems only, no summary")
+    p.add_argument("--strict", action="store_true", help="warnings fail too (exit 1)")
     return p
 
 
@@ -45,7 +47,9 @@ def run_validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
             parser.error("no PATH given and no ./policies directory here")
         paths = ["policies"]
     policy, problems = check(paths)
-    valid = policy is not None and not problems
+    errors = sum(p.is_error for p in problems)
+    warnings = len(problems) - errors
+    valid = policy is not None and not (args.strict and warnings)
     if args.format == "json":
         files = sorted({p.file for p in problems} | set(policy.files if policy else ()))
         out = {
@@ -53,6 +57,9 @@ def run_validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
             "paths": list(map(str, paths)),
             "files": files,
             "revision": policy.revision if policy else None,
+            "strict": args.strict,
+            "errors": errors,
+            "warnings": warnings,
             "problems": [p.to_dict() for p in problems],
         }
         print(json.dumps(out, indent=2))
@@ -60,15 +67,22 @@ def run_validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
         for problem in problems:
             print(problem.format())
         if not args.quiet:
+            noted = f", {_count(warnings, 'warning')}" if warnings else ""
             if valid:
                 assert policy is not None
                 print(f"{printable(', '.join(map(str, paths)))}: {len(policy.files)} files, "
-                      f"{len(policy.models)} models, {len(policy.tiers)} tiers: valid "
+                      f"{len(policy.models)} models, {len(policy.tiers)} tiers: valid{noted} "
                       f"(revision {policy.revision[:12]})")
+            elif errors:
+                print(f"{_count(len(problems), 'problem')} found" + (f" ({_count(errors, 'error')}{noted})"
+                                                                      if warnings else ""), file=sys.stderr)
             else:
-                count = len(problems)
-                print(f"{count} problem{'s' if count != 1 else ''} found", file=sys.stderr)
+                print(f"{_count(warnings, 'warning')} found, and --strict makes warnings fail", file=sys.stderr)
     return EXIT_OK if valid else EXIT_INVALID
+
+
+def _count(n: int, what: str) -> str:
+    return f"{n} {what}{'s' if n != 1 else ''}"
 
 
 def validate_main(argv: Sequence[str] | None = None) -> int:
@@ -89,10 +103,28 @@ def main(argv: Sequence[str] | None = None) -> int:
                    add_help=False)
     sub.add_parser("status", help="breakers, budgets and health per model from the history store",
                    add_help=False)
+    sub.add_parser("test", help="run policy test files (*_test.yaml): scripted scenarios with expectations",
+                   add_help=False)
+    sub.add_parser("explain", help="why a tier would pick the model it picks now, and what would change it",
+                   add_help=False)
+    sub.add_parser("diff", help="what changed in meaning between two policy sets, and its effect with --replay",
+                   add_help=False)
     sub.add_parser("convert", help="write a shared trace or a history database as a replay trace CSV",
                    add_help=False)
     args, rest = parser.parse_known_args(argv)
     # each command's module is imported only when used, so validation starts fast
+    if args.command == "test":
+        from engine.cli.policytest import main as main_test
+
+        return main_test(rest)
+    if args.command == "explain":
+        from engine.cli.explain import main as main_explain
+
+        return main_explain(rest)
+    if args.command == "diff":
+        from engine.cli.diff import main as main_diff
+
+        return main_diff(rest)
     if args.command == "convert":
         from engine.cli.convert import main as main_convert
 

@@ -59,6 +59,13 @@ def _print_result(changed: bool, status: dict[str, Any]) -> None:
     sys.stdout.flush()
 
 
+def _print_warnings(warnings: Sequence[Any]) -> None:
+    """The warnings of the set now in force (it is valid with them), one ``file:line:col`` line each."""
+    for w in warnings:
+        print(w.format())
+    sys.stdout.flush()
+
+
 def run_watch(args: argparse.Namespace, parser: object = None) -> int:
     """Run ``policy-engine watch`` with parsed ``args``; see :func:`watch_parser`."""
     from engine.core import PolicyEngine
@@ -76,6 +83,8 @@ def run_watch(args: argparse.Namespace, parser: object = None) -> int:
 
     def on_result(changed: bool, status: dict[str, Any]) -> None:
         _print_result(changed, status)
+        if changed and not status["failed"]:
+            _print_warnings(eng.policy.warnings)
         if args.once and (changed or status["failed"]):
             outcome["code"] = 1 if status["failed"] else 0
             done.set()
@@ -97,6 +106,7 @@ def run_watch(args: argparse.Namespace, parser: object = None) -> int:
         count = len(eng.policy.files)
         print(f"watching {printable(', '.join(map(str, args.paths)))} ({watcher.mode}): revision "
               f"{eng.policy.revision[:12]} ({count} file{'s' if count != 1 else ''})", flush=True)
+        _print_warnings(eng.policy.warnings)
         done.wait()
     except (_Interrupted, KeyboardInterrupt):
         outcome["code"] = 0

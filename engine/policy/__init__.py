@@ -1,6 +1,7 @@
 """Policy files in, a validated :class:`~engine.policy.model.PolicySet` out.
 
-* :mod:`~engine.policy.yamlread` — one YAML file to data plus the place of every node, hostile input refused;
+* :mod:`~engine.policy.yamlread` — one YAML file to data plus the place of every node, hostile input refused
+  (syntax errors put in words with a hint by :mod:`~engine.policy.yamlhints`);
 * :mod:`~engine.policy.schema` — each file against ``schemas/<kind>.schema.json``;
 * :mod:`~engine.policy.compile` — every cross-file check, expressions compiled once
   (:mod:`~engine.policy.expressions`, names from :mod:`~engine.policy.contexts`,

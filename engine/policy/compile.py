@@ -16,7 +16,7 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from engine.policy import contexts
-from engine.policy.expressions import ExprError, check_template, compile_expression
+from engine.policy.expressions import ExprError, check_template, compile_expression, unit_warnings
 from engine.policy.model import (
     BUILTIN_ERROR_CLASSES,
     AnomalyRule,
@@ -35,7 +35,7 @@ from engine.policy.model import (
     TierSpec,
     frozen_map,
 )
-from engine.policy.problems import Problem, Suggester
+from engine.policy.problems import Problem, Suggester, sort_problems
 from engine.policy.yamlread import Document, Path
 
 #: Per kind, the top-level keys that hold named entries (all others are settings).
@@ -51,6 +51,18 @@ COLLECTIONS: dict[str, tuple[str, ...]] = {
     "storage": (),
 }
 
+#: What one named entry of each collection is called in a message.
+_ENTRY_NOUNS: dict[tuple[str, str], str] = {
+    ("models", "models"): "model",
+    ("breakers", "profiles"): "breaker profile",
+    ("breakers", "overrides"): "breaker override of model",
+    ("budgets", "budgets"): "budget",
+    ("routing", "tiers"): "tier",
+    ("errors", "classes"): "error class",
+    ("monitoring", "anomalies"): "anomaly rule",
+    ("recommendations", "rules"): "recommendation rule",
+}
+
 _BUILTIN_ERRORS = {
     "timeout": ErrorClassSpec("timeout", "failure", "any", True),
     "rate_limit": ErrorClassSpec("rate_limit", "failure", "any", True),
@@ -62,6 +74,9 @@ _BUILTIN_ERRORS = {
     "bad_request": ErrorClassSpec("bad_request", "ignore", "none", False),
 }
 assert tuple(_BUILTIN_ERRORS) == BUILTIN_ERROR_CLASSES
+
+#: Breaker settings the policy writes as fractions from 0 to 1 and BreakerSpec holds as percents.
+_FRACTIONS = frozenset({"failure_rate", "slow_call_rate"})
 
 _DURATION = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(ms|s|m|h|d)$")
 _UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -110,8 +125,9 @@ class Compiler:
                         first = table[name]
                         line, col = first.doc.where(first.path, key=True)
                         self.add(doc, (key, name), "duplicate-definition",
-                                 f"{kind} {key} entry {name!r} is already defined at "
-                                 f"{first.doc.file}:{line}:{col}", key=True)
+                                 f"{_ENTRY_NOUNS.get((kind, key), key)} {name!r} is already defined at "
+                                 f"{first.doc.file}:{line}:{col}; names are unique across the set's files: "
+                                 f"rename or remove one of the two", key=True)
                         continue
                     table[name] = _Entry(doc, (key, name), item)
             elif (kind, key) in self.settings:
@@ -134,11 +150,17 @@ class Compiler:
 
     def expr(self, entry: _Entry, path: Path, source: str, names: Mapping[str, str]) -> Expression | None:
         try:
-            return compile_expression(source, names)
+            compiled = compile_expression(source, names)
         except ExprError as exc:
-            where = f" (at character {exc.offset + 1})" if exc.offset else ""
-            self.add(entry.doc, entry.path + path, exc.code, f"{exc.message}{where} in {source!r}")
+            self._expr_problem(entry, path, source, exc)
             return None
+        for warning in unit_warnings(source):
+            self._expr_problem(entry, path, source, warning)
+        return compiled
+
+    def _expr_problem(self, entry: _Entry, path: Path, source: str, exc: ExprError) -> None:
+        where = f" (at character {exc.offset + 1})" if exc.offset else ""
+        self.add(entry.doc, entry.path + path, exc.code, f"{exc.message}{where} in {source!r}")
 
     def zone(self, entry: _Entry, path: Path, name: str) -> str:
         try:
@@ -174,6 +196,8 @@ class Compiler:
         return classes
 
     def breaker_spec(self, entry: _Entry | None, base: BreakerSpec, over: Mapping[str, Any]) -> BreakerSpec:
+        # policies write rates as fractions (0.5); the breaker compares percents of its window (50.0)
+        over = {k: round(v * 100, 9) if k in _FRACTIONS else v for k, v in over.items()}
         spec = dataclasses.replace(base, **over)
         if entry is not None:  # judged only where this entry sets one of the two values
             if spec.open_for_s > spec.max_open_for_s and ("open_for_s" in over or "max_open_for_s" in over):
@@ -351,6 +375,14 @@ class Compiler:
                          f"model {name!r} is not a candidate of any tier; add it to a tier's candidates "
                          f"or remove it", key=True)
 
+    def unused_profiles(self, models: Mapping[str, ModelSpec]) -> None:
+        used = {m.breaker_profile for m in models.values()}
+        for name, e in self.entries("breakers", "profiles").items():
+            if name not in used:
+                self.add(e.doc, e.path, "unused-profile",
+                         f"breaker profile {name!r} is used by no model; name it in a model's 'breaker' "
+                         f"or remove it", key=True)
+
     def tier_order(self, tiers: Mapping[str, TierSpec]) -> tuple[str, ...]:
         e = self.settings.get(("routing", "tier_order"))
         if e is None:
@@ -383,4 +415,7 @@ class Compiler:
             report=self.report(),
             storage_uri=self.setting("storage", "uri"),
         )
-        return None if self.problems else policy
+        self.unused_profiles(models)
+        if any(p.is_error for p in self.problems):
+            return None
+        return dataclasses.replace(policy, warnings=tuple(sort_problems(self.problems)))

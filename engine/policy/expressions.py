@@ -43,6 +43,16 @@ FUNCTIONS: dict[str, Callable[..., Any]] = {
 }
 _ARITY = {"abs": (1, 1), "float": (1, 1), "int": (1, 1), "max": (2, 8), "min": (2, 8), "round": (1, 2)}
 
+#: Words people write for a metric under another name (looked up when no name is close).
+SYNONYMS: dict[str, str] = {
+    "latency": "p95_ms", "latency_ms": "p95_ms", "p50": "p50_ms", "p95": "p95_ms", "p99": "p99_ms",
+    "median_ms": "p50_ms", "avg_ms": "mean_ms", "average_ms": "mean_ms", "cost": "cost_usd", "spend": "cost_usd",
+    "failure_rate": "error_rate", "failure_ratio": "error_rate", "errors_429": "errors_rate_limit",
+    "requests": "calls", "count": "calls", "uptime": "availability", "inflight": "in_flight",
+    "concurrency": "in_flight", "budget": "budget_used", "rank": "priority", "position": "priority",
+    "tokens": "tokens_out", "price": "price_out",
+}
+
 _BINOPS = (ast.Add, ast.Sub, ast.Mult, ast.Div, ast.FloorDiv, ast.Mod)
 _ORDER = (ast.Lt, ast.LtE, ast.Gt, ast.GtE)
 _EQ = (ast.Eq, ast.NotEq)
@@ -143,14 +153,26 @@ class _Checker:
         if node.id.startswith("_"):
             raise self.fail(node, "expr-forbidden", f"names starting with '_' are not allowed, got {node.id!r}")
         if node.id not in self.names:
-            from engine.policy.problems import did_you_mean
 
             if node.id in FUNCTIONS:
                 raise self.fail(node, "expr-forbidden", f"function {node.id!r} can only be called")
-            raise self.fail(node, "expr-unknown-name",
-                            f"unknown name {node.id!r}{did_you_mean(node.id, self.names)}")
+            raise self.fail(node, "expr-unknown-name", f"unknown name {node.id!r}{self.hint(node.id)}")
         self.used.add(node.id)
         return frozenset({self.names[node.id]})
+
+    def hint(self, name: str) -> str:
+        """A did-you-mean: the closest name, else a known synonym, else the names there are."""
+        from engine.policy.problems import did_you_mean
+
+        close = did_you_mean(name, self.names)
+        if close:
+            return close
+        synonym = SYNONYMS.get(name.casefold())
+        if synonym is not None and synonym in self.names:
+            return f" (did you mean {synonym!r}?)"
+        plain = sorted(n for n in self.names if not n.startswith("errors_"))
+        errors = "errors_<class>, " if len(plain) < len(self.names) else ""
+        return f"; the names here are {errors}{', '.join(plain)}"
 
     def _UnaryOp(self, node: ast.UnaryOp, depth: int) -> frozenset[str]:
         if type(node.op) in _FORBIDDEN_OPS:
@@ -297,6 +319,47 @@ def compile_expression(source: str, names: Mapping[str, str]) -> Expression:
     ast.fix_missing_locations(tree)
     fn = eval(compile(tree, "<policy expression>", "eval"), dict(_GLOBALS))  # noqa: S307 - checked AST
     return Expression(source=source, names=frozenset(checker.used), fn=fn)
+
+
+#: Context names that hold a fraction from 0 to 1 (besides every name ending in ``_rate``).
+FRACTION_NAMES = frozenset({"availability"})
+_SYMBOL = {ast.Lt: "<", ast.LtE: "<=", ast.Gt: ">", ast.GtE: ">=", ast.Eq: "==", ast.NotEq: "!="}
+
+
+def _fraction_name(node: ast.AST) -> str | None:
+    if isinstance(node, ast.Name) and (node.id.endswith("_rate") or node.id in FRACTION_NAMES):
+        return node.id
+    return None
+
+
+def _number(node: ast.AST) -> float | None:
+    if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)) and not isinstance(node.value, bool):
+        return float(node.value)
+    return None
+
+
+def unit_warnings(source: str) -> list[ExprError]:
+    """``expr-rate-unit`` warnings of a checked expression: a rate compared with a number above 1.
+
+    ``error_rate > 20`` was meant as 20% and can never hold, since rates are fractions from 0 to 1.
+    """
+    found: list[ExprError] = []
+    for node in ast.walk(parse(source)):
+        if not isinstance(node, ast.Compare):
+            continue
+        left = node.left
+        for op, right in zip(node.ops, node.comparators, strict=True):
+            for name_node, num_node in ((left, right), (right, left)):
+                name, number = _fraction_name(name_node), _number(num_node)
+                if name is not None and number is not None and 1 < number <= 100 and type(op) in _SYMBOL:
+                    text = ast.unparse(ast.Compare(left, [op], [right]))
+                    found.append(ExprError(
+                        "expr-rate-unit",
+                        f"{name} is a fraction from 0 to 1, so {text!r} compares it with a percent: "
+                        f"write {round(number / 100, 9):g} for {number:g}%",
+                        getattr(num_node, "col_offset", 0)))
+            left = right
+    return found
 
 
 def check_template(template: str, names: Mapping[str, str]) -> ExprError | None:

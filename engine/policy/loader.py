@@ -149,7 +149,11 @@ def policy_files(paths: Iterable[str | os.PathLike[str]]) -> tuple[list[Path], l
 
 
 def check(paths: Sequence[str | os.PathLike[str]] | str | os.PathLike[str]) -> tuple[PolicySet | None, list[Problem]]:
-    """Load and check; returns the set (or ``None``) and every problem, sorted."""
+    """Load and check; returns the set (``None`` when a problem is an error) and every problem, sorted.
+
+    Problems of severity ``warning`` leave the set valid: it is returned with them, and also
+    carries them as ``PolicySet.warnings``.
+    """
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
     files, problems = policy_files(paths)
@@ -180,8 +184,11 @@ def check(paths: Sequence[str | os.PathLike[str]] | str | os.PathLike[str]) -> t
 
 
 def load_policies(paths: Sequence[str | os.PathLike[str]] | str | os.PathLike[str]) -> PolicySet:
-    """The checked PolicySet of ``paths``; raises PolicyError with every problem."""
+    """The checked PolicySet of ``paths``; raises PolicyError with every problem when one is an error.
+
+    Warnings do not stop loading: the set carries them as ``PolicySet.warnings``.
+    """
     policy, problems = check(paths)
-    if policy is None or problems:
+    if policy is None:
         raise PolicyError(problems)
     return policy

@@ -11,7 +11,10 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from engine.policy.problems import Problem
 
 WindowKind = Literal["count", "time"]
 BreakerVerdict = Literal["failure", "ignore", "success"]
@@ -58,8 +61,8 @@ class BreakerSpec:
     window_s: float = 60.0  # seconds for a time window
     window_buckets: int = 12  # buckets of a time window
     minimum_calls: int = 10
-    failure_rate: float = 50.0  # percent
-    slow_call_rate: float = 100.0  # percent
+    failure_rate: float = 50.0  # percent (policies write a fraction; the compiler converts)
+    slow_call_rate: float = 100.0  # percent (policies write a fraction; the compiler converts)
     slow_call_ms: float = 60_000.0
     open_for_s: float = 30.0
     backoff: float = 1.0
@@ -212,6 +215,8 @@ class PolicySet:
     recommendations: tuple[RecommendationRule, ...]
     report: ReportSpec
     storage_uri: str | None = None  # the storage policy's uri, if any
+    #: problems of severity ``warning`` found while loading (the set is valid with them)
+    warnings: tuple[Problem, ...] = field(default=(), compare=False)
 
     def budgets_for(self, model: str) -> tuple[BudgetSpec, ...]:
         """Every budget that a call to ``model`` spends from."""

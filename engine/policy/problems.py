@@ -5,6 +5,10 @@ Every problem the loader or the checks find is a :class:`Problem`: where
 "expected X, got Y", with a "did you mean" where a name is close. Lines and
 columns are 1-based, as editors show them. The codes are listed in
 ``docs/codes.md`` and in :data:`CODES`; tools may rely on them.
+
+Each code has a severity (:data:`SEVERITIES`): an ``error`` makes the set
+invalid, a ``warning`` (a model no tier lists, a profile no model uses, a rate
+compared with a number in the wrong unit) is reported but the set still loads.
 """
 
 from __future__ import annotations
@@ -70,7 +74,18 @@ CODES: dict[str, str] = {
     "expr-type": "an expression applies an operator to values of the wrong type",
     "template-unknown-name": "a message template names a value that does not exist",
     "template-syntax": "a message template is malformed",
+    # units
+    "rate-unit": "a rate or threshold written in percent where the policy takes a fraction from 0 to 1",
+    "expr-rate-unit": "an expression compares a rate (a fraction from 0 to 1) with a number above 1",
+    # warnings about what the set leaves unused
+    "unused-profile": "a breaker profile that no model uses",
 }
+
+#: The codes that are warnings: reported, but the set still loads (``--strict`` makes them fail).
+WARNINGS: frozenset[str] = frozenset({"unreachable-model", "unused-profile", "expr-rate-unit"})
+
+#: Every code's severity: ``error`` or ``warning``.
+SEVERITIES: dict[str, str] = {code: "warning" if code in WARNINGS else "error" for code in CODES}
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,10 +103,21 @@ class Problem:
         if self.code not in CODES:  # a programming error, caught by the tests
             raise ValueError(f"unknown problem code {self.code!r}")
 
+    @property
+    def severity(self) -> str:
+        """``error`` (the set is invalid) or ``warning`` (reported; the set still loads)."""
+        return SEVERITIES[self.code]
+
+    @property
+    def is_error(self) -> bool:
+        return self.code not in WARNINGS
+
     def format(self) -> str:
-        """``file:line:col: code: message``, one line: control characters in the file name and the
-        message are shown escaped (``\\x1b``, ``\\n``), so the text is safe for a terminal."""
-        return f"{printable(self.file)}:{self.line}:{self.col}: {self.code}: {printable(self.message)}"
+        """``file:line:col: code: message``, one line, `` (warning)`` appended to a warning: control
+        characters in the file name and the message are shown escaped (``\\x1b``, ``\\n``), so the
+        text is safe for a terminal."""
+        tail = " (warning)" if self.code in WARNINGS else ""
+        return f"{printable(self.file)}:{self.line}:{self.col}: {self.code}: {printable(self.message)}{tail}"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -99,6 +125,7 @@ class Problem:
             "line": self.line,
             "col": self.col,
             "code": self.code,
+            "severity": self.severity,
             "message": self.message,
             "path": "/" + "/".join(str(p) for p in self.path),
         }

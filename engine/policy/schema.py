@@ -8,6 +8,7 @@ turned into stable problem codes that point at the offending key or value.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from functools import cache
 from typing import Any
@@ -99,7 +100,8 @@ def _message(err: ValidationError, kind: str) -> str:
         return f"expected {val!r}, got {_got(inst)}"
     if v in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
         op = {"minimum": ">=", "maximum": "<=", "exclusiveMinimum": ">", "exclusiveMaximum": "<"}[str(v)]
-        return f"expected a number {op} {val}, got {inst!r}"
+        unit = " (a fraction from 0 to 1: 0.5 is 50%)" if _any(err.schema).get("x-unit") == "fraction" else ""
+        return f"expected a number {op} {val}{unit}, got {inst!r}"
     if v == "pattern":
         return f"expected a string matching {val}, got {inst!r}"
     if v in ("minItems", "minProperties"):
@@ -118,6 +120,57 @@ def _message(err: ValidationError, kind: str) -> str:
     return text
 
 
+_PERCENT = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*%\s*$")
+
+
+def _belongs_below(schema: dict[str, Any], key: str) -> str:
+    """A hint when ``key``, unknown here, is a setting one level down: it lost its indentation."""
+    for name, sub in schema.get("properties", {}).items():
+        if not isinstance(sub, dict):
+            continue
+        entries = sub.get("additionalProperties")
+        if isinstance(entries, dict) and key in entries.get("properties", {}):
+            return f"; {key!r} is a setting of each entry of {name!r}: indent it under the entry it belongs to"
+        if key in sub.get("properties", {}):
+            return f"; {key!r} is a setting under {name!r}: indent it there"
+    return ""
+
+
+def _moved_key(doc: Document, err: ValidationError, path: tuple[Any, ...]) -> str | None:
+    """A setting that lost its indentation and now names an entry: ``max_in_flight: 128`` one level
+    up reads as a model named 'max_in_flight'. Says which key changed meaning, and where it belongs."""
+    if err.validator != "type" or len(path) < 2 or _any(err.validator_value) != "object":
+        return None
+    name, parent_path = path[-1], path[:-1]
+    if not isinstance(name, str) or name not in _any(err.schema).get("properties", {}):
+        return None
+    parent: Any = doc.data
+    for step in parent_path:
+        parent = parent[step]
+    names = list(parent)
+    above = next((n for n in reversed(names[: names.index(name)]) if isinstance(parent[n], dict)), None)
+    where = ".".join(map(str, parent_path))
+    fix = (f"indent it under {above!r}, with that entry's other keys" if above
+           else "indent it under the entry it belongs to")
+    return (f"{name!r} is a setting of each entry of {where!r}, but it is indented as an entry itself, so it "
+            f"became an entry named {name!r} with the value {_got(_any(err.instance))} (an entry must be a "
+            f"mapping): {fix}")
+
+
+def _rate_unit(err: ValidationError, key: str) -> str | None:
+    """The ``rate-unit`` message for a fraction written as a percent (``50`` or ``"50%"``), else None."""
+    if _any(err.schema).get("x-unit") != "fraction":
+        return None
+    inst = _any(err.instance)
+    if err.validator in ("maximum", "exclusiveMaximum") and isinstance(inst, (int, float)) and 1 < inst <= 100:
+        percent, got = float(inst), repr(inst)
+    elif err.validator == "type" and isinstance(inst, str) and (m := _PERCENT.match(inst)):
+        percent, got = float(m.group(1)), f"the string {inst!r}"
+    else:
+        return None
+    return f"{key} is a fraction from 0 to 1: write {round(percent / 100, 9):g} for {percent:g}%, got {got}"
+
+
 def _any(value: object) -> Any:
     """jsonschema's stubs type error fields as ``Any | Unset``; they are set on real errors."""
     return value
@@ -133,8 +186,8 @@ def _problems(doc: Document, err: ValidationError) -> Iterator[Problem]:
             if key not in known:
                 allowed = ", ".join(sorted(known))
                 yield doc.problem(path + (key,), "unknown-key",
-                                  f"unknown key {key!r}{did_you_mean(key, known)}; expected one of: {allowed}",
-                                  key=True)
+                                  f"unknown key {key!r}{did_you_mean(key, known)}; expected one of: {allowed}"
+                                  f"{_belongs_below(schema, key)}", key=True)
     elif err.validator == "required" and isinstance(instance, dict):
         for key in _any(err.validator_value):
             if key not in instance:
@@ -152,6 +205,10 @@ def _problems(doc: Document, err: ValidationError) -> Iterator[Problem]:
     elif path == ("version",) and err.validator == "const":
         yield doc.problem(path, "unsupported-version",
                           f"expected version {err.validator_value}, got {_got(_shown(err.instance, kind))}")
+    elif (shape := _moved_key(doc, err, path)) is not None:
+        yield doc.problem(path, "wrong-type", shape, key=True)
+    elif path and (unit := _rate_unit(err, str(path[-1]))) is not None:
+        yield doc.problem(path, "rate-unit", unit)
     else:
         yield doc.problem(path, _CODES.get(str(err.validator), "schema-violation"), _message(err, kind))
 
@@ -168,6 +225,15 @@ def _kind_problem(doc: Document) -> Problem | None:
         return doc.problem(("kind",), "unknown-kind",
                            f"expected one of {', '.join(KINDS)}, got {_got(kind)}{did_you_mean(str(kind), KINDS)}")
     return None
+
+
+def validate_kind(doc: Document, kind: str) -> list[Problem]:
+    """Every problem of ``doc`` against ``schemas/<kind>.schema.json``: for file kinds that are not
+    part of a policy set (policy tests)."""
+    problems: dict[Problem, None] = {}
+    for err in validator(kind).iter_errors(doc.data):
+        problems.update(dict.fromkeys(_problems(doc, err)))
+    return list(problems)
 
 
 def validate(doc: Document) -> list[Problem]:

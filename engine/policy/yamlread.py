@@ -22,6 +22,7 @@ import yaml
 from yaml import SafeLoader as _PyLoader
 
 from engine.policy.problems import Problem
+from engine.policy.yamlhints import explain, marks
 
 try:  # libyaml's parser, when available: an order of magnitude faster
     from yaml import CSafeLoader as _Loader
@@ -290,9 +291,9 @@ def _parse(file: str, text: str, loader_class: Any) -> Document:
         raise YamlProblem(Problem(file, line, col, "yaml-syntax",
                                   f"expected printable text, got character {exc.character!r}")) from None
     except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        what = " ".join(s for s in (exc.context, exc.problem) if s)
-        raise YamlProblem(Problem(file, *_pos(mark), "yaml-syntax", what or "invalid YAML")) from None
+        here, opened = marks(exc)
+        line, col, what = explain(text, exc.context, exc.problem, here, opened)
+        raise YamlProblem(Problem(file, line, col, "yaml-syntax", what)) from None
     except yaml.YAMLError as exc:
         raise YamlProblem(Problem(file, 1, 1, "yaml-syntax", str(exc))) from None
     finally:

@@ -76,6 +76,7 @@ class SimOptions:
     report_dir: str | None = None  # None: the report policy's output_dir (memory/reports)
     workload: Path | None = None
     record_trace: Path | None = None
+    baselines: bool = True  # also run the no-fallback and naive-retry baselines (diff --replay needs neither)
 
 
 @dataclass
@@ -222,9 +223,11 @@ def simulate(options: SimOptions, phase: Phase | None = None) -> SimResult:
     history_name, history_path = _engine_run(options, policy_dir, start, world, requests, tallies["engine"],
                                              notes, progress, timings)
     t = time.perf_counter()
-    worlds = (World(workload, policy, faults, day_start, tz), World(workload, policy, faults, day_start, tz))
-    run_baselines(policy, requests, worlds, (tallies["no_fallback"], tallies["naive"]), retries=options.retries,
-                  seed=options.seed, progress=phase("baselines", len(requests), tzname) if phase else None)
+    if options.baselines:
+        worlds = (World(workload, policy, faults, day_start, tz), World(workload, policy, faults, day_start, tz))
+        run_baselines(policy, requests, worlds, (tallies["no_fallback"], tallies["naive"]),
+                      retries=options.retries, seed=options.seed,
+                      progress=phase("baselines", len(requests), tzname) if phase else None)
     timings["baselines_s"] = time.perf_counter() - t
     result = SimResult(options, policy, str(policy_dir), workload, scenario, _incidents(faults, scenario, options),
                        notes, tzname, day_start, len(requests), primaries(policy), tallies["engine"].summary(),

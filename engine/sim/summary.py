@@ -148,8 +148,7 @@ def format_simulation(r: SimResult) -> str:
 
 
 # -- replay ------------------------------------------------------------------------------------
-def _replay_rows(r: ReplayResult, tz: ZoneInfo, with_date: bool) -> list[tuple[str, list[str]]]:
-    s = r.summaries
+def _replay_rows(s: Sequence[Mapping[str, Any]], tz: ZoneInfo, with_date: bool) -> list[tuple[str, list[str]]]:
 
     def col(fn: Any) -> list[str]:
         return [fn(x) for x in s]
@@ -205,10 +204,18 @@ def format_replay(r: ReplayResult) -> str:
         *(f"  {label}: {path}" for label, path in zip(r.labels, r.paths, strict=True)),
         "",
     ]
-    lines += table(_replay_rows(r, tz, with_date), r.labels)
+    lines += table(_replay_rows(r.summaries, tz, with_date), r.labels)
     lines.append("")
     for label, x in zip(r.labels, r.summaries, strict=True):
         trips = ", ".join(f"{m} {k}" for m, k in x["breaker_trips"].items()) or "none"
         failed = ", ".join(f"{c} {k:,}" for c, k in x["failed_by"].items()) or "none"
         lines.append(f"  {label}: failed calls: {failed}; breaker trips: {trips}")
     return "\n".join(lines)
+
+
+def compare_table(labels: Sequence[str], summaries: Sequence[Mapping[str, Any]], timezone: str) -> list[str]:
+    """Two or more runs' summaries side by side (the rows of ``replay --compare``), one column a run."""
+    tz = ZoneInfo(timezone)
+    ats = [e["at"] for s in summaries for e in s["budget_events"]]
+    with_date = bool(ats) and hhmmss(min(ats), tz, True)[:10] != hhmmss(max(ats), tz, True)[:10]
+    return table(_replay_rows(summaries, tz, with_date), labels)

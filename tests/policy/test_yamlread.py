@@ -44,7 +44,7 @@ def test_merge_keys() -> None:
         ("", (1, 1, "empty-file")),
         ("# nothing here\n\n", (1, 1, "empty-file")),
         ("a: 1\n---\nb: 2\n", (2, 1, "multiple-documents")),
-        ("a: [1\n", (2, 1, "yaml-syntax")),
+        ("a: [1\n", (1, 4, "yaml-syntax")),  # at the bracket left open
         ("a: b: c\n", (1, 5, "yaml-syntax")),
         ("a: *nope\n", (1, 4, "yaml-syntax")),
         ("a: !!python/object/apply:os.system [ls]\n", (1, 4, "bad-yaml-tag")),

@@ -49,7 +49,7 @@ tier_order: [L1]
 """,
     "breakers.yaml": """kind: breakers
 version: 1
-defaults: {window: count, window_size: 20, minimum_calls: 5, failure_rate: 50, open_for_s: OPEN_FOR,
+defaults: {window: count, window_size: 20, minimum_calls: 5, failure_rate: 0.5, open_for_s: OPEN_FOR,
            half_open_permits: 3, half_open_max_wait_s: 30}
 """,
     "budgets.yaml": """kind: budgets
