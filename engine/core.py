@@ -42,7 +42,7 @@ from typing import Any, NamedTuple
 from engine.breaker import REFUSED, CircuitBreaker
 from engine.budget import BudgetLedger
 from engine.errors import NoModelAvailable
-from engine.events import Event, FallbackTriggered, PolicyReloaded, ReloadFailed
+from engine.events import Event, FallbackTriggered, PolicyReloaded, ReloadFailed, utc_iso
 from engine.locks import YieldingLock
 from engine.metrics import RollingMetrics, summarize
 from engine.monitor import Monitor, health
@@ -305,10 +305,21 @@ class PolicyEngine:
         return reload.watch(self, **options)
 
     def reload_status(self) -> dict[str, Any]:
-        """Revision in force, when it was loaded, and the outcome of reload attempts."""
+        """Revision in force, when it was loaded, and the outcome of reload attempts.
+
+        Times (``*_at``) are engine-clock seconds; each has a ``*_time`` twin in UTC (ISO 8601).
+        """
         with self._lock:
-            return {"revision": self.policy.revision, "files": list(self.policy.files), **self._reload_status,
-                    "last_error": list(self._reload_status["last_error"] or []) or None}
+            out = {"revision": self.policy.revision, "files": list(self.policy.files), **self._reload_status,
+                   "last_error": list(self._reload_status["last_error"] or []) or None}
+            for key in ("loaded_at", "last_attempt_at", "last_success_at", "last_error_at"):
+                at = out[key]
+                out[key[:-3] + "_time"] = None if at is None else utc_iso(at + self._wall_shift)
+            return out
+
+    def wall_time(self, at: float) -> float:
+        """Engine-clock seconds ``at`` (event times, ``Decision.at``, ``retry_at``) as wall-clock epoch seconds."""
+        return at + self._wall_shift
 
     @staticmethod
     def _chain(policy: PolicySet, tier: str) -> tuple[tuple[str, str], ...]:
@@ -435,7 +446,8 @@ class PolicyEngine:
         if events:
             self._deliver()
         if decision is None:
-            raise NoModelAvailable(tier, skipped, retry_at)
+            raise NoModelAvailable(tier, skipped, retry_at,
+                                   None if retry_at is None else retry_at + self._wall_shift)
         return decision
 
     def _admit(self, st: _Model, now: float, estimated: int | None, exclude: Collection[str],
@@ -456,7 +468,10 @@ class PolicyEngine:
             until = st.breaker.retry_at(now)
             if until is not None and not math.isfinite(until):
                 until = None  # forced open: recovers only when released
-            return f"breaker {st.breaker.state(now)}" + (f" until t={until:.3f}" if until else ""), 0, (), until
+            why = f"breaker {st.breaker.state(now)}"
+            if until:
+                why += f" until {utc_iso(until + self._wall_shift)}"
+            return why, 0, (), until
         if not st.ledgers:
             return None, ticket, (), None
         wall = now + self._wall_shift
@@ -647,6 +662,8 @@ class PolicyEngine:
             try:
                 while outbox:
                     event = outbox.popleft()
+                    if not event.WALL_CLOCK_AT and event.wall != event.wall:  # NaN: not stamped yet
+                        object.__setattr__(event, "wall", event.at + self._wall_shift)
                     self.store.append_event(event)
                     for listener in tuple(self._listeners):
                         try:

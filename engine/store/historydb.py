@@ -365,11 +365,11 @@ def dumps(value: Any) -> str:
     return json.dumps(plain(value), sort_keys=True, separators=(",", ":"))
 
 
-_UNTIL = re.compile(r"\s+until t=[-0-9.e+]+$")
+_UNTIL = re.compile(r"\s+until (t=[-0-9.e+]+|[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9:.]+Z)$")
 
 
 def fallback_reason(reason: str) -> str:
-    """A fallback reason without its episode's time ("breaker open until t=..."), so rows coalesce."""
+    """A fallback reason without its episode's time ("breaker open until 2026-...Z"), so rows coalesce."""
     return _UNTIL.sub("", reason)
 
 
