@@ -22,6 +22,7 @@ from engine.events import (
     FallbackTriggered,
     PolicyReloaded,
     ReloadFailed,
+    RequestRefused,
     StorageDegraded,
     StorageRecovered,
 )
@@ -66,6 +67,7 @@ __all__ = [
     "PolicySet",
     "Problem",
     "ReloadFailed",
+    "RequestRefused",
     "StorageDegraded",
     "StorageError",
     "StorageRecovered",

@@ -42,7 +42,7 @@ from typing import Any, NamedTuple
 from engine.breaker import REFUSED, CircuitBreaker
 from engine.budget import BudgetLedger
 from engine.errors import NoModelAvailable
-from engine.events import Event, FallbackTriggered, PolicyReloaded, ReloadFailed, utc_iso
+from engine.events import Event, FallbackTriggered, PolicyReloaded, ReloadFailed, RequestRefused, utc_iso
 from engine.locks import YieldingLock
 from engine.metrics import RollingMetrics, summarize
 from engine.monitor import Monitor, health
@@ -437,6 +437,8 @@ class PolicyEngine:
                 if now >= self._monitor.next_at:
                     self._tick(now, events)
                 break
+            if decision is None and retry_of is None and not exclude and reason is None:
+                events.append(RequestRefused(now, tier, tuple(skipped), retry_at))
             if self._sink:
                 self._take_events(events)
             if events:
@@ -757,6 +759,46 @@ class PolicyEngine:
             st.breaker.force(state, self._now())  # type: ignore[arg-type]
             self._post([])
         self._deliver()
+
+    def snapshot(self) -> dict[str, Any]:
+        """Everything a metrics exporter or status page shows, read in one pass under the lock.
+
+        ``now`` (engine clock) and ``wall`` (epoch seconds); ``models``: per model
+        its tier, provider, breaker state, ``open_until`` (engine clock),
+        consecutive openings, in-flight count and limit; ``calls``: per
+        (requested tier, model) cumulative counters since the model's metrics
+        began (``calls``, ``successes``, ``errors`` by class, ``fallbacks``,
+        tokens, cost, and ``latency`` as a LatencyHistogram); ``budgets``: each
+        ledger's snapshot (wall-clock times); ``anomalies``: the active ones;
+        ``reload``: :meth:`reload_status`. Costs nothing on the decision path:
+        the counters are the rolling metrics' own.
+        """
+        with self._lock:
+            now = self._now()
+            wall = now + self._wall_shift
+            policy = self.policy
+            models = {}
+            for name, st in self._models.items():
+                br = st.breaker
+                models[name] = {"tier": st.spec.tier, "provider": st.spec.provider, "enabled": st.spec.enabled,
+                                "state": br.state(now), "open_until": br.open_until,
+                                "in_flight": st.in_flight, "max_in_flight": st.spec.max_in_flight}
+            calls = {}
+            for key, m in self._metrics.items():
+                m.live(now)
+                c = m.cumulative()
+                calls[key] = {"calls": c.calls, "successes": c.successes, "errors": dict(c.errors),
+                              "fallbacks": c.fallbacks, "tokens_in": c.tokens_in, "tokens_out": c.tokens_out,
+                              "cost_usd": c.cost, "latency": c.latency}
+            budgets = {n: led.snapshot(wall) for n, led in self._ledgers.items()}
+            rules = {r.name: r for r in policy.monitoring.anomalies}
+            anomalies = [{"rule": r, "target": t, "scope": rules[r].scope, "severity": rules[r].severity}
+                         for r, t in sorted(self._monitor.active) if r in rules]
+            self._post([])
+        self._deliver()
+        return {"now": now, "wall": wall, "revision": policy.revision, "tier_order": list(policy.tier_order),
+                "models": models, "calls": calls, "budgets": budgets, "anomalies": anomalies,
+                "reload": self.reload_status()}
 
     def performance_report(self) -> dict[str, Any]:
         """Per-tier and per-model health (healthy / degraded / unhealthy) with the metrics behind it."""

@@ -172,6 +172,20 @@ class AnomalyResolved(Event):
     metrics: Mapping[str, Any] = field(default_factory=lambda: _EMPTY, compare=False)
 
 
+@dataclass(frozen=True, slots=True)
+class RequestRefused(Event):
+    """A new request found no model to serve it (``decide`` raised NoModelAvailable).
+
+    ``candidates``: each model considered and why it was skipped; ``retry_at``:
+    the earliest recovery (engine clock), or None.
+    """
+
+    tier: str
+    candidates: tuple[tuple[str, str], ...]
+    retry_at: float | None = None
+    TIME_FIELDS: ClassVar[tuple[str, ...]] = ("retry_at",)
+
+
 Listener = Callable[[Event], None]
 
 

@@ -52,11 +52,25 @@ class _Bucket:
                 self.errors.pop(name, None)
         self.latency.subtract(other.latency)
 
+    def add(self, other: _Bucket) -> None:
+        """Add ``other``'s counts into this bucket (the inverse of :meth:`subtract`)."""
+        self.calls += other.calls
+        self.successes += other.successes
+        self.failures += other.failures
+        self.slow += other.slow
+        self.tokens_in += other.tokens_in
+        self.tokens_out += other.tokens_out
+        self.cost += other.cost
+        self.fallbacks += other.fallbacks
+        for name, n in other.errors.items():
+            self.errors[name] = self.errors.get(name, 0) + n
+        self.latency.merge(other.latency)
+
 
 class RollingMetrics:
     """Calls, outcomes, latency, tokens and cost over a sliding time window."""
 
-    __slots__ = ("window_s", "width", "buckets", "total", "total_calls", "total_errors")
+    __slots__ = ("window_s", "width", "buckets", "total", "total_calls", "total_errors", "retired")
 
     def __init__(self, window_s: float = 300.0, buckets: int = 30) -> None:
         if window_s <= 0 or buckets < 1:
@@ -67,6 +81,7 @@ class RollingMetrics:
         self.total = _Bucket()  # the sum of the live buckets
         self.total_calls = 0  # since creation, never reset by the window
         self.total_errors = 0
+        self.retired = _Bucket()  # every bucket that left the window, summed: with ``total``, since creation
 
     def record(self, now: float, latency_ms: float, error: str | None, failed: bool, slow: bool,
                tokens_in: int, tokens_out: int, cost: float, fallback: bool) -> None:
@@ -78,6 +93,7 @@ class RollingMetrics:
         if b.index != index:
             if b.index >= 0:
                 total.subtract(b)
+                self.retired.add(b)
             b.clear(index)
         # the same updates to both, written out: this runs once per recorded call
         b.calls += 1
@@ -115,8 +131,16 @@ class RollingMetrics:
         for bucket in self.buckets:
             if 0 <= bucket.index < oldest:
                 self.total.subtract(bucket)
+                self.retired.add(bucket)
                 bucket.clear(-1)
         return self.total
+
+    def cumulative(self) -> _Bucket:
+        """Every call since creation (counters that only grow, for metrics exporters): a new bucket."""
+        out = _Bucket()
+        out.add(self.retired)
+        out.add(self.total)
+        return out
 
     def snapshot(self, now: float, error_classes: Iterable[str] = ()) -> dict[str, Any]:
         return summarize([self.live(now)], error_classes)

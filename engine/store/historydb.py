@@ -386,10 +386,14 @@ def to_wall(at: float, offset: float | None) -> float:
 def event_row(event: Event, offset: float | None) -> tuple[float, str, str, float, dict[str, Any]]:
     """(wall time, kind, subject, clock time, fields) of ``event``."""
     kind = type(event).__name__
-    data: dict[str, Any] = {f.name: plain(getattr(event, f.name)) for f in fields(event) if f.name != "at"}
-    if kind in BUDGET_EVENTS:
+    data: dict[str, Any] = {f.name: plain(getattr(event, f.name)) for f in fields(event)
+                              if f.name not in ("at", "wall")}
+    if kind in BUDGET_EVENTS or event.WALL_CLOCK_AT:
         wall = event.at
     else:
+        stamped = event.wall_time  # the delivering engine's own wall time, when it stamped one
+        if stamped is not None and offset is None:
+            offset = stamped - event.at
         wall = to_wall(event.at, offset)
         if isinstance(data.get("open_until"), float):
             data["open_until"] = to_wall(data["open_until"], offset)
