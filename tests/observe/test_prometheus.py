@@ -136,3 +136,18 @@ def test_every_grafana_query_uses_a_metric_the_exporter_exports(eng: PolicyEngin
         for target in panel["targets"]:
             used.update(re.findall(r"\b(llm_policy_[a-z_]+)", target["expr"]))
     assert used and used <= names, sorted(used - names)
+
+
+def test_our_exposition_reads_back_as_prometheus_client_s_own(eng: PolicyEngine, clock: FakeClock) -> None:
+    from prometheus_client import generate_latest
+
+    registry, _ = registry_for(eng)
+    eng.force("gpt-4.1-mini", "open")
+    for latency in (80.0, 400.0):
+        eng.record(eng.decide("L2"), Outcome(latency, 10, 2))
+    ours, theirs = exposition(registry)[0].decode(), generate_latest(registry).decode()
+    assert _samples(registry) == {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for f in text_string_to_metric_families(theirs) for s in f.samples}
+    assert [x for x in ours.splitlines() if x.startswith("# TYPE")] == [
+        x for x in theirs.splitlines() if x.startswith("# TYPE")]

@@ -78,7 +78,7 @@ def test_metrics_route_serves_the_prometheus_exposition(eng: PolicyEngine, serve
     eng.record(eng.decide("L1"), Outcome(100.0, 5, 5))
     code, ctype, body = _get(server.url + "metrics")
     assert code == 200 and ctype.startswith("text/plain; version=")
-    assert 'llm_policy_calls_total{model="gpt-4.1-nano",outcome="success",tier="L1"} 1.0' in body
+    assert 'llm_policy_calls_total{tier="L1",model="gpt-4.1-nano",outcome="success"} 1.0' in body
 
 
 def test_the_page_is_self_contained_and_polls_status(server: ObserveServer) -> None:
