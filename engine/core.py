@@ -101,6 +101,7 @@ class _Pending(NamedTuple):
     reservations: tuple[tuple[BudgetLedger, int], ...]
     at: float
     model: _Model  # the incarnation the decision was made under
+    request: bool  # the first attempt of a request (not a retry or a fallback after a failure)
 
 
 class PolicyEngine:
@@ -372,7 +373,8 @@ class PolicyEngine:
 
     def decide(self, tier: str, *, model: str | None = None, estimated_tokens: int | None = None,
                exclude: Collection[str] = (), min_context: int | None = None,
-               reason: str | None = None, retry_of: Decision | None = None) -> Decision:
+               reason: str | None = None, retry_of: Decision | None = None,
+               new_request: bool | None = None) -> Decision:
         """Choose a model for ``tier`` now; raises NoModelAvailable when none can serve.
 
         ``model`` pins one model (its breaker, budgets and in-flight limit still
@@ -381,6 +383,12 @@ class PolicyEngine:
         fallback is being made (for the FallbackTriggered event). ``retry_of``
         asks for the same model as an earlier decision, as a retry of it: same
         tier, same fallback status, no new FallbackTriggered.
+
+        ``new_request``: this decision starts a request (its first attempt),
+        which is what request availability counts (served requests / requests:
+        every successful attempt serves one request). By default a decision
+        with no ``exclude``, ``reason`` or ``retry_of`` starts one. A new
+        request that finds no model emits :class:`RequestRefused`.
         """
         if tier not in self._chains:
             raise KeyError(f"unknown tier {tier!r}; expected one of {', '.join(self.policy.tier_order)}")
@@ -433,11 +441,15 @@ class PolicyEngine:
                             reason or (skipped[0][1] if skipped else "degraded")))
                 decision = Decision(name, t, is_fallback, tuple(skipped), next(self._ids), now,
                                     self.policy.revision, tier, estimated_tokens, self)
-                self._pending[decision.id] = _Pending(decision, ticket, reservations, now, st)
+                starts = new_request if new_request is not None else (
+                    retry_of is None and not exclude and reason is None)
+                self._pending[decision.id] = _Pending(decision, ticket, reservations, now, st, starts)
                 if now >= self._monitor.next_at:
                     self._tick(now, events)
                 break
-            if decision is None and retry_of is None and not exclude and reason is None:
+            if new_request is None:
+                new_request = retry_of is None and not exclude and reason is None
+            if decision is None and new_request:
                 events.append(RequestRefused(now, tier, tuple(skipped), retry_at))
             if self._sink:
                 self._take_events(events)
@@ -569,10 +581,12 @@ class PolicyEngine:
                 if metrics is None:
                     metrics = st.metrics[tier] = self._metrics[(tier, decision.model)] = RollingMetrics(
                         self.policy.monitoring.window_s, _METRIC_BUCKETS)
-                metrics.record(now, latency, error, failed is True, slow, tin, tout, cost, decision.is_fallback)
+                metrics.record(now, latency, error, failed is True, slow, tin, tout, cost, decision.is_fallback,
+                               pending.request)
                 if self._history is not None:
                     self._history.record_call(now + self._wall_shift, tier, decision.model, latency, error,
-                                              failed is True, slow, tin, tout, cost, decision.is_fallback)
+                                              failed is True, slow, tin, tout, cost, decision.is_fallback,
+                                              pending.request)
             if now >= self._monitor.next_at:
                 self._tick(now, events)
             if self._sink:
@@ -788,6 +802,7 @@ class PolicyEngine:
                 m.live(now)
                 c = m.cumulative()
                 calls[key] = {"calls": c.calls, "successes": c.successes, "errors": dict(c.errors),
+                              "requests": c.requests,
                               "fallbacks": c.fallbacks, "tokens_in": c.tokens_in, "tokens_out": c.tokens_out,
                               "cost_usd": c.cost, "latency": c.latency}
             budgets = {n: led.snapshot(wall) for n, led in self._ledgers.items()}

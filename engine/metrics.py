@@ -18,7 +18,7 @@ from engine.histogram import LatencyHistogram
 
 class _Bucket:
     __slots__ = ("index", "calls", "successes", "errors", "failures", "slow", "latency",
-                 "tokens_in", "tokens_out", "cost", "fallbacks")
+                 "tokens_in", "tokens_out", "cost", "fallbacks", "requests")
 
     def __init__(self) -> None:
         self.index = -1
@@ -29,7 +29,7 @@ class _Bucket:
     def clear(self, index: int) -> None:
         self.index = index
         self.calls = self.successes = self.failures = self.slow = 0
-        self.tokens_in = self.tokens_out = self.fallbacks = 0
+        self.tokens_in = self.tokens_out = self.fallbacks = self.requests = 0
         self.cost = 0.0
         self.errors.clear()
         self.latency.reset()
@@ -44,6 +44,7 @@ class _Bucket:
         self.tokens_out -= other.tokens_out
         self.cost = max(0.0, self.cost - other.cost) if self.calls else 0.0
         self.fallbacks -= other.fallbacks
+        self.requests -= other.requests
         for name, n in other.errors.items():
             left = self.errors.get(name, 0) - n
             if left > 0:
@@ -62,6 +63,7 @@ class _Bucket:
         self.tokens_out += other.tokens_out
         self.cost += other.cost
         self.fallbacks += other.fallbacks
+        self.requests += other.requests
         for name, n in other.errors.items():
             self.errors[name] = self.errors.get(name, 0) + n
         self.latency.merge(other.latency)
@@ -84,7 +86,8 @@ class RollingMetrics:
         self.retired = _Bucket()  # every bucket that left the window, summed: with ``total``, since creation
 
     def record(self, now: float, latency_ms: float, error: str | None, failed: bool, slow: bool,
-               tokens_in: int, tokens_out: int, cost: float, fallback: bool) -> None:
+               tokens_in: int, tokens_out: int, cost: float, fallback: bool, request: bool = False) -> None:
+        """Add one attempt; ``request``: it was the first attempt of a request (see ``requests``)."""
         # one pass over the current bucket and the running total (this is the decision hot path)
         total = self.total
         key = total.latency.key(latency_ms)  # one logarithm for both histograms
@@ -121,6 +124,9 @@ class RollingMetrics:
         if fallback:
             b.fallbacks += 1
             total.fallbacks += 1
+        if request:
+            b.requests += 1
+            total.requests += 1
         self.total_calls += 1
         if error is not None:
             self.total_errors += 1
@@ -149,7 +155,7 @@ class RollingMetrics:
 def summarize(buckets: Iterable[_Bucket], error_classes: Iterable[str] = ()) -> dict[str, Any]:
     """Merge buckets (of one or many models) into rule-expression names."""
     hist = LatencyHistogram()
-    calls = successes = failures = slow = tokens_in = tokens_out = fallbacks = 0
+    calls = successes = failures = slow = tokens_in = tokens_out = fallbacks = requests = 0
     cost = 0.0
     errors: dict[str, int] = dict.fromkeys(error_classes, 0)
     for b in buckets:
@@ -160,6 +166,7 @@ def summarize(buckets: Iterable[_Bucket], error_classes: Iterable[str] = ()) -> 
         tokens_in += b.tokens_in
         tokens_out += b.tokens_out
         fallbacks += b.fallbacks
+        requests += b.requests
         cost += b.cost
         for name, n in b.errors.items():
             errors[name] = errors.get(name, 0) + n
@@ -184,6 +191,7 @@ def summarize(buckets: Iterable[_Bucket], error_classes: Iterable[str] = ()) -> 
         "cost_usd": cost,
         "fallbacks": fallbacks,
         "fallback_rate": fallbacks / calls if calls else 0.0,
+        "requests": requests,
     }
     for name, n in errors.items():
         out[f"errors_{name}"] = n

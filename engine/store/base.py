@@ -60,7 +60,7 @@ class Store(Protocol):
 
     def record_call(self, at: float, tier: str, model: str, latency_ms: float, error: str | None,
                     failed: bool, slow: bool, tokens_in: int, tokens_out: int, cost: float,
-                    fallback: bool) -> None: ...
+                    fallback: bool, request: bool = False) -> None: ...
 
     def attach(self, snapshot: Callable[[], dict[str, Any]]) -> None: ...
 
@@ -85,7 +85,7 @@ class MemoryStore:
 
     def record_call(self, at: float, tier: str, model: str, latency_ms: float, error: str | None,
                     failed: bool, slow: bool, tokens_in: int, tokens_out: int, cost: float,
-                    fallback: bool) -> None:
+                    fallback: bool, request: bool = False) -> None:
         pass
 
     def attach(self, snapshot: Callable[[], dict[str, Any]]) -> None:

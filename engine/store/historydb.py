@@ -58,6 +58,9 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE TABLE state (instance TEXT PRIMARY KEY, saved_at REAL NOT NULL, flushed_at REAL NOT NULL, "
         "pid INTEGER NOT NULL, data TEXT)",
     ),
+    (  # 1 -> 2: requests (first attempts) beside attempts; rows written before count none
+        "ALTER TABLE minutes ADD COLUMN requests INTEGER NOT NULL DEFAULT 0",
+    ),
 )
 
 BUDGET_EVENTS = frozenset({"BudgetWarning", "BudgetExhausted", "BudgetReset"})
@@ -271,7 +274,8 @@ def migrate(conn: sqlite3.Connection, migrations: tuple[tuple[str, ...], ...] = 
 # -- aggregates -----------------------------------------------------------------
 # A cell being filled on the decision path is a plain list, updated in place
 # (the cheapest mutable record in CPython); these are its fields.
-CALLS, OK, FAILED, SLOW, FALLBACKS, TOKENS_IN, TOKENS_OUT, COST, ERRORS, ZERO, TOTAL, LO, HI, BUCKETS = range(14)
+(CALLS, OK, FAILED, SLOW, FALLBACKS, TOKENS_IN, TOKENS_OUT, COST, ERRORS, ZERO, TOTAL, LO, HI, BUCKETS,
+ REQUESTS) = range(15)
 _GAMMA = (1.0 + ACCURACY) / (1.0 - ACCURACY)
 #: Latency bucket keys exactly as LatencyHistogram(ACCURACY) computes them.
 INV_LOG_GAMMA = 1.0 / math.log(_GAMMA)
@@ -280,12 +284,12 @@ KEY_MAX = math.ceil(math.log(MAX_MS) * INV_LOG_GAMMA)
 
 
 def new_cell() -> list[Any]:
-    return [0, 0, 0, 0, 0, 0, 0, 0.0, {}, 0, 0.0, math.inf, -math.inf, {}]
+    return [0, 0, 0, 0, 0, 0, 0, 0.0, {}, 0, 0.0, math.inf, -math.inf, {}, 0]
 
 
 def add_cell(into: list[Any], other: list[Any]) -> None:
     """Merge cell ``other`` into ``into``."""
-    for i in (CALLS, OK, FAILED, SLOW, FALLBACKS, TOKENS_IN, TOKENS_OUT, COST, ZERO, TOTAL):
+    for i in (CALLS, OK, FAILED, SLOW, FALLBACKS, TOKENS_IN, TOKENS_OUT, COST, ZERO, TOTAL, REQUESTS):
         into[i] += other[i]
     into[LO], into[HI] = min(into[LO], other[LO]), max(into[HI], other[HI])
     for field_ in (ERRORS, BUCKETS):
@@ -310,9 +314,9 @@ def _merge_json(column: str) -> str:
 
 
 _COLUMNS = ("minute", "tier", "model", "calls", "successes", "failures", "slow", "fallbacks", "tokens_in",
-            "tokens_out", "cost", "errors", "lat_zero", "lat_total", "lat_min", "lat_max", "latency")
+            "tokens_out", "cost", "errors", "lat_zero", "lat_total", "lat_min", "lat_max", "latency", "requests")
 _SUMMED = ("calls", "successes", "failures", "slow", "fallbacks", "tokens_in", "tokens_out", "cost", "lat_zero",
-           "lat_total")
+           "lat_total", "requests")
 #: One statement for a whole batch: every SQLite call releases the GIL and must win it back, which under a
 #: busy engine thread costs milliseconds, so a flush makes a handful of calls however much it writes.
 UPSERT_MINUTES = (
@@ -327,7 +331,7 @@ UPSERT_MINUTES = (
 def batch(cells: Mapping[tuple[int, str, str], list[Any]]) -> str:
     """``cells`` as the JSON parameter of :data:`UPSERT_MINUTES`."""
     return json.dumps([[*key, *c[:ERRORS], c[ERRORS], c[ZERO], c[TOTAL], c[LO], c[HI],
-                        {str(k): n for k, n in c[BUCKETS].items()}] for key, c in cells.items()],
+                        {str(k): n for k, n in c[BUCKETS].items()}, c[REQUESTS]] for key, c in cells.items()],
                       separators=(",", ":"))
 
 
