@@ -42,7 +42,15 @@ from typing import Any, NamedTuple
 from engine.breaker import REFUSED, CircuitBreaker
 from engine.budget import BudgetLedger
 from engine.errors import NoModelAvailable
-from engine.events import Event, FallbackTriggered, PolicyReloaded, ReloadFailed, RequestRefused, utc_iso
+from engine.events import (
+    Event,
+    FallbackTriggered,
+    PolicyReloaded,
+    ReloadFailed,
+    ReloadRecovered,
+    RequestRefused,
+    utc_iso,
+)
 from engine.locks import YieldingLock
 from engine.metrics import RollingMetrics, summarize
 from engine.monitor import Monitor, health
@@ -128,6 +136,7 @@ class PolicyEngine:
         self._delivering = threading.Lock()  # held by the one thread delivering the outbox
         self._paths = tuple(paths)
         self._reload_lock = threading.Lock()
+        self._failing: tuple[float, int] | None = None  # (first failure, failures) since the last good reload
         self.store: Store = open_store(store) if isinstance(store, str) else store
         now = self._now()
         self._reload_status: dict[str, Any] = {
@@ -275,6 +284,8 @@ class PolicyEngine:
                 status["last_error"] = [p.format() for p in problems]
                 status["last_error_at"] = now
                 events.append(ReloadFailed(now, self.policy.revision, tuple(problems)))
+                since, count = self._failing or (now, 0)
+                self._failing = (since, count + 1)
                 changed = False
             elif policy.revision == self.policy.revision:
                 status["last_error"] = None  # an invalid edit reverted: nothing is wrong any more
@@ -290,6 +301,9 @@ class PolicyEngine:
                     tuple(sorted(set(policy.models) - set(previous.models))),
                     tuple(sorted(set(previous.models) - set(policy.models)))))
                 changed = True
+            if policy is not None and not problems and self._failing is not None:
+                events.append(ReloadRecovered(now, self.policy.revision, self._failing[1], self._failing[0]))
+                self._failing = None
             self._post(events)
         self._deliver()
         return changed

@@ -210,6 +210,21 @@ class ReloadFailed(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class ReloadRecovered(Event):
+    """A valid policy set is in force again after one or more failed reloads.
+
+    ``revision``: the set now in force (a new one, or the one kept when the bad
+    edit was reverted); ``failures``: failed reloads since the last good one;
+    ``failing_since``: when the first of them happened (engine clock).
+    """
+
+    revision: str
+    failures: int
+    failing_since: float
+    TIME_FIELDS: ClassVar[tuple[str, ...]] = ("failing_since",)
+
+
+@dataclass(frozen=True, slots=True)
 class StorageDegraded(Event):
     """The shared store became unreachable; decisions go on from local state.
 
