@@ -115,7 +115,22 @@ class EngineCollector:
             buckets = [(_le(b), n) for b, n in zip(DURATION_BUCKETS_S, counts, strict=True)]
             buckets.append(("+Inf", hist.count))
             duration.add_metric((tier, model), buckets, hist.total / 1000.0)
-        yield from (calls, tokens, cost, duration)
+        requests = CounterMetricFamily(f"{p}_requests", "Requests by tier: decisions that started one, plus "
+                                       "requests refused before any attempt (since the exporter started)",
+                                       labels=("tier",))
+        served = CounterMetricFamily(f"{p}_requests_served", "Requests served, by tier (each successful attempt "
+                                     "serves one request)", labels=("tier",))
+        first: Counter[str] = Counter()
+        ok: Counter[str] = Counter()
+        for (tier, _), c in snap["calls"].items():
+            first[tier] += c["requests"]
+            ok[tier] += c["successes"]
+        with self.tally.lock:
+            refused = dict(self.tally.refused)
+        for tier in snap["tier_order"]:
+            requests.add_metric((tier,), first[tier] + refused.get(tier, 0))
+            served.add_metric((tier,), ok[tier])
+        yield from (calls, tokens, cost, duration, requests, served)
         yield from self._models(snap, GaugeMetricFamily, CounterMetricFamily)
         yield from self._budgets(snap, GaugeMetricFamily)
         yield from self._policy(snap, GaugeMetricFamily, CounterMetricFamily, InfoMetricFamily)

@@ -13,12 +13,12 @@ import json
 import sqlite3
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from engine.events import Event, utc_iso
+from engine.events import Event, RequestRefused, utc_iso
 from engine.text import redact_uri
 
 if TYPE_CHECKING:
@@ -52,6 +52,7 @@ class EngineSource:
         self.engine = engine
         self.name = "engine (in process)"
         self._recent: deque[dict[str, Any]] = deque(maxlen=events)
+        self._refused: deque[tuple[float, str]] = deque(maxlen=100_000)  # (engine time, tier) of refusals
         self._lock = threading.Lock()
         self._registry: Any = None
         self.unsubscribe = engine.subscribe(self._on_event)
@@ -59,6 +60,8 @@ class EngineSource:
     def _on_event(self, event: Event) -> None:
         with self._lock:
             self._recent.append(event.to_dict())
+            if isinstance(event, RequestRefused):
+                self._refused.append((event.at, event.tier))
 
     def status(self) -> dict[str, Any]:
         eng = self.engine
@@ -77,13 +80,19 @@ class EngineSource:
                 "calls": w.get("calls", 0), "success_rate": w.get("success_rate", 1.0), "p95_ms": w.get("p95_ms", 0.0),
                 "fallbacks": w.get("fallbacks", 0), "budget_used": w.get("budget_used", 0.0)})
         tiers = []
+        since = snap["now"] - perf["window_s"]
+        with self._lock:
+            refused = Counter(tier for at, tier in self._refused if at >= since)
         for tier in snap["tier_order"]:
             t = perf["tiers"][tier]
             w = t["metrics"]
             members = t["models"]
             avail = sum(1 for n in members if snap["models"][n]["state"] not in _OPEN + ("disabled",))
+            requests = w["requests"] + refused[tier]
             tiers.append({"tier": tier, "health": t["health"], "models": len(members), "available_models": avail,
                           "calls": w["calls"], "availability": w["success_rate"],
+                          "requests": requests, "refused": refused[tier],
+                          "request_availability": min(1.0, w["successes"] / requests) if requests else None,
                           "fallbacks": w["fallbacks"], "p95_ms": w["p95_ms"]})
         with self._lock:
             events = list(reversed(self._recent))

@@ -151,3 +151,15 @@ def test_our_exposition_reads_back_as_prometheus_client_s_own(eng: PolicyEngine,
         for f in text_string_to_metric_families(theirs) for s in f.samples}
     assert [x for x in ours.splitlines() if x.startswith("# TYPE")] == [
         x for x in theirs.splitlines() if x.startswith("# TYPE")]
+
+
+def test_requests_and_served_requests_by_tier(eng: PolicyEngine) -> None:
+    registry, _ = registry_for(eng)
+    d = eng.decide("L1")
+    eng.record(d, Outcome(100.0, error="timeout"))
+    eng.record(eng.decide("L1", exclude=(d.model,), reason="timeout"), Outcome(100.0, 1, 1))  # same request
+    eng.record(eng.decide("L1"), Outcome(100.0, error="timeout"))  # a request not served
+    s = _samples(registry)
+    assert _get(s, "llm_policy_requests_total", tier="L1") == 2
+    assert _get(s, "llm_policy_requests_served_total", tier="L1") == 1
+    assert _get(s, "llm_policy_requests_total", tier="L4") == 0

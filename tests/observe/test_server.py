@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from engine import Outcome, PolicyEngine
+from engine import NoModelAvailable, Outcome, PolicyEngine
 from engine.observe.server import ObserveServer, serve
 from engine.testing import FakeClock
 from tests.conftest import POLICIES
@@ -60,6 +60,7 @@ def test_status_shows_breakers_budgets_in_flight_health_revision_and_events(
     assert models[held.model]["in_flight"] == 1
     l2 = next(t for t in status["tiers"] if t["tier"] == "L2")
     assert (l2["calls"], l2["availability"], l2["available_models"], l2["models"]) == (10, 0.0, 3, 4)
+    assert (l2["requests"], l2["request_availability"], l2["refused"]) == (10, 0.0, 0)
     assert {b["name"] for b in status["budgets"]} == {b.name for b in eng.policy.budgets}
     assert [e["event"] for e in status["events"]] == ["FallbackTriggered", "CircuitOpened"]  # newest first
     assert status["health"] in ("degraded", "ok")
@@ -71,6 +72,10 @@ def test_healthz_is_503_when_a_tier_has_no_model_to_serve(eng: PolicyEngine, ser
         eng.force(m, "open")
     code, _, body = _get(server.url + "healthz")
     assert code == 503 and "no model available for tier L1, L2, L3, L4" in body
+    with pytest.raises(NoModelAvailable):
+        eng.decide("L3")
+    l3 = next(t for t in json.loads(_get(server.url + "status")[2])["tiers"] if t["tier"] == "L3")
+    assert (l3["requests"], l3["refused"], l3["request_availability"]) == (1, 1, 0.0)
 
 
 def test_metrics_route_serves_the_prometheus_exposition(eng: PolicyEngine, server: ObserveServer) -> None:
