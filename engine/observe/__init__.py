@@ -10,3 +10,7 @@ that needs them is used, so the engine stays usable without them.
 """
 
 from __future__ import annotations
+
+from engine.observe.server import ObserveServer, serve, serve_metrics
+
+__all__ = ["ObserveServer", "serve", "serve_metrics"]

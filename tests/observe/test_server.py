@@ -101,3 +101,13 @@ def test_a_store_uri_with_a_password_is_never_shown() -> None:
     with serve(source) as s:
         code, _, body = _get(s.url + "status")
     assert code == 503 and "s3cret" not in body and "redis store" in body
+
+
+def test_the_engine_and_its_server_import_no_optional_dependency() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, engine, engine.observe, engine.observe.sinks; from engine.observe import serve; "
+            "print(sorted(m for m in sys.modules if m.startswith(('prometheus_client', 'opentelemetry'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.strip() == "[]"
