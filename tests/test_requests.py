@@ -125,10 +125,15 @@ def test_report_and_status_without_a_store_find_the_history_simulate_wrote(tmp_p
     assert "reading memory/simulate/default-seed1-260101.db" in status.stderr
     recorded = json.loads(status.stdout)["recorded"]
     assert recorded["requests"] == requests  # simulate's console and status count the same requests
+    console = next(x for x in sim.stdout.splitlines() if x.startswith("  availability "))
+    served = float(console.split()[1].rstrip("%"))
+    assert recorded["request_availability"] * 100 == pytest.approx(served, abs=5e-4)
     report = _report(tmp_path, tmp_path, "--out", str(tmp_path / "r"))
     assert report.returncode == 0, report.stderr
     # the run ends at midnight, and calls answered just after it belong to 2026-01-01's report
     assert report.stdout.split()[0].endswith("260101-DAILY-REPORT.md")
+    headline = (tmp_path / "r" / "260101-DAILY-REPORT.md").read_text().split("**")[1]
+    assert f"{served:.2f}% served" in headline
 
 
 def test_without_any_history_they_say_which_path_to_pass(tmp_path: Path) -> None:

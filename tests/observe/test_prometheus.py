@@ -163,3 +163,18 @@ def test_requests_and_served_requests_by_tier(eng: PolicyEngine) -> None:
     assert _get(s, "llm_policy_requests_total", tier="L1") == 2
     assert _get(s, "llm_policy_requests_served_total", tier="L1") == 1
     assert _get(s, "llm_policy_requests_total", tier="L4") == 0
+
+
+def test_active_anomalies_are_exported_while_they_hold(eng: PolicyEngine, clock: FakeClock) -> None:
+    registry, _ = registry_for(eng)
+    assert _get(_samples(registry), "llm_policy_anomalies_active") == 0
+    eng.force("gpt-4.1-nano", "metrics_only")  # its breaker records but never opens
+    for _ in range(7):  # a rate-limit storm on gpt-4.1-nano, held past the rule's 30 s
+        for _ in range(5):
+            eng.record(eng.decide("L1", model="gpt-4.1-nano"), Outcome(50.0, error="rate_limit"))
+        clock.advance(11)
+        eng.tick()
+    s = _samples(registry)
+    assert _get(s, "llm_policy_anomalies_active") >= 1
+    assert _get(s, "llm_policy_anomaly_active", rule="rate-limit-storm", scope="model", target="gpt-4.1-nano",
+                severity="critical") == 1
