@@ -29,6 +29,7 @@ time (it cannot be told apart from it).
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import math
@@ -71,6 +72,12 @@ IN_FLIGHT_RETRY_S = 0.05
 #: A decision never recorded is forgotten (and its in-flight slot freed) after this long.
 DECISION_TTL_S = 3600.0
 _METRIC_BUCKETS = 30
+
+
+@functools.lru_cache(maxsize=1024)
+def _until(wall: float) -> str:
+    """`` until 2026-12-01T15:30:12.345Z``: cached, as every decision during an outage shows the same few."""
+    return f" until {utc_iso(wall)}"
 
 
 class _Model:
@@ -410,6 +417,8 @@ class PolicyEngine:
             raise ValueError(problem)
         if retry_of is not None:
             model = retry_of.model
+        if new_request is None:
+            new_request = retry_of is None and not exclude and reason is None
         if model is not None and model not in self._models:
             raise KeyError(f"unknown model {model!r}")
         events: list[Event] = []
@@ -455,14 +464,10 @@ class PolicyEngine:
                             reason or (skipped[0][1] if skipped else "degraded")))
                 decision = Decision(name, t, is_fallback, tuple(skipped), next(self._ids), now,
                                     self.policy.revision, tier, estimated_tokens, self)
-                starts = new_request if new_request is not None else (
-                    retry_of is None and not exclude and reason is None)
-                self._pending[decision.id] = _Pending(decision, ticket, reservations, now, st, starts)
+                self._pending[decision.id] = _Pending(decision, ticket, reservations, now, st, new_request)
                 if now >= self._monitor.next_at:
                     self._tick(now, events)
                 break
-            if new_request is None:
-                new_request = retry_of is None and not exclude and reason is None
             if decision is None and new_request:
                 events.append(RequestRefused(now, tier, tuple(skipped), retry_at))
             if self._sink:
@@ -498,7 +503,7 @@ class PolicyEngine:
                 until = None  # forced open: recovers only when released
             why = f"breaker {st.breaker.state(now)}"
             if until:
-                why += f" until {utc_iso(until + self._wall_shift)}"
+                why += _until(until + self._wall_shift)
             return why, 0, (), until
         if not st.ledgers:
             return None, ticket, (), None
