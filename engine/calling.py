@@ -194,7 +194,8 @@ class _Call:
                 return self.engine.decide(self.tier, retry_of=self.pin, estimated_tokens=self.estimated,
                                           min_context=self.min_context)
             return self.engine.decide(self.tier, estimated_tokens=self.estimated, exclude=self.tried,
-                                      min_context=self.min_context, reason=self.reason)
+                                      min_context=self.min_context, reason=self.reason,
+                                      new_request=not self.attempts and not self.waited)
         except NoModelAvailable as exc:
             return exc
 

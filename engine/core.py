@@ -29,6 +29,7 @@ time (it cannot be told apart from it).
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import math
@@ -42,7 +43,15 @@ from typing import Any, NamedTuple
 from engine.breaker import REFUSED, CircuitBreaker
 from engine.budget import BudgetLedger
 from engine.errors import NoModelAvailable
-from engine.events import Event, FallbackTriggered, PolicyReloaded, ReloadFailed
+from engine.events import (
+    Event,
+    FallbackTriggered,
+    PolicyReloaded,
+    ReloadFailed,
+    ReloadRecovered,
+    RequestRefused,
+    utc_iso,
+)
 from engine.locks import YieldingLock
 from engine.metrics import RollingMetrics, summarize
 from engine.monitor import Monitor, health
@@ -63,6 +72,12 @@ IN_FLIGHT_RETRY_S = 0.05
 #: A decision never recorded is forgotten (and its in-flight slot freed) after this long.
 DECISION_TTL_S = 3600.0
 _METRIC_BUCKETS = 30
+
+
+@functools.lru_cache(maxsize=1024)
+def _until(wall: float) -> str:
+    """`` until 2026-12-01T15:30:12.345Z``: cached, as every decision during an outage shows the same few."""
+    return f" until {utc_iso(wall)}"
 
 
 class _Model:
@@ -101,6 +116,7 @@ class _Pending(NamedTuple):
     reservations: tuple[tuple[BudgetLedger, int], ...]
     at: float
     model: _Model  # the incarnation the decision was made under
+    request: bool  # the first attempt of a request (not a retry or a fallback after a failure)
 
 
 class PolicyEngine:
@@ -127,6 +143,7 @@ class PolicyEngine:
         self._delivering = threading.Lock()  # held by the one thread delivering the outbox
         self._paths = tuple(paths)
         self._reload_lock = threading.Lock()
+        self._failing: tuple[float, int] | None = None  # (first failure, failures) since the last good reload
         self.store: Store = open_store(store) if isinstance(store, str) else store
         now = self._now()
         self._reload_status: dict[str, Any] = {
@@ -284,6 +301,8 @@ class PolicyEngine:
                 status["last_error"] = [p.format() for p in problems]
                 status["last_error_at"] = now
                 events.append(ReloadFailed(now, self.policy.revision, tuple(problems)))
+                since, count = self._failing or (now, 0)
+                self._failing = (since, count + 1)
                 changed = False
             elif policy.revision == self.policy.revision:
                 status["last_error"] = None  # an invalid edit reverted: nothing is wrong any more
@@ -299,6 +318,9 @@ class PolicyEngine:
                     tuple(sorted(set(policy.models) - set(previous.models))),
                     tuple(sorted(set(previous.models) - set(policy.models)))))
                 changed = True
+            if policy is not None and not problems and self._failing is not None:
+                events.append(ReloadRecovered(now, self.policy.revision, self._failing[1], self._failing[0]))
+                self._failing = None
             self._post(events)
         return changed
 
@@ -314,10 +336,21 @@ class PolicyEngine:
         return reload.watch(self, **options)
 
     def reload_status(self) -> dict[str, Any]:
-        """Revision in force, when it was loaded, and the outcome of reload attempts."""
+        """Revision in force, when it was loaded, and the outcome of reload attempts.
+
+        Times (``*_at``) are engine-clock seconds; each has a ``*_time`` twin in UTC (ISO 8601).
+        """
         with self._lock:
-            return {"revision": self.policy.revision, "files": list(self.policy.files), **self._reload_status,
-                    "last_error": list(self._reload_status["last_error"] or []) or None}
+            out = {"revision": self.policy.revision, "files": list(self.policy.files), **self._reload_status,
+                   "last_error": list(self._reload_status["last_error"] or []) or None}
+            for key in ("loaded_at", "last_attempt_at", "last_success_at", "last_error_at"):
+                at = out[key]
+                out[key[:-3] + "_time"] = None if at is None else utc_iso(at + self._wall_shift)
+            return out
+
+    def wall_time(self, at: float) -> float:
+        """Engine-clock seconds ``at`` (event times, ``Decision.at``, ``retry_at``) as wall-clock epoch seconds."""
+        return at + self._wall_shift
 
     @staticmethod
     def _chain(policy: PolicySet, tier: str) -> tuple[tuple[str, str], ...]:
@@ -370,7 +403,8 @@ class PolicyEngine:
 
     def decide(self, tier: str, *, model: str | None = None, estimated_tokens: int | None = None,
                exclude: Collection[str] = (), min_context: int | None = None,
-               reason: str | None = None, retry_of: Decision | None = None) -> Decision:
+               reason: str | None = None, retry_of: Decision | None = None,
+               new_request: bool | None = None) -> Decision:
         """Choose a model for ``tier`` now; raises NoModelAvailable when none can serve.
 
         ``model`` pins one model (its breaker, budgets and in-flight limit still
@@ -379,6 +413,12 @@ class PolicyEngine:
         fallback is being made (for the FallbackTriggered event). ``retry_of``
         asks for the same model as an earlier decision, as a retry of it: same
         tier, same fallback status, no new FallbackTriggered.
+
+        ``new_request``: this decision starts a request (its first attempt),
+        which is what request availability counts (served requests / requests:
+        every successful attempt serves one request). By default a decision
+        with no ``exclude``, ``reason`` or ``retry_of`` starts one. A new
+        request that finds no model emits :class:`RequestRefused`.
         """
         if tier not in self._chains:
             raise KeyError(f"unknown tier {tier!r}; expected one of {', '.join(self.policy.tier_order)}")
@@ -386,6 +426,8 @@ class PolicyEngine:
             raise ValueError(problem)
         if retry_of is not None:
             model = retry_of.model
+        if new_request is None:
+            new_request = retry_of is None and not exclude and reason is None
         if model is not None and model not in self._models:
             raise KeyError(f"unknown model {model!r}")
         events: list[Event] = []
@@ -431,10 +473,12 @@ class PolicyEngine:
                             reason or (skipped[0][1] if skipped else "degraded")))
                 decision = Decision(name, t, is_fallback, tuple(skipped), next(self._ids), now,
                                     self.policy.revision, tier, estimated_tokens, self)
-                self._pending[decision.id] = _Pending(decision, ticket, reservations, now, st)
+                self._pending[decision.id] = _Pending(decision, ticket, reservations, now, st, new_request)
                 if now >= self._monitor.next_at:
                     self._tick(now, events)
                 break
+            if decision is None and new_request:
+                events.append(RequestRefused(now, tier, tuple(skipped), retry_at))
             if self._sink:
                 self._take_events(events)
             if events:
@@ -444,7 +488,8 @@ class PolicyEngine:
         if events:
             self._deliver()
         if decision is None:
-            raise NoModelAvailable(tier, skipped, retry_at)
+            raise NoModelAvailable(tier, skipped, retry_at,
+                                   None if retry_at is None else retry_at + self._wall_shift)
         return decision
 
     def _admit(self, st: _Model, now: float, estimated: int | None, exclude: Collection[str],
@@ -465,7 +510,10 @@ class PolicyEngine:
             until = st.breaker.retry_at(now)
             if until is not None and not math.isfinite(until):
                 until = None  # forced open: recovers only when released
-            return f"breaker {st.breaker.state(now)}" + (f" until t={until:.3f}" if until else ""), 0, (), until
+            why = f"breaker {st.breaker.state(now)}"
+            if until:
+                why += _until(until + self._wall_shift)
+            return why, 0, (), until
         if not st.ledgers:
             return None, ticket, (), None
         wall = now + self._wall_shift
@@ -565,10 +613,12 @@ class PolicyEngine:
                 if metrics is None:
                     metrics = st.metrics[tier] = self._metrics[(tier, decision.model)] = RollingMetrics(
                         self.policy.monitoring.window_s, _METRIC_BUCKETS)
-                metrics.record(now, latency, error, failed is True, slow, tin, tout, cost, decision.is_fallback)
+                metrics.record(now, latency, error, failed is True, slow, tin, tout, cost, decision.is_fallback,
+                               pending.request)
                 if self._history is not None:
                     self._history.record_call(now + self._wall_shift, tier, decision.model, latency, error,
-                                              failed is True, slow, tin, tout, cost, decision.is_fallback)
+                                              failed is True, slow, tin, tout, cost, decision.is_fallback,
+                                              pending.request)
             if now >= self._monitor.next_at:
                 self._tick(now, events)
             if self._sink:
@@ -660,6 +710,8 @@ class PolicyEngine:
             try:
                 while outbox:
                     event = outbox.popleft()
+                    if not event.WALL_CLOCK_AT and event.wall != event.wall:  # NaN: not stamped yet
+                        object.__setattr__(event, "wall", event.at + self._wall_shift)
                     self.store.append_event(event)
                     for listener in tuple(self._listeners):
                         try:
@@ -753,6 +805,47 @@ class PolicyEngine:
             st.breaker.force(state, self._now())  # type: ignore[arg-type]
             self._post([])
         self._deliver()
+
+    def snapshot(self) -> dict[str, Any]:
+        """Everything a metrics exporter or status page shows, read in one pass under the lock.
+
+        ``now`` (engine clock) and ``wall`` (epoch seconds); ``models``: per model
+        its tier, provider, breaker state, ``open_until`` (engine clock),
+        consecutive openings, in-flight count and limit; ``calls``: per
+        (requested tier, model) cumulative counters since the model's metrics
+        began (``calls``, ``successes``, ``errors`` by class, ``fallbacks``,
+        tokens, cost, and ``latency`` as a LatencyHistogram); ``budgets``: each
+        ledger's snapshot (wall-clock times); ``anomalies``: the active ones;
+        ``reload``: :meth:`reload_status`. Costs nothing on the decision path:
+        the counters are the rolling metrics' own.
+        """
+        with self._lock:
+            now = self._now()
+            wall = now + self._wall_shift
+            policy = self.policy
+            models = {}
+            for name, st in self._models.items():
+                br = st.breaker
+                models[name] = {"tier": st.spec.tier, "provider": st.spec.provider, "enabled": st.spec.enabled,
+                                "state": br.state(now), "open_until": br.open_until,
+                                "in_flight": st.in_flight, "max_in_flight": st.spec.max_in_flight}
+            calls = {}
+            for key, m in self._metrics.items():
+                m.live(now)
+                c = m.cumulative()
+                calls[key] = {"calls": c.calls, "successes": c.successes, "errors": dict(c.errors),
+                              "requests": c.requests,
+                              "fallbacks": c.fallbacks, "tokens_in": c.tokens_in, "tokens_out": c.tokens_out,
+                              "cost_usd": c.cost, "latency": c.latency}
+            budgets = {n: led.snapshot(wall) for n, led in self._ledgers.items()}
+            rules = {r.name: r for r in policy.monitoring.anomalies}
+            anomalies = [{"rule": r, "target": t, "scope": rules[r].scope, "severity": rules[r].severity}
+                         for r, t in sorted(self._monitor.active) if r in rules]
+            self._post([])
+        self._deliver()
+        return {"now": now, "wall": wall, "revision": policy.revision, "tier_order": list(policy.tier_order),
+                "models": models, "calls": calls, "budgets": budgets, "anomalies": anomalies,
+                "reload": self.reload_status()}
 
     def performance_report(self) -> dict[str, Any]:
         """Per-tier and per-model health (healthy / degraded / unhealthy) with the metrics behind it."""

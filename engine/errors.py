@@ -17,6 +17,7 @@ it does not know, leaving all state untouched.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -46,7 +47,9 @@ class NoModelAvailable(PolicyEngineError):
 
     ``candidates`` lists ``(model, reason)`` pairs in the order they were
     considered; ``retry_at`` is the clock time at which the earliest of them
-    may become available again, or ``None`` when none will by itself.
+    may become available again, or ``None`` when none will by itself;
+    ``retry_at_wall`` is the same moment in wall-clock epoch seconds (shown in
+    the message as UTC), when the engine knows it.
     """
 
     def __init__(
@@ -54,12 +57,19 @@ class NoModelAvailable(PolicyEngineError):
         tier: str,
         candidates: Sequence[tuple[str, str]],
         retry_at: float | None = None,
+        retry_at_wall: float | None = None,
     ) -> None:
         self.tier = tier
         self.candidates = tuple(candidates)
         self.retry_at = retry_at
+        self.retry_at_wall = retry_at_wall
         detail = "; ".join(f"{m}: {r}" for m, r in self.candidates) or "no candidates"
-        when = f" (earliest recovery at t={retry_at:.3f})" if retry_at is not None else ""
+        when = ""
+        if retry_at_wall is not None:
+            stamp = datetime.fromtimestamp(round(retry_at_wall, 3), UTC).isoformat(timespec="milliseconds")
+            when = f" (earliest recovery at {stamp.replace('+00:00', 'Z')})"
+        elif retry_at is not None:
+            when = f" (earliest recovery at t={retry_at:.3f})"
         super().__init__(f"no model available for tier {tier}: {detail}{when}")
 
 

@@ -210,6 +210,27 @@ class LatencyHistogram:
                 out[i] = 0.0 if rank <= self._zero else self._value_of(key)
         return out
 
+    def count_at_most(self, bounds_ms: Iterable[float]) -> list[int]:
+        """For each bound, how many values are at most it (by bucket: within the relative accuracy).
+
+        A bucket counts under a bound when it holds values up to the bound (the
+        bucket of the bound itself counts whole, so a value equal to a bound is
+        under it); these are the cumulative counts of a Prometheus histogram's
+        ``le`` buckets.
+        """
+        keys = sorted(self._buckets.items())
+        out: list[int] = []
+        for bound in bounds_ms:
+            if bound < 0:
+                out.append(0)
+                continue
+            if bound == _INF:
+                out.append(self._count)
+                continue
+            limit = self._key_min - 1 if bound == 0 else (self.key(min(bound, MAX_MS)) or self._key_min)
+            out.append(self._zero + sum(n for k, n in keys if k <= limit))
+        return out
+
     def _value_of(self, key: int) -> float:
         estimate = 2.0 * self._gamma**key / (self._gamma + 1.0)
         return min(max(estimate, self._min), self._max)

@@ -18,7 +18,7 @@ from engine.histogram import LatencyHistogram
 
 class _Bucket:
     __slots__ = ("index", "calls", "successes", "errors", "failures", "slow", "latency",
-                 "tokens_in", "tokens_out", "cost", "fallbacks")
+                 "tokens_in", "tokens_out", "cost", "fallbacks", "requests")
 
     def __init__(self) -> None:
         self.index = -1
@@ -29,7 +29,7 @@ class _Bucket:
     def clear(self, index: int) -> None:
         self.index = index
         self.calls = self.successes = self.failures = self.slow = 0
-        self.tokens_in = self.tokens_out = self.fallbacks = 0
+        self.tokens_in = self.tokens_out = self.fallbacks = self.requests = 0
         self.cost = 0.0
         self.errors.clear()
         self.latency.reset()
@@ -44,6 +44,7 @@ class _Bucket:
         self.tokens_out -= other.tokens_out
         self.cost = max(0.0, self.cost - other.cost) if self.calls else 0.0
         self.fallbacks -= other.fallbacks
+        self.requests -= other.requests
         for name, n in other.errors.items():
             left = self.errors.get(name, 0) - n
             if left > 0:
@@ -52,11 +53,26 @@ class _Bucket:
                 self.errors.pop(name, None)
         self.latency.subtract(other.latency)
 
+    def add(self, other: _Bucket) -> None:
+        """Add ``other``'s counts into this bucket (the inverse of :meth:`subtract`)."""
+        self.calls += other.calls
+        self.successes += other.successes
+        self.failures += other.failures
+        self.slow += other.slow
+        self.tokens_in += other.tokens_in
+        self.tokens_out += other.tokens_out
+        self.cost += other.cost
+        self.fallbacks += other.fallbacks
+        self.requests += other.requests
+        for name, n in other.errors.items():
+            self.errors[name] = self.errors.get(name, 0) + n
+        self.latency.merge(other.latency)
+
 
 class RollingMetrics:
     """Calls, outcomes, latency, tokens and cost over a sliding time window."""
 
-    __slots__ = ("window_s", "width", "buckets", "total", "total_calls", "total_errors")
+    __slots__ = ("window_s", "width", "buckets", "total", "total_calls", "total_errors", "retired")
 
     def __init__(self, window_s: float = 300.0, buckets: int = 30) -> None:
         if window_s <= 0 or buckets < 1:
@@ -67,9 +83,11 @@ class RollingMetrics:
         self.total = _Bucket()  # the sum of the live buckets
         self.total_calls = 0  # since creation, never reset by the window
         self.total_errors = 0
+        self.retired = _Bucket()  # every bucket that left the window, summed: with ``total``, since creation
 
     def record(self, now: float, latency_ms: float, error: str | None, failed: bool, slow: bool,
-               tokens_in: int, tokens_out: int, cost: float, fallback: bool) -> None:
+               tokens_in: int, tokens_out: int, cost: float, fallback: bool, request: bool = False) -> None:
+        """Add one attempt; ``request``: it was the first attempt of a request (see ``requests``)."""
         # one pass over the current bucket and the running total (this is the decision hot path)
         total = self.total
         key = total.latency.key(latency_ms)  # one logarithm for both histograms
@@ -78,6 +96,7 @@ class RollingMetrics:
         if b.index != index:
             if b.index >= 0:
                 total.subtract(b)
+                self.retired.add(b)
             b.clear(index)
         # the same updates to both, written out: this runs once per recorded call
         b.calls += 1
@@ -105,6 +124,9 @@ class RollingMetrics:
         if fallback:
             b.fallbacks += 1
             total.fallbacks += 1
+        if request:
+            b.requests += 1
+            total.requests += 1
         self.total_calls += 1
         if error is not None:
             self.total_errors += 1
@@ -115,8 +137,16 @@ class RollingMetrics:
         for bucket in self.buckets:
             if 0 <= bucket.index < oldest:
                 self.total.subtract(bucket)
+                self.retired.add(bucket)
                 bucket.clear(-1)
         return self.total
+
+    def cumulative(self) -> _Bucket:
+        """Every call since creation (counters that only grow, for metrics exporters): a new bucket."""
+        out = _Bucket()
+        out.add(self.retired)
+        out.add(self.total)
+        return out
 
     def snapshot(self, now: float, error_classes: Iterable[str] = ()) -> dict[str, Any]:
         return summarize([self.live(now)], error_classes)
@@ -125,7 +155,7 @@ class RollingMetrics:
 def summarize(buckets: Iterable[_Bucket], error_classes: Iterable[str] = ()) -> dict[str, Any]:
     """Merge buckets (of one or many models) into rule-expression names."""
     hist = LatencyHistogram()
-    calls = successes = failures = slow = tokens_in = tokens_out = fallbacks = 0
+    calls = successes = failures = slow = tokens_in = tokens_out = fallbacks = requests = 0
     cost = 0.0
     errors: dict[str, int] = dict.fromkeys(error_classes, 0)
     for b in buckets:
@@ -136,6 +166,7 @@ def summarize(buckets: Iterable[_Bucket], error_classes: Iterable[str] = ()) -> 
         tokens_in += b.tokens_in
         tokens_out += b.tokens_out
         fallbacks += b.fallbacks
+        requests += b.requests
         cost += b.cost
         for name, n in b.errors.items():
             errors[name] = errors.get(name, 0) + n
@@ -160,6 +191,7 @@ def summarize(buckets: Iterable[_Bucket], error_classes: Iterable[str] = ()) -> 
         "cost_usd": cost,
         "fallbacks": fallbacks,
         "fallback_rate": fallbacks / calls if calls else 0.0,
+        "requests": requests,
     }
     for name, n in errors.items():
         out[f"errors_{name}"] = n

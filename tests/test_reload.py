@@ -489,25 +489,35 @@ def test_cli_prints_each_reload_and_stops_cleanly(flags: tuple[str, ...], sig: i
     proc = Proc(str(policy_dir), "--debounce-ms", "50", *flags, cwd=tmp_path)
     mode = "polling" if flags else "inotify"
     revision = check(policy_dir)[0].revision[:12]  # type: ignore[union-attr]
-    assert proc.line() == f"watching {policy_dir} ({mode}): revision {revision} (8 files)"
+    stamp = r"\[\d\d:\d\d:\d\d\] "  # local wall-clock time
+    assert re.fullmatch(stamp + re.escape(f"watching {policy_dir} ({mode}): revision {revision} (8 files)"),
+                        proc.line())
     report = policy_dir / "report.yaml"
     good = report.read_text()
     rename_over(report, good.replace("top_models: 10", "top_models: 7"))
     revision = check(policy_dir)[0].revision[:12]  # type: ignore[union-attr]
-    assert re.fullmatch(rf"reloaded revision {revision} \(8 files\) in \d+ ms", proc.line())
+    assert re.fullmatch(rf"{stamp}reloaded revision {revision} \(8 files\) in \d+ ms", proc.line())
+    assert proc.line() == f"  files: changed {report}"
+    assert proc.line() == "  models, tiers and budgets unchanged (other settings changed)"
     rename_over(report, good.replace("top_models: 10", "top_models: -1"))
-    assert proc.line() == "reload failed: 1 problem"
+    assert re.fullmatch(rf"{stamp}reload failed: 1 problem; revision {revision} stays in force", proc.line())
     assert proc.line() == f"{report}:10:13: out-of-range: expected a number >= 1, got -1"
+    rename_over(report, good)  # fixed: a valid set takes effect after the failure
+    assert re.fullmatch(rf"{stamp}reloaded revision [0-9a-f]{{12}} \(8 files\) in \d+ ms", proc.line())
+    assert proc.line() == f"  files: changed {report}"
+    assert proc.line() == "  models, tiers and budgets unchanged (other settings changed)"
+    assert re.fullmatch(rf"{stamp}recovered: revision [0-9a-f]{{12}} is in force and valid again after "
+                        r"1 failed reload", proc.line())
     proc.p.send_signal(sig)
     assert proc.finish() == 0
 
 
 def test_cli_once_exits_after_the_first_reload(policy_dir: Path, tmp_path: Path) -> None:
     proc = Proc(str(policy_dir), "--once", cwd=tmp_path)
-    assert proc.line().startswith("watching ")
+    assert proc.line()[11:].startswith("watching ")
     report = policy_dir / "report.yaml"
     rename_over(report, edited(report, "top_models: 10", "top_models: 7"))
-    assert proc.line().startswith("reloaded revision ")
+    assert proc.line()[11:].startswith("reloaded revision ")
     assert proc.finish() == 0
 
 
@@ -526,11 +536,49 @@ def test_cli_usage_error(tmp_path: Path) -> None:
 
 def test_cli_prints_the_warnings_of_a_set_it_takes(policy_dir: Path, tmp_path: Path) -> None:
     proc = Proc(str(policy_dir), "--once", cwd=tmp_path)
-    assert proc.line().startswith("watching ")
+    assert proc.line()[11:].startswith("watching ")  # after the local time, [HH:MM:SS]
     routing = policy_dir / "routing.yaml"
     rename_over(routing, edited(routing, "[gpt-5, claude-opus-4-1, o3]", "[gpt-5, claude-opus-4-1]"))
-    assert proc.line().startswith("reloaded revision ")  # a warning never stops a reload
+    assert proc.line()[11:].startswith("reloaded revision ")  # a warning never stops a reload
     line = (policy_dir / "models.yaml").read_text().splitlines().index("  o3:") + 1
-    assert proc.line() == (f"{policy_dir / 'models.yaml'}:{line}:3: unreachable-model: model 'o3' is not a "
+    shown = proc.line()
+    while shown.startswith("  "):  # what changed: files, models, tiers, budgets
+        shown = proc.line()
+    assert shown == (f"{policy_dir / 'models.yaml'}:{line}:3: unreachable-model: model 'o3' is not a "
                            "candidate of any tier; add it to a tier's candidates or remove it (warning)")
     assert proc.finish() == 0
+
+
+def test_cli_says_which_models_tiers_and_budgets_a_reload_changed(policy_dir: Path) -> None:
+    from engine.cli.watch import changes
+
+    before = check(policy_dir)[0]
+    models = policy_dir / "models.yaml"
+    models.write_text(models.read_text().replace("max_in_flight: 256", "max_in_flight: 200", 1))
+    budgets = policy_dir / "budgets.yaml"
+    budgets.write_text(budgets.read_text().replace("tokens: 8000000", "tokens: 9000000"))
+    after = check(policy_dir)[0]
+    assert before is not None and after is not None
+    lines = changes(before, after, {str(models): "a", str(budgets): "b", "gone.yaml": "c"},
+                    {str(models): "a2", str(budgets): "b2", "new.yaml": "d"})
+    assert lines == [f"  files: added new.yaml; removed gone.yaml; changed {budgets}, {models}",
+                     "  models: changed gpt-4.1-nano", "  budgets: changed gpt-5-daily"]
+
+
+def test_a_valid_set_after_failed_reloads_emits_reload_recovered(policy_dir: Path) -> None:
+    from engine.events import ReloadFailed, ReloadRecovered
+
+    eng = PolicyEngine.from_path(policy_dir)
+    events: list[Event] = []
+    eng.subscribe(events.append)
+    report = policy_dir / "report.yaml"
+    good = report.read_text()
+    report.write_text(good.replace("top_models: 10", "top_models: -1"))
+    assert eng.reload() is False and eng.reload() is False
+    report.write_text(good)  # reverted: the set in force never changed, and it is valid again
+    assert eng.reload() is False
+    failed = [e for e in events if isinstance(e, ReloadFailed)]
+    (recovered,) = [e for e in events if isinstance(e, ReloadRecovered)]
+    assert (recovered.revision, recovered.failures, recovered.failing_since) == (
+        eng.policy.revision, 2, failed[0].at)
+    assert eng.reload() is False and len([e for e in events if isinstance(e, ReloadRecovered)]) == 1

@@ -650,6 +650,8 @@ def test_status_as_json(live: Path) -> None:
     assert models["gemini-2.5-flash"]["health"] == "healthy"
     opus = {b["name"]: b for b in models["claude-opus-4-1"]["budgets"]}["opus-daily"]
     assert (opus["tokens_used"], opus["used_fraction"], opus["exhausted"]) == (1_900_000, 0.95, False)
+    assert {k: status["recorded"][k] for k in ("requests", "served", "refused", "attempts")} == {
+        "requests": 31, "served": 21, "refused": 0, "attempts": 31}
 
 
 def test_status_as_a_table(live: Path) -> None:
@@ -657,7 +659,10 @@ def test_status_as_a_table(live: Path) -> None:
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0].startswith("as of 2026-01-02 09:00:10 CET (instance default, written ")
-    assert lines[2].split() == ["MODEL", "TIER", "HEALTH", "BREAKER", "CALLS", "SUCCESS", "P95", "BUDGETS"]
+    # request availability (served / requests) beside attempt availability, as the report's headline has them
+    assert lines[1] == ("recorded since 2026-01-02 09:00: 31 requests, 67.74% served (0 refused); 31 attempts, "
+                        "67.74% available")
+    assert lines[3].split() == ["MODEL", "TIER", "HEALTH", "BREAKER", "CALLS", "SUCCESS", "P95", "BUDGETS"]
     row = next(line for line in lines if line.startswith("gpt-4.1-mini "))
     assert row.split()[:5] == ["gpt-4.1-mini", "L2", "unhealthy", "open,", "probes"]
     opus = next(line for line in lines if line.startswith("claude-opus-4-1 "))

@@ -111,6 +111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                    add_help=False)
     sub.add_parser("convert", help="write a shared trace or a history database as a replay trace CSV",
                    add_help=False)
+    sub.add_parser("serve", help="serve a live status page, /status, /healthz and /metrics over HTTP", add_help=False)
     args, rest = parser.parse_known_args(argv)
     # each command's module is imported only when used, so validation starts fast
     if args.command == "test":
@@ -129,6 +130,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from engine.cli.convert import main as main_convert
 
         return main_convert(rest)
+    if args.command == "serve":
+        from engine.cli.serve import main_serve
+
+        return main_serve(rest)
     if args.command == "watch":
         from engine.cli.watch import main_watch
 

@@ -54,8 +54,9 @@ def _day(text: str) -> date:
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--policies", default="policies", metavar="DIR", help="policy directory (default: ./policies)")
-    p.add_argument("--store", default=DEFAULT_STORE, metavar="URI",
-                   help=f"history store (default: {DEFAULT_STORE})")
+    p.add_argument("--store", metavar="URI",
+                   help=f"history store (default: {DEFAULT_STORE}, or else the newest memory/simulate/*.db that "
+                        "`policy-engine simulate` wrote)")
 
 
 def report_parser(prog: str = "policy-engine report") -> argparse.ArgumentParser:
@@ -63,7 +64,8 @@ def report_parser(prog: str = "policy-engine report") -> argparse.ArgumentParser
                                 epilog="exit status: 0 written, 1 failed, 2 usage error")
     _common(p)
     p.add_argument("--date", type=_day, metavar="YYYY-MM-DD",
-                   help="the day, in the report's time zone (default: today if it has calls, else yesterday)")
+                   help="the day, in the report's time zone (default: the store's latest day with calls; a "
+                        "day only minutes old when the history ends counts as the day before's stragglers)")
     p.add_argument("--out", metavar="DIR", help="output directory (default: the report policy's output_dir)")
     p.add_argument("--templates", metavar="DIR",
                    help="your own Jinja templates, searched before the shipped ones (default: the report "
@@ -87,6 +89,15 @@ def _open(args: argparse.Namespace, parser: argparse.ArgumentParser) -> tuple[Po
     from engine.policy.loader import load_policies
     from engine.store.historydb import open_readonly, parse_uri
 
+    if args.store is None:
+        from engine.cli.locate import latest_history, not_found_hint
+
+        found = latest_history()
+        if found is None:
+            raise StorageError(not_found_hint())
+        args.store = f"sqlite:///{found.as_posix()}"
+        print(f"reading {printable(found)} (the newest history under ./memory; --store picks another)",
+              file=sys.stderr)
     shown = redact_uri(str(args.store))  # never echo a password
     if not str(args.store).startswith("sqlite://"):
         parser.error(f"--store: expected a sqlite:// URI (the history store), got {shown!r}")
@@ -112,7 +123,7 @@ def _fail(exc: Exception) -> int:
 def run_report(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     """``report`` with parsed arguments (for ``policy-engine``'s subcommand table)."""
     from engine.reporting.build import build_report
-    from engine.reporting.data import has_calls, read_day
+    from engine.reporting.data import has_calls, latest_day, read_day
     from engine.reporting.render import ReportError, write
 
     try:
@@ -126,8 +137,10 @@ def run_report(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
         try:
             day = args.date
             if day is None:
-                today = datetime.now(ZoneInfo(spec.timezone)).date()
-                day = today if has_calls(conn, today, spec.timezone) else today - timedelta(days=1)
+                day = latest_day(conn, spec.timezone)
+                if day is None:  # no calls at all: today if it has calls (it has not), else yesterday
+                    today = datetime.now(ZoneInfo(spec.timezone)).date()
+                    day = today if has_calls(conn, today, spec.timezone) else today - timedelta(days=1)
             hist = read_day(conn, day, spec.timezone, policy.budgets)
         finally:
             conn.close()

@@ -148,8 +148,18 @@ def summary(day: Day, names: Names) -> Summary:
     detail = ", ".join([fmt.plural(opens, "breaker opening"), fmt.plural(exhausted, "budget exhaustion"),
                         fmt.plural(anomalies, "anomaly", "anomalies")])
     avail = fmt.pct(names["availability"], 2) if has else fmt.DASH
-    headline = (f"{fmt.count(c.calls)} calls, {avail} available, {fmt.usd(c.cost)} spent, "
-                f"{fmt.plural(incidents, 'incident')}." if has else "No calls were recorded on this day.")
+    refused = ev["RequestRefused"]
+    served = stats.request_availability(c, refused)
+    requests = fmt.DASH if served is None else fmt.pct(served, 2)
+    if served is not None:
+        headline = (f"{fmt.count(c.requests + refused)} requests, {requests} served "
+                    f"({fmt.count(c.calls)} attempts, {avail} available), {fmt.usd(c.cost)} spent, "
+                    f"{fmt.plural(incidents, 'incident')}.")
+    elif has:
+        headline = (f"{fmt.count(c.calls)} calls, {avail} available, {fmt.usd(c.cost)} spent, "
+                    f"{fmt.plural(incidents, 'incident')}.")
+    else:
+        headline = "No calls were recorded on this day."
     had = prev is not None and bool(prev.calls)
 
     def vs(attr: str) -> str:
@@ -160,7 +170,8 @@ def summary(day: Day, names: Names) -> Summary:
                    f"{fmt.pct(names['fallback_rate'])} of calls" if has else "", fmt.usd(c.cost),
                    fmt.tokens(c.tokens_in), fmt.tokens(c.tokens_out), fmt.tokens(c.tokens_in + c.tokens_out),
                    str(incidents), detail, vs("calls"), vs("cost"),
-                   busiest, headline)
+                   busiest, headline, requests, fmt.count(c.requests + refused) if served is not None else fmt.DASH,
+                   fmt.count(refused))
 
 
 def tier_rows(day: Day, names: dict[str, Names]) -> tuple[TierRow, ...]:

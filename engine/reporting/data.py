@@ -27,17 +27,17 @@ from engine.store.historydb import ACCURACY
 Usage = dict[str, dict[int, tuple[int, float]]]  # model -> minute -> (tokens, cost)
 #: The ``minutes`` columns :meth:`Cell.add_row` takes, in order.
 ROW = ("calls, successes, failures, slow, fallbacks, tokens_in, tokens_out, cost, errors, lat_zero, lat_total, "
-       "lat_min, lat_max, latency")
+       "lat_min, lat_max, latency, requests")
 
 
 class Cell:
     """Merged aggregates of any set of ``minutes`` rows (a histogram kept as bucket counts)."""
 
     __slots__ = ("calls", "successes", "failures", "slow", "fallbacks", "tokens_in", "tokens_out", "cost",
-                 "errors", "zero", "total", "lo", "hi", "buckets")
+                 "errors", "zero", "total", "lo", "hi", "buckets", "requests")
 
     def __init__(self) -> None:
-        self.calls = self.successes = self.failures = self.slow = self.fallbacks = 0
+        self.calls = self.successes = self.failures = self.slow = self.fallbacks = self.requests = 0
         self.tokens_in = self.tokens_out = self.zero = 0
         self.cost = self.total = 0.0
         self.lo, self.hi = math.inf, -math.inf
@@ -67,10 +67,12 @@ class Cell:
         buckets = self.buckets
         for k, n in json.loads(row[13]).items():
             buckets[k] = buckets.get(k, 0) + n
+        if len(row) > 14:
+            self.requests += row[14]
 
     def merge(self, other: Cell) -> None:
         for name in ("calls", "successes", "failures", "slow", "fallbacks", "tokens_in", "tokens_out", "cost",
-                     "zero", "total"):
+                     "zero", "total", "requests"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.lo, self.hi = min(self.lo, other.lo), max(self.hi, other.hi)
         for name, n in other.errors.items():
@@ -188,3 +190,21 @@ def has_calls(conn: sqlite3.Connection, day: date, timezone: str) -> bool:
     row = conn.execute("SELECT 1 FROM minutes WHERE minute >= ? AND minute < ? LIMIT 1",
                        (_minute(start), _minute(end))).fetchone()
     return row is not None
+
+
+#: Calls this soon after a local midnight that end the history belong to the day before's traffic (requests
+#: that were answered just after midnight): a day only minutes old is not worth a daily report.
+STRAGGLERS_S = 15 * 60
+
+
+def latest_day(conn: sqlite3.Connection, timezone: str) -> date | None:
+    """The local day of the history's latest call (see :data:`STRAGGLERS_S`), or None without calls."""
+    row = conn.execute("SELECT MAX(minute) FROM minutes WHERE calls > 0").fetchone()
+    if row is None or row[0] is None:
+        return None
+    tz = ZoneInfo(timezone)
+    day = datetime.fromtimestamp(row[0] * 60.0, tz).date()
+    start = day_bounds(day, tz)[0]
+    if row[0] * 60.0 - start < STRAGGLERS_S and has_calls(conn, day - timedelta(days=1), timezone):
+        return day - timedelta(days=1)
+    return day

@@ -30,6 +30,9 @@ class Summary:
     cost_change: str
     busiest_hour: str
     headline: str  # one sentence for the top of the report
+    request_availability: str = "—"  # served requests / requests ("—": the history has no request counts)
+    requests: str = "—"
+    refused: str = "0"  # requests no model could serve
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,10 +5,11 @@ share of recorded calls that did not fail through the model's fault,
 ``1 - failures / calls``, where ``failures`` are errors whose class counts
 as a breaker failure (timeouts, 5xx, 429...). Caller errors (bad_request,
 content_policy, context_window) would fail on any model and are left out.
-The history sees attempts, not requests: a request rescued by a fallback
-still counts its failed attempt, so request-level availability is at least
-this figure. Requests refused with NoModelAvailable before any attempt are
-not recorded at all and do not count.
+This is attempt availability: a request rescued by a fallback still counts
+its failed attempt. Request availability (:func:`request_availability`) is
+served requests / requests: the history counts each request's first attempt
+and keeps each request refused before any attempt as a ``RequestRefused``
+event; the report's headline shows it beside attempt availability.
 """
 
 from __future__ import annotations
@@ -21,9 +22,9 @@ from engine.reporting.data import Cell
 AVAILABILITY_NOTE = (
     "Availability = 1 − failures / calls over recorded calls (attempts): failures are errors whose class "  # noqa: RUF001
     "counts against the model's breaker; caller errors (bad request, content policy, context window) are "
-    "left out. A request rescued by a fallback still counts its failed attempt, so request-level "
-    "availability is at least this figure. Requests refused with NoModelAvailable before any attempt are "
-    "not recorded and not counted.")
+    "left out. A request rescued by a fallback still counts its failed attempt. Request availability = "
+    "served requests / requests, where requests refused with NoModelAvailable before any attempt count as "
+    "not served.")
 
 
 def metrics(cell: Cell, classes: Iterable[str]) -> dict[str, Any]:
@@ -52,3 +53,13 @@ def metrics(cell: Cell, classes: Iterable[str]) -> dict[str, Any]:
     for name, n in cell.errors.items():  # classes the history knows and the policy no longer does
         out.setdefault(f"errors_{name}", n)
     return out
+
+
+def request_availability(cell: Cell, refused: int) -> float | None:
+    """Served requests / requests: every successful attempt serves one request; requests are first attempts
+    plus requests refused before any attempt. None when the history has no request counts (written before
+    the engine kept them)."""
+    requests = cell.requests + refused
+    if not requests:
+        return None
+    return min(1.0, cell.successes / requests)

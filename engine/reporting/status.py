@@ -45,6 +45,19 @@ def _window(conn: sqlite3.Connection, start: float, end: float) -> dict[str, Cel
     return cells
 
 
+def _recorded(conn: sqlite3.Connection) -> dict[str, Any]:
+    """Requests and attempts over the whole history (a ``simulate`` run's file holds exactly its run)."""
+    first, calls, ok, failures, requests = conn.execute(
+        "SELECT MIN(minute), COALESCE(SUM(calls), 0), COALESCE(SUM(successes), 0), COALESCE(SUM(failures), 0), "
+        "COALESCE(SUM(requests), 0) FROM minutes").fetchone()
+    refused = conn.execute("SELECT COUNT(*) FROM events WHERE kind = 'RequestRefused'").fetchone()[0]
+    total = requests + refused
+    start = first * 60.0 if first is not None else None
+    return {"since": start, "requests": total, "served": ok, "refused": refused,
+            "request_availability": min(1.0, ok / total) if total else None,
+            "attempts": calls, "attempt_availability": 1.0 - failures / calls if calls else None}
+
+
 def _budgets(policy: PolicySet, model: str, saved: dict[str, Any], now: float) -> list[dict[str, Any]]:
     out = []
     for spec in policy.budgets_for(model) if model in policy.models else ():
@@ -71,6 +84,7 @@ def read_status(conn: sqlite3.Connection, policy: PolicySet, instance: str | Non
         now = float(data.get("saved_at") or flushed_at)
         window = policy.monitoring.window_s
         cells = _window(conn, now - window, now)
+        recorded = _recorded(conn)
     except sqlite3.Error as exc:
         raise StorageError(f"cannot read history: {exc}") from exc
     breakers, ledgers = data.get("breakers") or {}, data.get("budgets") or {}
@@ -95,7 +109,7 @@ def read_status(conn: sqlite3.Connection, policy: PolicySet, instance: str | Non
                                              "cost_usd")},
         })
     return {"instance": name, "saved_at": now, "written_s_ago": max(0.0, time.time() - flushed_at),
-            "window_s": window, "revision": data.get("revision"), "models": models}
+            "window_s": window, "revision": data.get("revision"), "models": models, "recorded": recorded}
 
 
 def _breaker(b: dict[str, Any], now: float, tz: ZoneInfo) -> str:
@@ -116,6 +130,13 @@ def format_table(status: dict[str, Any], timezone: str = "UTC") -> str:
     now = status["saved_at"]
     head = (f"as of {datetime.fromtimestamp(now, tz):%Y-%m-%d %H:%M:%S %Z} (instance {status['instance']}, "
             f"written {status['written_s_ago']:.0f} s ago); metrics over the last {status['window_s']:g} s")
+    t = status.get("recorded")
+    if t and t["requests"]:  # a history written before requests were counted has none
+        served = fmt.pct(t["request_availability"], 2) if t["request_availability"] is not None else fmt.DASH
+        since = datetime.fromtimestamp(t["since"], tz)
+        head += (f"\nrecorded since {since:%Y-%m-%d %H:%M}: {fmt.count(t['requests'])} requests, {served} served "
+                 f"({fmt.count(t['refused'])} refused); {fmt.count(t['attempts'])} attempts, "
+                 f"{fmt.pct(t['attempt_availability'], 2)} available")
     rows = [("MODEL", "TIER", "HEALTH", "BREAKER", "CALLS", "SUCCESS", "P95", "BUDGETS")]
     for m in status["models"]:
         w = m["window"]

@@ -144,7 +144,26 @@ def format_simulation(r: SimResult) -> str:
                  f" vs {_n(naive['tokens_per_success'])})")
     lines.append(f"  history: {r.history}")
     lines.append("  report: " + (", ".join(r.report) if r.report else r.report_note))
+    lines.extend(reopen_commands(r))
     return "\n".join(lines)
+
+
+def reopen_commands(r: SimResult) -> list[str]:
+    """The exact ``status`` and ``report`` commands that reopen this run's history (none without a file)."""
+    import shlex
+
+    history = r.history
+    if history.startswith("sqlite://"):
+        uri = history
+    elif history.endswith(".db") and "://" not in history and not history.startswith(("in memory", "off")):
+        uri = f"sqlite:///{history}"
+    else:
+        return []
+    common = f"--policies {shlex.quote(r.policy_path)} --store {shlex.quote(uri)}"
+    return ["  reopen it with:",
+            f"    policy-engine status {common}",
+            f"    policy-engine report {common} --date {r.options.day.isoformat()}",
+            f"    policy-engine serve {common}"]
 
 
 # -- replay ------------------------------------------------------------------------------------

@@ -58,6 +58,9 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE TABLE state (instance TEXT PRIMARY KEY, saved_at REAL NOT NULL, flushed_at REAL NOT NULL, "
         "pid INTEGER NOT NULL, data TEXT)",
     ),
+    (  # 1 -> 2: requests (first attempts) beside attempts; rows written before count none
+        "ALTER TABLE minutes ADD COLUMN requests INTEGER NOT NULL DEFAULT 0",
+    ),
 )
 
 BUDGET_EVENTS = frozenset({"BudgetWarning", "BudgetExhausted", "BudgetReset"})
@@ -271,7 +274,8 @@ def migrate(conn: sqlite3.Connection, migrations: tuple[tuple[str, ...], ...] = 
 # -- aggregates -----------------------------------------------------------------
 # A cell being filled on the decision path is a plain list, updated in place
 # (the cheapest mutable record in CPython); these are its fields.
-CALLS, OK, FAILED, SLOW, FALLBACKS, TOKENS_IN, TOKENS_OUT, COST, ERRORS, ZERO, TOTAL, LO, HI, BUCKETS = range(14)
+(CALLS, OK, FAILED, SLOW, FALLBACKS, TOKENS_IN, TOKENS_OUT, COST, ERRORS, ZERO, TOTAL, LO, HI, BUCKETS,
+ REQUESTS) = range(15)
 _GAMMA = (1.0 + ACCURACY) / (1.0 - ACCURACY)
 #: Latency bucket keys exactly as LatencyHistogram(ACCURACY) computes them.
 INV_LOG_GAMMA = 1.0 / math.log(_GAMMA)
@@ -280,12 +284,12 @@ KEY_MAX = math.ceil(math.log(MAX_MS) * INV_LOG_GAMMA)
 
 
 def new_cell() -> list[Any]:
-    return [0, 0, 0, 0, 0, 0, 0, 0.0, {}, 0, 0.0, math.inf, -math.inf, {}]
+    return [0, 0, 0, 0, 0, 0, 0, 0.0, {}, 0, 0.0, math.inf, -math.inf, {}, 0]
 
 
 def add_cell(into: list[Any], other: list[Any]) -> None:
     """Merge cell ``other`` into ``into``."""
-    for i in (CALLS, OK, FAILED, SLOW, FALLBACKS, TOKENS_IN, TOKENS_OUT, COST, ZERO, TOTAL):
+    for i in (CALLS, OK, FAILED, SLOW, FALLBACKS, TOKENS_IN, TOKENS_OUT, COST, ZERO, TOTAL, REQUESTS):
         into[i] += other[i]
     into[LO], into[HI] = min(into[LO], other[LO]), max(into[HI], other[HI])
     for field_ in (ERRORS, BUCKETS):
@@ -310,9 +314,9 @@ def _merge_json(column: str) -> str:
 
 
 _COLUMNS = ("minute", "tier", "model", "calls", "successes", "failures", "slow", "fallbacks", "tokens_in",
-            "tokens_out", "cost", "errors", "lat_zero", "lat_total", "lat_min", "lat_max", "latency")
+            "tokens_out", "cost", "errors", "lat_zero", "lat_total", "lat_min", "lat_max", "latency", "requests")
 _SUMMED = ("calls", "successes", "failures", "slow", "fallbacks", "tokens_in", "tokens_out", "cost", "lat_zero",
-           "lat_total")
+           "lat_total", "requests")
 #: One statement for a whole batch: every SQLite call releases the GIL and must win it back, which under a
 #: busy engine thread costs milliseconds, so a flush makes a handful of calls however much it writes.
 UPSERT_MINUTES = (
@@ -327,7 +331,7 @@ UPSERT_MINUTES = (
 def batch(cells: Mapping[tuple[int, str, str], list[Any]]) -> str:
     """``cells`` as the JSON parameter of :data:`UPSERT_MINUTES`."""
     return json.dumps([[*key, *c[:ERRORS], c[ERRORS], c[ZERO], c[TOTAL], c[LO], c[HI],
-                        {str(k): n for k, n in c[BUCKETS].items()}] for key, c in cells.items()],
+                        {str(k): n for k, n in c[BUCKETS].items()}, c[REQUESTS]] for key, c in cells.items()],
                       separators=(",", ":"))
 
 
@@ -365,11 +369,11 @@ def dumps(value: Any) -> str:
     return json.dumps(plain(value), sort_keys=True, separators=(",", ":"))
 
 
-_UNTIL = re.compile(r"\s+until t=[-0-9.e+]+$")
+_UNTIL = re.compile(r"\s+until (t=[-0-9.e+]+|[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9:.]+Z)$")
 
 
 def fallback_reason(reason: str) -> str:
-    """A fallback reason without its episode's time ("breaker open until t=..."), so rows coalesce."""
+    """A fallback reason without its episode's time ("breaker open until 2026-...Z"), so rows coalesce."""
     return _UNTIL.sub("", reason)
 
 
@@ -386,10 +390,14 @@ def to_wall(at: float, offset: float | None) -> float:
 def event_row(event: Event, offset: float | None) -> tuple[float, str, str, float, dict[str, Any]]:
     """(wall time, kind, subject, clock time, fields) of ``event``."""
     kind = type(event).__name__
-    data: dict[str, Any] = {f.name: plain(getattr(event, f.name)) for f in fields(event) if f.name != "at"}
-    if kind in BUDGET_EVENTS:
+    data: dict[str, Any] = {f.name: plain(getattr(event, f.name)) for f in fields(event)
+                              if f.name not in ("at", "wall")}
+    if kind in BUDGET_EVENTS or event.WALL_CLOCK_AT:
         wall = event.at
     else:
+        stamped = event.wall_time  # the delivering engine's own wall time, when it stamped one
+        if stamped is not None and offset is None:
+            offset = stamped - event.at
         wall = to_wall(event.at, offset)
         if isinstance(data.get("open_until"), float):
             data["open_until"] = to_wall(data["open_until"], offset)

@@ -58,6 +58,7 @@ from engine.store.historydb import (
     KEY_MIN,
     LO,
     OK,
+    REQUESTS,
     SLOW,
     TOKENS_IN,
     TOKENS_OUT,
@@ -141,7 +142,7 @@ class SQLiteStore:
     # -- the decision path: memory only ------------------------------------------
     def record_call(self, at: float, tier: str, model: str, latency_ms: float, error: str | None,
                     failed: bool, slow: bool, tokens_in: int, tokens_out: int, cost: float,
-                    fallback: bool) -> None:
+                    fallback: bool, request: bool = False) -> None:
         """Add one call to its minute's cell: memory only, O(1), a few hundred nanoseconds."""
         key = (at // 60.0, tier, model)
         with self._cells_lock:
@@ -160,6 +161,8 @@ class SQLiteStore:
                 c[SLOW] += 1
             if fallback:
                 c[FALLBACKS] += 1
+            if request:
+                c[REQUESTS] += 1
             c[TOKENS_IN] += tokens_in
             c[TOKENS_OUT] += tokens_out
             c[COST] += cost

@@ -151,7 +151,7 @@ def test_open_store_makes_a_history_store_with_its_directory(db: Path) -> None:
         assert (s.flush_s, s.instance) == (2.0, "worker-1")
         assert db.is_file()
         assert rows(db, "PRAGMA journal_mode") == [("wal",)]
-        assert rows(db, "PRAGMA user_version") == [(1,)]
+        assert rows(db, "PRAGMA user_version") == [(len(MIGRATIONS),)]
     finally:
         s.close()
 
@@ -353,12 +353,12 @@ def test_each_instance_keeps_its_own_state(db: Path) -> None:
 def test_schema_migrations_step_forward_once(db: Path) -> None:
     conn = connect(db, create=True)
     try:
-        assert rows(db, "PRAGMA user_version") == [(1,)]
-        extra = (*__import__("engine.store.historydb", fromlist=["MIGRATIONS"]).MIGRATIONS,
-                 ("CREATE TABLE notes (text TEXT)",))
-        assert migrate(conn, extra) == 1
-        assert migrate(conn, extra) == 2  # already there: nothing runs twice
-        assert rows(db, "PRAGMA user_version") == [(2,)]
+        n = len(MIGRATIONS)
+        assert rows(db, "PRAGMA user_version") == [(n,)]
+        extra = (*MIGRATIONS, ("CREATE TABLE notes (text TEXT)",))
+        assert migrate(conn, extra) == n
+        assert migrate(conn, extra) == n + 1  # already there: nothing runs twice
+        assert rows(db, "PRAGMA user_version") == [(n + 1,)]
         assert rows(db, "SELECT name FROM sqlite_master WHERE name = 'notes'") == [("notes",)]
     finally:
         conn.close()
@@ -433,11 +433,12 @@ def test_a_read_only_open_does_not_migrate_an_older_schema(db: Path) -> None:
     SQLiteStore(uri(db)).close()
     before = digest(db)
     newer = (*MIGRATIONS, ("CREATE TABLE notes (text TEXT)",))
-    with pytest.raises(StorageError, match=r"version 1 .* is older than this engine's \(2\); open it with the "
-                                           r"engine once"):
+    n = len(MIGRATIONS)
+    with pytest.raises(StorageError, match=rf"version {n} .* is older than this engine's \({n + 1}\); open it with "
+                                           r"the engine once"):
         open_readonly(db, migrations=newer)
     assert digest(db) == before
-    assert rows(db, "PRAGMA user_version") == [(1,)]
+    assert rows(db, "PRAGMA user_version") == [(n,)]
 
 
 def test_a_read_only_open_refuses_a_newer_schema_unchanged(db: Path) -> None:
