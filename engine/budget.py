@@ -166,7 +166,9 @@ class BudgetLedger:
             return self._dead
         if now >= self._next_expiry or now >= self._end:
             self._advance(now)
-        if self._fraction() < self._exhaust_at:
+        f = (self._tok_used + self._tok_res) / self._tok_limit  # _fraction() written out: the hot path
+        c = (self._cost_used + self._cost_res) / self._cost_limit
+        if (f if f >= c else c) < self._exhaust_at:
             return None
         if self._spent() < self._exhaust_at:
             return self._why_reserved, self._resets_at()

@@ -63,6 +63,7 @@ IN_FLIGHT_RETRY_S = 0.05
 #: A decision never recorded is forgotten (and its in-flight slot freed) after this long.
 DECISION_TTL_S = 3600.0
 _METRIC_BUCKETS = 30
+_new = tuple.__new__
 
 
 class _Model:
@@ -424,9 +425,10 @@ class PolicyEngine:
                         events.append(FallbackTriggered(
                             now, tier, skipped[0][0] if skipped else None, name, t,
                             reason or (skipped[0][1] if skipped else "degraded")))
-                decision = Decision(name, t, is_fallback, tuple(skipped), next(self._ids), now,
-                                    self.policy.revision, tier, estimated_tokens, self)
-                self._pending[decision.id] = _Pending(decision, ticket, reservations, now, st)
+                # tuple.__new__ builds the named tuples without their Python-level __new__ (the hot path)
+                decision = _new(Decision, (name, t, is_fallback, tuple(skipped), next(self._ids), now,
+                                           self.policy.revision, tier, estimated_tokens, self))
+                self._pending[decision.id] = _new(_Pending, (decision, ticket, reservations, now, st))
                 if now >= self._monitor.next_at:
                     self._tick(now, events)
                 break
