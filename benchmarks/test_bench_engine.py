@@ -50,6 +50,64 @@ def test_engine_decide_record_l4_with_budgets(benchmark: pytest.FixtureRequest) 
     benchmark(pair)
 
 
+def _exhaust(eng: PolicyEngine, *budgets: str) -> None:
+    """Spend ``budgets`` to the end of their period (as a burst of real calls would)."""
+    for name in budgets:
+        model = {"gpt-5-daily": "gpt-5", "opus-daily": "claude-opus-4-1", "o3-hourly": "o3"}[name]
+        eng.record(eng.decide("L4", model=model), Outcome(latency_ms=812.0, input_tokens=9_000_000,
+                                                          output_tokens=0))
+        assert eng.state(model)["budgets"][0]["exhausted"]
+
+
+SMALL = Outcome(latency_ms=812.0, input_tokens=12, output_tokens=3)
+
+
+def test_engine_l4_estimate_300_healthy(benchmark: pytest.FixtureRequest) -> None:
+    """The peer of the degraded rows: L4's first candidate, an estimate of 300 reserved."""
+    eng = _engine()
+
+    def pair() -> None:
+        eng.record(eng.decide("L4", estimated_tokens=300), SMALL)
+
+    benchmark(pair)
+    assert eng.decide("L4").model == "gpt-5"
+
+
+def test_engine_l4_estimate_300_two_exhausted(benchmark: pytest.FixtureRequest) -> None:
+    """Degraded: gpt-5 and claude-opus-4-1 have spent their daily budgets; o3 serves, two reasons."""
+    eng = _engine()
+    _exhaust(eng, "gpt-5-daily", "opus-daily")
+
+    def pair() -> None:
+        eng.record(eng.decide("L4", estimated_tokens=300), SMALL)
+
+    benchmark(pair)
+    assert eng.decide("L4").model == "o3"
+
+
+def test_engine_l4_estimate_300_degraded_to_l3(benchmark: pytest.FixtureRequest) -> None:
+    """Degraded across tiers: all three L4 models exhausted; L3's first candidate serves."""
+    eng = _engine()
+    _exhaust(eng, "gpt-5-daily", "opus-daily", "o3-hourly")
+
+    def pair() -> None:
+        eng.record(eng.decide("L4", estimated_tokens=300), SMALL)
+
+    benchmark(pair)
+    assert eng.decide("L4").tier == "L3"
+
+
+def test_engine_l2_first_breaker_open(benchmark: pytest.FixtureRequest) -> None:
+    """Degraded by an outage: L2's first candidate forced open; the second serves."""
+    eng = _engine()
+    eng.force("gpt-4.1-mini", "open")
+
+    def pair() -> None:
+        eng.record(eng.decide("L2"), OK)
+
+    benchmark(pair)
+
+
 def test_pybreaker_call(benchmark: pytest.FixtureRequest) -> None:
     breaker = pybreaker.CircuitBreaker(fail_max=5, reset_timeout=60)
 

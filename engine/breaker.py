@@ -131,12 +131,23 @@ class CircuitBreaker:
         state = self._state
         if state == "closed" or state == "disabled" or state == "metrics_only":
             return CALL
+        if (state == "open" or state == "forced_open") and now < self._open_until:
+            return REFUSED  # open and not yet due to half-open: nothing to change
         with self._lock:
             self._tick(now)
             state = self._state
             if state == "half_open":
                 return self._admit(now)
             return REFUSED if state in _BLOCKING else CALL
+
+    def refusal(self, now: float) -> tuple[BreakerState, float | None]:
+        """``(state(now), retry_at(now))`` in one call: what a refused ticket's reason reads."""
+        state = self._state
+        if (state == "open" or state == "forced_open") and now < self._open_until:
+            return state, self._open_until
+        with self._lock:
+            self._tick(now)
+            return self._state, self._retry_at()
 
     def release(self, now: float, ticket: int) -> None:
         """Give back an unused ticket; frees the permit if it was a probe still in flight."""
@@ -258,13 +269,16 @@ class CircuitBreaker:
         """
         with self._lock:
             self._tick(now)
-            state = self._state
-            if state == "open" or state == "forced_open":
-                return self._open_until
-            if state == "half_open" and self._used >= self._permits:
-                deadlines = (self._slot_deadline[i] for i, t in enumerate(self._slot_ticket) if t)
-                return min(deadlines, default=None)
-            return None
+            return self._retry_at()
+
+    def _retry_at(self) -> float | None:
+        state = self._state
+        if state == "open" or state == "forced_open":
+            return self._open_until
+        if state == "half_open" and self._used >= self._permits:
+            deadlines = (self._slot_deadline[i] for i, t in enumerate(self._slot_ticket) if t)
+            return min(deadlines, default=None)
+        return None
 
     def snapshot(self, now: float) -> dict[str, Any]:
         """State and window metrics at ``now`` as a plain dict."""

@@ -107,10 +107,11 @@ class BudgetLedger:
     """
 
     __slots__ = (
-        "_alarm", "_bucket", "_cost_limit", "_cost_res", "_cost_used", "_end", "_events",
+        "_alarm", "_bucket", "_cost_limit", "_cost_res", "_cost_used", "_dead", "_dead_until", "_end", "_events",
         "_exhaust_at", "_exhausted_fired", "_next_expiry", "_next_id", "_res",
         "_ring_cost", "_ring_tok", "_rolling", "_start", "_tok_limit", "_tok_res",
-        "_tok_used", "_touched", "_ttl", "_warn_at", "_warned", "_width", "spec",
+        "_tok_used", "_touched", "_ttl", "_warn_at", "_warned", "_why_exhausted", "_why_reserved",
+        "_width", "spec",
     )  # fmt: skip
 
     def __init__(self, spec: BudgetSpec, *, events: list[Any] | None = None) -> None:
@@ -139,6 +140,11 @@ class BudgetLedger:
         self._next_id = 1
         self._touched = False
         self._arm(False, False)
+        # the refusal of a fixed-period budget exhausted by spending, and until when it holds
+        self._why_exhausted = f"budget {spec.name} exhausted"
+        self._why_reserved = f"budget {spec.name} fully reserved by calls in flight"
+        self._dead: tuple[str, float | None] = (self._why_exhausted, None)
+        self._dead_until = -_INF
         self._events: list[BudgetEvent] = events if events is not None else []  # may be shared
 
     def available(self, now: float) -> bool:
@@ -146,6 +152,30 @@ class BudgetLedger:
         if now >= self._next_expiry or now >= self._end:
             self._advance(now)
         return self._fraction() < self._exhaust_at
+
+    def refusal(self, now: float) -> tuple[str, float | None] | None:
+        """``None`` while available; else why not and :meth:`resets_at` (wall time).
+
+        Why not is ``"budget <name> exhausted"`` when settled usage alone has
+        reached ``exhaust_at``, else ``"budget <name> fully reserved by calls
+        in flight"``. A fixed-period budget exhausted by spending stays so
+        until its period ends (settling only adds usage; a new limit is a new
+        ledger), so that answer is kept until then and costs one comparison.
+        """
+        if now < self._dead_until:
+            return self._dead
+        if now >= self._next_expiry or now >= self._end:
+            self._advance(now)
+        f = (self._tok_used + self._tok_res) / self._tok_limit  # _fraction() written out: the hot path
+        c = (self._cost_used + self._cost_res) / self._cost_limit
+        if (f if f >= c else c) < self._exhaust_at:
+            return None
+        if self._spent() < self._exhaust_at:
+            return self._why_reserved, self._resets_at()
+        out = (self._why_exhausted, self._resets_at())
+        if not self._rolling:
+            self._dead, self._dead_until = out, self._end
+        return out
 
     def evaluate(self, now: float) -> None:
         """Re-judge the thresholds now: after a reload changed the limits, a

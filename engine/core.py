@@ -72,6 +72,7 @@ IN_FLIGHT_RETRY_S = 0.05
 #: A decision never recorded is forgotten (and its in-flight slot freed) after this long.
 DECISION_TTL_S = 3600.0
 _METRIC_BUCKETS = 30
+_new = tuple.__new__
 
 
 @functools.lru_cache(maxsize=1024)
@@ -91,12 +92,13 @@ class _Model:
     """
 
     __slots__ = ("spec", "breaker", "ledgers", "in_flight", "limit", "price_in", "price_out", "slow_ms",
-                 "metrics", "removed")
+                 "metrics", "removed", "refused")
 
     def __init__(self, spec: ModelSpec, ledgers: tuple[BudgetLedger, ...], breaker: CircuitBreaker) -> None:
         self.breaker = breaker
         self.in_flight = 0
         self.removed = False  # set when a reload takes the model out of the set
+        self.refused: tuple[str | None, float | None, str] = (None, None, "")  # (state, until, why) last refused
         self.update(spec, ledgers)
 
     def update(self, spec: ModelSpec, ledgers: tuple[BudgetLedger, ...]) -> None:
@@ -177,6 +179,8 @@ class PolicyEngine:
         step = self._raw - raw
         self._skew += step
         self._wall_shift = self._wall_offset - self._skew  # wall time stays the clock's own
+        for model in getattr(self, "_models", {}).values():
+            model.refused = (None, None, "")  # its reason shows a wall-clock time: made again
         stepped = getattr(self.store, "clock_stepped", None)
         if stepped is not None:  # a store that turns engine time into wall time must follow
             stepped(self._skew, self._wall_shift)
@@ -471,9 +475,10 @@ class PolicyEngine:
                         events.append(FallbackTriggered(
                             now, tier, skipped[0][0] if skipped else None, name, t,
                             reason or (skipped[0][1] if skipped else "degraded")))
-                decision = Decision(name, t, is_fallback, tuple(skipped), next(self._ids), now,
-                                    self.policy.revision, tier, estimated_tokens, self)
-                self._pending[decision.id] = _Pending(decision, ticket, reservations, now, st, new_request)
+                # tuple.__new__ builds the named tuples without their Python-level __new__ (the hot path)
+                decision = _new(Decision, (name, t, is_fallback, tuple(skipped), next(self._ids), now,
+                                           self.policy.revision, tier, estimated_tokens, self))
+                self._pending[decision.id] = _new(_Pending, (decision, ticket, reservations, now, st, new_request))
                 if now >= self._monitor.next_at:
                     self._tick(now, events)
                 break
@@ -498,7 +503,7 @@ class PolicyEngine:
 
         Returns ``(why_not, ticket, reservations, recovers_at)``; lock held.
         """
-        why = None
+        why: str | None = None
         if exclude or min_context is not None or st.in_flight >= st.limit or not st.spec.enabled:
             why = self._skip(st, st.spec.name, exclude, min_context)
         if why is not None:
@@ -507,24 +512,38 @@ class PolicyEngine:
             return why, 0, (), now + IN_FLIGHT_RETRY_S if busy else None
         ticket = st.breaker.try_acquire(now)
         if ticket == REFUSED:
-            until = st.breaker.retry_at(now)
-            if until is not None and not math.isfinite(until):
-                until = None  # forced open: recovers only when released
-            why = f"breaker {st.breaker.state(now)}"
-            if until:
-                why += _until(until + self._wall_shift)
-            return why, 0, (), until
+            return self._refused(st, now)
         if not st.ledgers:
             return None, ticket, (), None
         wall = now + self._wall_shift
-        reservations: list[tuple[BudgetLedger, int]] = []
-        why = self._reserve(st, wall, estimated, reservations)
+        resets: float | None = None
+        for ledger in st.ledgers:  # every budget is judged before any reservation is made
+            refused = ledger.refusal(wall)
+            if refused is not None:
+                if why is None:
+                    why = refused[0]
+                at = refused[1]
+                if at is not None and (resets is None or at < resets):
+                    resets = at
         if why is None:
-            return None, ticket, tuple(reservations), None
+            if not estimated:
+                return None, ticket, (), None
+            cost = st.spec.price.cost(0, estimated)  # priced as output: an upper bound
+            return None, ticket, tuple((ledger, ledger.reserve(wall, estimated, cost)) for ledger in st.ledgers), None
         st.breaker.release(now, ticket)
-        resets = [at - self._wall_shift for led in st.ledgers
-                  if led.exhausted(wall) and (at := led.resets_at(wall)) is not None]
-        return why, 0, (), min(resets, default=None)
+        return why, 0, (), None if resets is None else resets - self._wall_shift
+
+    def _refused(self, st: _Model, now: float) -> tuple[str, int, tuple[tuple[BudgetLedger, int], ...], float | None]:
+        """Why ``st``'s breaker refused a call at ``now``, and when it may admit one (lock held)."""
+        state, until = st.breaker.refusal(now)
+        if until is not None and not math.isfinite(until):
+            until = None  # forced open: recovers only when released
+        cached = st.refused
+        if cached[0] == state and cached[1] == until:
+            return cached[2], 0, (), until
+        why = f"breaker {state}" + (_until(until + self._wall_shift) if until else "")  # wall-clock time
+        st.refused = (state, until, why)
+        return why, 0, (), until
 
     @staticmethod
     def _skip(st: _Model, name: str, exclude: Collection[str], min_context: int | None) -> str | None:
@@ -536,20 +555,6 @@ class PolicyEngine:
             return f"context window {st.spec.context_window} is not larger than {min_context}"
         if st.in_flight >= st.limit:
             return f"at max_in_flight ({st.limit})"
-        return None
-
-    @staticmethod
-    def _reserve(st: _Model, wall: float, estimated: int | None,
-                 out: list[tuple[BudgetLedger, int]]) -> str | None:
-        for ledger in st.ledgers:
-            if not ledger.available(wall):  # checked for all before any reservation is made
-                if ledger.spent_fraction(wall) < ledger.spec.exhaust_at:
-                    return f"budget {ledger.spec.name} fully reserved by calls in flight"
-                return f"budget {ledger.spec.name} exhausted"
-        if estimated:
-            cost = st.spec.price.cost(0, estimated)  # priced as output: an upper bound
-            for ledger in st.ledgers:
-                out.append((ledger, ledger.reserve(wall, estimated, cost)))
         return None
 
     # -- recording -----------------------------------------------------------

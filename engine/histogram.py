@@ -30,6 +30,8 @@ MIN_MS = 1e-6
 MAX_MS = 1e9
 
 _INF = math.inf
+_log = math.log
+_ceil = math.ceil
 _Q_SCALE = 1_000_000_000
 
 
@@ -88,7 +90,23 @@ class LatencyHistogram:
 
     def add(self, ms: float) -> None:
         """Record one latency; ``ms`` must be finite and >= 0."""
-        self.add_at(self.key(ms), ms)
+        if not 0.0 < ms < _INF:  # zero or a bad value: the general path
+            self.add_at(self.key(ms), ms)
+            return
+        # key() and add_at() written out: this runs once per recorded call
+        key = _ceil(_log(ms) * self._inv_log_gamma)
+        if key < self._key_min:
+            key = self._key_min
+        elif key > self._key_max:
+            key = self._key_max
+        buckets = self._buckets
+        buckets[key] = buckets.get(key, 0) + 1
+        self._count += 1
+        self._total += ms
+        if ms < self._min:
+            self._min = ms
+        if ms > self._max:
+            self._max = ms
 
     def key(self, ms: float) -> int | None:
         """The bucket of ``ms`` (``None`` for zero); raises ValueError for a bad value.

@@ -1,11 +1,13 @@
 """Rolling per-model and per-tier call metrics in time buckets.
 
 A :class:`RollingMetrics` keeps the last ``window_s`` seconds in ``buckets``
-fixed buckets (memory is bounded however many calls are recorded) plus a
-running total of the live buckets: recording adds to both, and a bucket that
-leaves the window is subtracted from the total once. Recording is O(1);
-:meth:`RollingMetrics.snapshot` turns the total into the names rule
-expressions use (see :mod:`engine.policy.contexts`) without walking the buckets.
+fixed buckets (memory is bounded however many calls are recorded). Recording
+is O(1) and touches only the newest bucket (this runs once per recorded
+call). A running total of the older live buckets is kept per bucket, not per
+call: when a new bucket starts, the one before is added to it and the buckets
+that left the window are subtracted once. Reading
+(:meth:`RollingMetrics.live`, :meth:`RollingMetrics.snapshot`) is that total
+plus the newest bucket, without walking the buckets.
 """
 
 from __future__ import annotations
@@ -33,7 +35,6 @@ class _Bucket:
         self.cost = 0.0
         self.errors.clear()
         self.latency.reset()
-
 
     def subtract(self, other: _Bucket) -> None:
         self.calls -= other.calls
@@ -72,7 +73,8 @@ class _Bucket:
 class RollingMetrics:
     """Calls, outcomes, latency, tokens and cost over a sliding time window."""
 
-    __slots__ = ("window_s", "width", "buckets", "total", "total_calls", "total_errors", "retired")
+    __slots__ = ("window_s", "width", "buckets", "total_calls", "total_errors", "retired", "_done", "_head",
+                 "_current")
 
     def __init__(self, window_s: float = 300.0, buckets: int = 30) -> None:
         if window_s <= 0 or buckets < 1:
@@ -80,72 +82,77 @@ class RollingMetrics:
         self.window_s = window_s
         self.width = window_s / buckets
         self.buckets = [_Bucket() for _ in range(buckets)]
-        self.total = _Bucket()  # the sum of the live buckets
+        self._done = _Bucket()  # the sum of the live buckets before the newest
+        self._head = -1  # the newest bucket's index
+        self._current = self.buckets[0]  # the newest bucket
         self.total_calls = 0  # since creation, never reset by the window
         self.total_errors = 0
+        self.retired = _Bucket()  # every bucket that left the window, summed: with the live ones, since creation
         self.retired = _Bucket()  # every bucket that left the window, summed: with ``total``, since creation
 
     def record(self, now: float, latency_ms: float, error: str | None, failed: bool, slow: bool,
                tokens_in: int, tokens_out: int, cost: float, fallback: bool, request: bool = False) -> None:
         """Add one attempt; ``request``: it was the first attempt of a request (see ``requests``)."""
-        # one pass over the current bucket and the running total (this is the decision hot path)
-        total = self.total
-        key = total.latency.key(latency_ms)  # one logarithm for both histograms
         index = int(now // self.width)
-        b = self.buckets[index % len(self.buckets)]
-        if b.index != index:
-            if b.index >= 0:
-                total.subtract(b)
-                self.retired.add(b)
-            b.clear(index)
-        # the same updates to both, written out: this runs once per recorded call
+        if index != self._head:
+            if index < self._head:
+                return  # a ``now`` before the newest bucket: the engine's time never goes back
+            self._rotate(index)
+        b = self._current
         b.calls += 1
-        total.calls += 1
         if error is None:
             b.successes += 1
-            total.successes += 1
         else:
             b.errors[error] = b.errors.get(error, 0) + 1
-            total.errors[error] = total.errors.get(error, 0) + 1
+            self.total_errors += 1
         if failed:
             b.failures += 1
-            total.failures += 1
         if slow:
             b.slow += 1
-            total.slow += 1
-        b.latency.add_at(key, latency_ms)
-        total.latency.add_at(key, latency_ms)
+        b.latency.add(latency_ms)
         b.tokens_in += tokens_in
-        total.tokens_in += tokens_in
         b.tokens_out += tokens_out
-        total.tokens_out += tokens_out
         b.cost += cost
-        total.cost += cost
         if fallback:
             b.fallbacks += 1
-            total.fallbacks += 1
         if request:
             b.requests += 1
-            total.requests += 1
         self.total_calls += 1
-        if error is not None:
-            self.total_errors += 1
+
+    def _rotate(self, index: int) -> None:
+        """Make ``index`` the newest bucket: the one before joins the total, expired ones leave it."""
+        done, buckets = self._done, self.buckets
+        if self._head >= 0 and self._current.calls:
+            done.add(self._current)
+        oldest = index - len(buckets) + 1
+        for bucket in buckets:
+            if 0 <= bucket.index < oldest:
+                if bucket.calls:
+                    done.subtract(bucket)
+                    self.retired.add(bucket)
+                bucket.clear(-1)
+        if not done.calls:
+            done.clear(-1)  # no float residue once the window is empty
+        self._current = buckets[index % len(buckets)]
+        self._current.clear(index)
+        self._head = index
 
     def live(self, now: float) -> _Bucket:
-        """The running total of the buckets inside the window at ``now``."""
-        oldest = int(now // self.width) - len(self.buckets) + 1
-        for bucket in self.buckets:
-            if 0 <= bucket.index < oldest:
-                self.total.subtract(bucket)
-                self.retired.add(bucket)
-                bucket.clear(-1)
-        return self.total
+        """The sum of the buckets inside the window at ``now`` (a new bucket)."""
+        index = int(now // self.width)
+        if index > self._head:
+            self._rotate(index)
+        total = _Bucket()
+        total.add(self._done)
+        total.add(self._current)
+        return total
 
     def cumulative(self) -> _Bucket:
         """Every call since creation (counters that only grow, for metrics exporters): a new bucket."""
         out = _Bucket()
         out.add(self.retired)
-        out.add(self.total)
+        out.add(self._done)
+        out.add(self._current)
         return out
 
     def snapshot(self, now: float, error_classes: Iterable[str] = ()) -> dict[str, Any]:

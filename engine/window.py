@@ -32,6 +32,7 @@ from engine.policy.model import BreakerSpec
 __all__ = ["CountWindow", "OutcomeWindow", "TimeWindow", "window_for"]
 
 _NEVER = -(2**62)  # epoch before any real bucket
+_floor = math.floor
 
 
 class OutcomeWindow(Protocol):
@@ -173,9 +174,11 @@ class TimeWindow:
 
     def record(self, now: float, failed: bool, slow: bool) -> None:
         """Add one call at ``now``."""
-        epoch = self._advance(now)
-        if epoch <= self._epoch - self.buckets:
-            return  # a stale ``now`` whose bucket has already left the window
+        epoch = _floor(now / self.width)
+        if epoch != self._epoch:  # another bucket than the head: age out first (or find it stale)
+            epoch = self._advance(now)
+            if epoch <= self._epoch - self.buckets:
+                return  # a stale ``now`` whose bucket has already left the window
         slot = epoch % self.buckets
         self._b_calls[slot] += 1
         self._calls += 1
@@ -188,7 +191,7 @@ class TimeWindow:
 
     def counts(self, now: float) -> tuple[int, int, int]:
         """``(calls, failures, slow_calls)`` at ``now`` in one call."""
-        if now != self._latest:
+        if now != self._latest and _floor(now / self.width) != self._epoch:
             self._advance(now)
         return self._calls, self._failures, self._slow
 

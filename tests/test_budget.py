@@ -187,6 +187,29 @@ def test_reserve_is_refused_once_exhausted() -> None:
     assert (snap["tokens_reserved"], snap["reservations"]) == (1499, 2)
 
 
+def test_refusal_says_why_and_when_it_resets() -> None:
+    led = BudgetLedger(spec())
+    assert led.refusal(T0) is None
+    rid = led.reserve(T0, 1000, 0.0)
+    assert led.refusal(T0) == ("budget b fully reserved by calls in flight", END0)
+    led.settle(T0, rid, 400, 0.0)  # settled lower than reserved: free again
+    assert led.refusal(T0) is None
+    led.settle(T0, None, 600, 0.0)
+    assert led.refusal(T0) == ("budget b exhausted", END0)
+    assert led.refusal(END0 - 0.001) == ("budget b exhausted", END0)  # held until the period ends
+    assert led.refusal(END0) is None  # the new period starts afresh
+    assert led.drain_events()[-1] == BudgetReset(END0, "b", END0)
+
+
+def test_refusal_of_a_rolling_budget_frees_as_usage_ages_out() -> None:
+    led = BudgetLedger(spec(period="rolling", rolling_s=600.0))
+    led.settle(T_ROLL, None, 1000, 0.0)
+    why, resets = led.refusal(T_ROLL + 1) or ("", None)
+    assert why == "budget b exhausted" and resets is not None
+    assert led.refusal(resets - 0.001) is not None
+    assert led.refusal(resets) is None
+
+
 def test_reset_after_period_gives_fresh_usage() -> None:
     led = BudgetLedger(spec())
     led.settle(T0, None, 1000, 0.0)

@@ -158,6 +158,32 @@ def test_budget_warns_then_exhausts_then_falls_back(policy_dir: Path, clock: Fak
     assert d.model == "claude-opus-4-1" and d.reasons == (("gpt-5", "budget gpt-5-daily exhausted"),)
 
 
+def test_skipped_candidates_read_the_same_reasons_until_their_budgets_reset(policy_dir: Path,
+                                                                            clock: FakeClock) -> None:
+    budgets = policy_dir / "budgets.yaml"
+    budgets.write_text(budgets.read_text().replace("tokens: 8000000", "tokens: 10000")
+                       .replace("tokens: 2000000", "tokens: 10000"))
+    eng = PolicyEngine.from_path(policy_dir, clock=clock)
+    eng.record(eng.decide("L4", model="gpt-5"), Outcome(1000.0, 9000, 1000))
+    eng.record(eng.decide("L4", model="claude-opus-4-1"), Outcome(1000.0, 9000, 1000))
+    events: list[Event] = []
+    eng.subscribe(events.append)
+    reasons = (("gpt-5", "budget gpt-5-daily exhausted"), ("claude-opus-4-1", "budget opus-daily exhausted"))
+    for _ in range(50):
+        d = eng.decide("L4", estimated_tokens=300)
+        assert (d.model, d.is_fallback, d.reasons) == ("o3", True, reasons)
+        eng.record(d, Outcome(100.0, 12, 3))
+        clock.advance(60.0)
+    fallbacks = [e for e in events if isinstance(e, FallbackTriggered)]
+    assert len(fallbacks) == 50 and fallbacks[-1].reason == "budget gpt-5-daily exhausted"
+    ends = eng.state("gpt-5")["budgets"][0]["period_end"]
+    clock.set(ends - eng.export_state()["wall_offset"] - 0.001)
+    assert eng.decide("L4").reasons == reasons
+    clock.advance(0.001)  # the budgets' day is over: both are back
+    d = eng.decide("L4")
+    assert (d.model, d.reasons) == ("gpt-5", ())
+
+
 def test_reservations_stop_concurrent_overshoot(policy_dir: Path, clock: FakeClock) -> None:
     budgets = policy_dir / "budgets.yaml"
     budgets.write_text(budgets.read_text().replace("tokens: 8000000", "tokens: 10000"))

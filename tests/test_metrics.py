@@ -45,3 +45,17 @@ def test_running_total_equals_a_recount(events: list[tuple[float, float, str | N
             exact = sorted(e[1] for e in live)
             p50 = exact[max(0, -(-len(exact) // 2) - 1)]
             assert abs(snap["p50_ms"] - p50) <= 0.021 * p50
+
+
+@settings(max_examples=100, deadline=None)
+@given(events=_events)
+def test_cumulative_counts_every_call_however_the_window_moves(
+        events: list[tuple[float, float, str | None, int]]) -> None:
+    m = RollingMetrics(WINDOW, BUCKETS)
+    now = 0.0
+    for step, latency, error, tokens in events:
+        now += step * 7  # across many windows, and gaps longer than one
+        m.record(now, latency, error, error is not None, False, tokens, 0, 0.0, False, request=True)
+    total = m.cumulative()
+    assert total.calls == m.total_calls == total.requests == len(events)
+    assert sum(total.errors.values()) == m.total_errors

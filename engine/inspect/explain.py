@@ -69,6 +69,15 @@ class Explanation:
 
 
 _EPOCH = re.compile(r"\bt=([0-9]+(?:\.[0-9]+)?)")
+# the engine's reasons give wall-clock times in UTC: shown in the report's time zone here
+_UTC = re.compile(r"\b([0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]+)?)Z\b")
+
+
+def _local(text: str, tz: ZoneInfo) -> str:
+    """``text`` with each engine time (``t=…``) and UTC time (``…Z``) in local time."""
+    text = _EPOCH.sub(lambda m: _clock(float(m.group(1)), tz) or m.group(0), text)
+    return _UTC.sub(lambda m: _clock(datetime.fromisoformat(m.group(1) + "+00:00").timestamp(), tz) or m.group(0),
+                    text)
 
 
 def _clock(t: float | None, tz: ZoneInfo) -> str | None:
@@ -146,7 +155,7 @@ def _candidate(policy: PolicySet, tier: str, home: str, model: str, position: in
         verdict, available = "available", True
     except NoModelAvailable as exc:
         verdict, available = "; ".join(r for _, r in exc.candidates) or "unavailable", False
-        verdict = _EPOCH.sub(lambda m: _clock(float(m.group(1)), tz) or m.group(0), verdict)
+        verdict = _local(verdict, tz)
     state = _engine(policy, at, saved).state(model)
     br = state["breaker"]
     exhaust = {b.name: b.exhaust_at for b in policy.budgets}

@@ -9,6 +9,7 @@ recommendation rules fired) is collected for the coverage summary.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import shutil
 import sqlite3
@@ -209,7 +210,8 @@ class _Run:
 
     def describe(self, e: Event) -> str:
         when = datetime.fromtimestamp(e.at, self.tz).strftime("%H:%M:%S")
-        fields = {k: getattr(e, k) for k in getattr(e, "__dataclass_fields__", {}) if k not in ("at", "metrics")}
+        fields = {f.name: getattr(e, f.name) for f in dataclasses.fields(e)
+                  if f.name not in ("at", "wall", "metrics")}
         shown = ", ".join(f"{k}={_short(v, self.tz, k)}" for k, v in fields.items())
         return f"{when} {type(e).__name__}({shown})"
 

@@ -47,7 +47,7 @@ def test_a_true_expectation_passes_and_a_false_one_fails_at_its_line(policies: P
     assert failures(out) == [
         (11, "closed", "open"),
         (12, "model gpt-4.1-mini",
-         "model gemini-2.5-flash (skipped: gpt-4.1-mini: breaker open until t=1772438439.000)"),
+         "model gemini-2.5-flash (skipped: gpt-4.1-mini: breaker open until 2026-03-02T08:00:39.000Z)"),
     ]
     events = out.results[0].failures[0].events
     assert events[-1].startswith("09:00:09 CircuitOpened(model=gpt-4.1-mini, reason=failure_rate, open_until=09:00:39")

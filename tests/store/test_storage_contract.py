@@ -297,6 +297,16 @@ def test_reconfigure_keeps_the_state_and_applies_new_thresholds(store: Store) ->
     assert b.state(T0 + 1) == "open" and b.snapshot(T0 + 1)["calls"] == 0
 
 
+def test_a_refusing_breaker_says_its_state_and_when_it_may_admit(store: Store) -> None:
+    events: list[Event] = []
+    b = tripped(store, events)
+    assert b.try_acquire(T0 + 1.0) == 0
+    assert b.refusal(T0 + 1.0) == ("open", T0 + 10.0)
+    b.force("open", T0 + 2.0)
+    assert b.try_acquire(T0 + 2.0) == 0
+    assert b.refusal(T0 + 2.0) == ("forced_open", math.inf)
+
+
 # -- budgets ------------------------------------------------------------------------
 
 
@@ -399,6 +409,17 @@ def test_evaluate_emits_once_a_lowered_limit_is_already_passed(store: Store) -> 
     lowered = store.make_ledger(replace(BUDGET, tokens=850), events, led.to_dict())
     lowered.evaluate(T0 + 1)
     assert events == [BudgetWarning(T0 + 1, "b", 800 / 850, 800, 850, 0.0, None, T0)]
+
+
+def test_a_refusing_budget_says_why_and_when_it_resets(store: Store) -> None:
+    led = store.make_ledger(BUDGET, [])
+    assert led.refusal(T0) is None
+    rid = led.reserve(T0, 1000, 0.0)
+    assert led.refusal(T0) == ("budget b fully reserved by calls in flight", T0 + DAY)
+    led.settle(T0, rid, 1000, 0.0)
+    assert led.refusal(T0 + 1.0) == ("budget b exhausted", T0 + DAY)
+    assert led.refusal(T0 + DAY - 1.0) == ("budget b exhausted", T0 + DAY)
+    assert led.refusal(T0 + DAY) is None
 
 
 # -- through the engine -------------------------------------------------------------

@@ -152,6 +152,11 @@ class RedisBreaker(BreakerSync):
             assert self._view is not None
             return self._view.state
 
+    def refusal(self, now: float) -> tuple[BreakerState, float | None]:
+        """``(state(now), retry_at(now))``: what a refused ticket's reason reads."""
+        until = self.retry_at(now)
+        return self.state(now), until
+
     def retry_at(self, now: float) -> float | None:
         """None if a call would be admitted at ``now``, else the earliest time one may be."""
         with self._link.lock:

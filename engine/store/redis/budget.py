@@ -64,6 +64,15 @@ class RedisLedger(LedgerSync):
                 return self._fallback(now).available(now)
             return self._fraction(v) < self.spec.exhaust_at
 
+    def refusal(self, now: float) -> tuple[str, float | None] | None:
+        """``None`` while available; else why not and when it resets (as :meth:`BudgetLedger.refusal`)."""
+        if self.available(now):
+            return None
+        name = self.spec.name
+        if self.spent_fraction(now) < self.spec.exhaust_at:
+            return f"budget {name} fully reserved by calls in flight", self.resets_at(now)
+        return f"budget {name} exhausted", self.resets_at(now)
+
     def reserve(self, now: float, tokens: int, cost: float) -> int:
         """Reserve an estimate; its id (> 0), or 0 when the budget is exhausted."""
         _check_amounts(tokens, cost)
