@@ -46,6 +46,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO, TextIO
 
+from engine.text import printable
+
 __all__ = ["FIELDS", "FORMATS", "MAX_JSON_DEPTH", "MAX_LINE_BYTES", "MAX_TIMESTAMP", "MAX_YEAR", "LineProblem",
            "Trace", "TraceError", "TraceLine", "TraceLines", "check_timestamp", "csv_rows", "detect_format",
            "parse_lines", "read_trace", "write_csv"]
@@ -92,7 +94,8 @@ class LineProblem:
     message: str
 
     def format(self, path: str) -> str:
-        return f"{path}:{self.line}: {self.message}"
+        """``path:line: message`` for a terminal: control characters in the path and message shown escaped."""
+        return f"{printable(path)}:{self.line}: {printable(self.message)}"
 
 
 @dataclass
