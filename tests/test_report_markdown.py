@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -10,7 +11,14 @@ import pytest
 from engine.reporting.render import environment
 from engine.store.sqlite import SQLiteStore
 from tests.conftest import POLICIES
-from tests.test_report import at, render_day
+from tests.test_report import _templates, _timed_render, at, fixed_history, render_day
+
+
+@pytest.fixture(scope="module")
+def history(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("history") / "history.db"
+    fixed_history(path)
+    return path
 
 
 def md(template: str, **values: object) -> str:
@@ -43,3 +51,41 @@ def test_a_table_cell_escapes_a_backslash_once(tmp_path: Path, policy_dir: Path)
     assert "| \\\\\\[x\\\\\\](javascript:alert(1)) (not in the current policies) |" in text
     assert "| a\\\\\\|b (not in the current policies) |" in text  # "\\" then "\|": the pipe stays in the cell
     assert "| https\\://evil.example (not in the current policies) |" in text
+
+
+# -- the sandbox's bounds on what a template may make, write or be --------------------------------
+@pytest.mark.parametrize(("template", "message"), [
+    ("{{ [1]|batch(200000000, 0)|first|length }}",
+     "batch: batches of 200,000,000 items with a fill value, over the 1,000,000 a report template may build"),
+    ("{{ [1]|batch(linecount=200000000, fill_with=0)|first|length }}", "batch: batches of 200,000,000 items"),
+    ('{{ "{0:>{1}}".format("x", "500000000")|length }}', "str.format: a replacement field inside a format spec"),
+    ('{{ "{:{}}".format("x", "500000000")|length }}', "str.format: a replacement field inside a format spec"),
+    ("{% set s = 'a' * 1000000 %}{% for i in range(100000) %}{{ s }}{% endfor %}",
+     "the output is over 50,000,000 characters, the most a report template may write"),
+], ids=["batch", "batch-keywords", "nested-format-width", "nested-format-auto", "output"])
+def test_a_template_over_the_new_bounds_is_refused_fast_with_its_file_and_line(history: Path, tmp_path: Path,
+                                                                               template: str, message: str) -> None:
+    folder = _templates(tmp_path, f"# {{{{ report.title }}}}\n\n{template}\n")
+    got = _timed_render(history, folder)
+    assert got["error"] is not None, "rendered"
+    text, where, line = got["error"]  # type: ignore[misc]
+    assert (where, line) == (str(folder / "daily-report.md.j2"), 3)
+    assert text.startswith(f"{where}:3: TemplateLimitError: ") and message in text, text
+    assert got["seconds"] < 2.0, got  # type: ignore[operator]
+
+
+def test_format_strings_without_nested_specs_still_work() -> None:
+    assert md('{{ "{0:>5}|{1}: {x:.2f}".format("a", "b", x=1.5) }} {{ [1, 2, 3]|batch(2, 0)|list }}') == (
+        "    a|b: 1.50 \\[\\[1, 2\\], \\[3, 0\\]\\]")
+
+
+def test_a_template_file_over_1_mib_is_refused_unread(history: Path, tmp_path: Path) -> None:
+    folder = _templates(tmp_path, "")
+    big = folder / "daily-report.md.j2"
+    os.truncate(big, 2 << 30)  # sparse: 2 GiB that take no disk
+    got = _timed_render(history, folder)
+    assert got["error"] is not None, "rendered"
+    text, _, _ = got["error"]  # type: ignore[misc]
+    assert (f"{big}: a template file of more than 1,048,576 bytes (1 MiB), the most a report template may be"
+            in text), text
+    assert got["seconds"] < 2.0, got  # type: ignore[operator]

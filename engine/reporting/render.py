@@ -3,8 +3,9 @@
 Templates may be user-edited, so they run in Jinja's immutable sandbox with
 ``StrictUndefined`` (a misspelt name is an error, not an empty string) and
 HTML autoescaping, bounded in time and size (:mod:`engine.reporting.sandbox`:
-a render over ten seconds, 250,000 loop iterations, a string or list of a
-million items or an integer of 4,096 bits fails). A template directory of the user's is searched before the
+a render over ten seconds, 250,000 loop iterations or 50 million characters of
+output, a string or list of a million items, an integer of 4,096 bits or a
+template file over 1 MiB fails). A template directory of the user's is searched before the
 shipped ``templates/``, so overriding one file is enough. Every template
 problem is raised as :class:`ReportError` naming the template file and line.
 In a Markdown template (not autoescaped) every ``{{ value }}`` is escaped for
@@ -98,14 +99,14 @@ def _md_code(eval_ctx: Any, value: Any) -> Any:
 
 def environment(templates_dir: str | os.PathLike[str] | None = None, *, time_limit_s: float | None = None) -> Any:
     """The sandbox the report templates render in; ``time_limit_s``: how long one render may take."""
-    from jinja2 import FileSystemLoader, StrictUndefined, pass_eval_context
+    from jinja2 import StrictUndefined, pass_eval_context
 
-    from engine.reporting.sandbox import RENDER_TIME_LIMIT_S, ReportSandbox
+    from engine.reporting.sandbox import RENDER_TIME_LIMIT_S, BoundedFileSystemLoader, ReportSandbox
 
     search = [str(templates_dir)] if templates_dir else []
     search.append(str(resource_dir("templates")))
     env = ReportSandbox(
-        loader=FileSystemLoader(search), undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True,
+        loader=BoundedFileSystemLoader(search), undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True,
         keep_trailing_newline=True, autoescape=lambda name: name is not None and ".html" in name,
         time_limit_s=RENDER_TIME_LIMIT_S if time_limit_s is None else time_limit_s,
         finalize=pass_eval_context(_finalize))
@@ -140,7 +141,9 @@ def render(report: Report, fmt: str, env: Any) -> str:
     try:
         if start is not None:  # the sandbox's clock and loop count: per render, compiling included
             start()
-        text: str = env.get_template(name).render(report=report)
+        template = env.get_template(name)
+        bounded = getattr(env, "render_bounded", None)
+        text: str = template.render(report=report) if bounded is None else bounded(template, report=report)
     except Exception as exc:  # anything a user's template can raise
         raise _located(exc, name, env) from exc
     return text
