@@ -60,9 +60,13 @@ def test_a_table_cell_escapes_a_backslash_once(tmp_path: Path, policy_dir: Path)
     ("{{ [1]|batch(linecount=200000000, fill_with=0)|first|length }}", "batch: batches of 200,000,000 items"),
     ('{{ "{0:>{1}}".format("x", "500000000")|length }}', "str.format: a replacement field inside a format spec"),
     ('{{ "{:{}}".format("x", "500000000")|length }}', "str.format: a replacement field inside a format spec"),
-    ("{% set s = 'a' * 1000000 %}{% for i in range(100000) %}{{ s }}{% endfor %}",
+    ("{% set s = ('a' * 999990)|code %}{% for i in range(100000) %}{{ s }}{% endfor %}",
      "the output is over 50,000,000 characters, the most a report template may write"),
-], ids=["batch", "batch-keywords", "nested-format-width", "nested-format-auto", "output"])
+    ("{% set s = ('a' * 999990)|code %}{% set big %}{% for i in range(100000) %}{{ s }}{% endfor %}{% endset %}",
+     "a block's output is over 50,000,000 characters, the most a report template may write"),
+    ("{% set s = ('a' * 999990)|code %}{% macro m() %}{% for i in range(100) %}{{ s }}{% endfor %}{% endmacro %}"
+     "{{ m()|length }}", "a block's output is over 50,000,000 characters"),
+], ids=["batch", "batch-keywords", "nested-format-width", "nested-format-auto", "output", "set-block", "macro"])
 def test_a_template_over_the_new_bounds_is_refused_fast_with_its_file_and_line(history: Path, tmp_path: Path,
                                                                                template: str, message: str) -> None:
     folder = _templates(tmp_path, f"# {{{{ report.title }}}}\n\n{template}\n")
@@ -74,7 +78,10 @@ def test_a_template_over_the_new_bounds_is_refused_fast_with_its_file_and_line(h
     assert got["seconds"] < 2.0, got  # type: ignore[operator]
 
 
-def test_format_strings_without_nested_specs_still_work() -> None:
+def test_blocks_format_strings_and_batches_within_bounds_still_work() -> None:
+    assert md("{% macro w() %}[{{ caller() }}]{% endmacro %}{% call w() %}x{{ 1 }}{% endcall %} "
+              "{% filter upper %}ab{% endfilter %} {% set y %}{% for i in range(3) %}{{ i }}{% endfor %}{% endset %}"
+              "{{ y }}") == "[x1] AB 012"
     assert md('{{ "{0:>5}|{1}: {x:.2f}".format("a", "b", x=1.5) }} {{ [1, 2, 3]|batch(2, 0)|list }}') == (
         "    a|b: 1.50 \\[\\[1, 2\\], \\[3, 0\\]\\]")
 

@@ -22,7 +22,8 @@ run for hours. :class:`ReportSandbox` bounds, per render:
   string's specs may not nest a ``{field}`` (``"{0:>{1}}"``: its width is
   only known once the string is being built);
 * a render's whole output to :data:`MAX_OUTPUT` characters
-  (:meth:`ReportSandbox.render_bounded`, which renders piece by piece);
+  (:meth:`ReportSandbox.render_bounded`, which renders piece by piece), and
+  so what a block captures (``{% set %}`` blocks, macros, filter blocks);
 * a template file to :data:`MAX_TEMPLATE_BYTES` (:class:`BoundedFileSystemLoader`
   reads no more than that).
 
@@ -98,10 +99,41 @@ class _BoundedCodeGenerator(CodeGenerator):
                 loop.iter = nodes.Filter(loop.iter, LOOP_FILTER, [], [], None, None, lineno=loop.iter.lineno)
         super().visit_Template(node, frame)
 
+    def buffer(self, frame: Frame) -> None:
+        # what a block writes (set blocks, macros, filter blocks) is counted as it is written
+        frame.buffer = self.temporary_identifier()
+        self.writeline(f"{frame.buffer} = environment.block_buffer()")
+
     def visit_Concat(self, node: nodes.Concat, frame: Frame) -> None:
         self.write("environment.sized(")
         super().visit_Concat(node, frame)
         self.write(", '~')")
+
+
+class _BlockBuffer(list[Any]):
+    """What a block writes, refused once over :data:`MAX_OUTPUT` characters in all (not when joined)."""
+
+    __slots__ = ("_size",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._size = 0
+
+    def _count(self, piece: Any) -> None:
+        self._size += len(piece) if isinstance(piece, str) else 0
+        if self._size > MAX_OUTPUT:
+            raise TemplateLimitError(f"a block's output is over {MAX_OUTPUT:,} characters, the most a report "
+                                     "template may write")
+
+    def append(self, piece: Any) -> None:
+        self._count(piece)
+        super().append(piece)
+
+    def extend(self, pieces: Iterable[Any]) -> None:
+        pieces = tuple(pieces)
+        for piece in pieces:
+            self._count(piece)
+        super().extend(pieces)
 
 
 def _size(value: Any) -> int | None:
@@ -147,6 +179,11 @@ class ReportSandbox(ImmutableSandboxedEnvironment):
                                                 "template may write"))
             parts.append(piece)
         return "".join(parts)
+
+    @staticmethod
+    def block_buffer() -> list[Any]:
+        """The list a block's output is collected in (see :class:`_BlockBuffer`)."""
+        return _BlockBuffer()
 
     def start(self) -> None:
         """Begin a render: its clock and iteration count start now."""
