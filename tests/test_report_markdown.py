@@ -92,7 +92,6 @@ def test_a_template_file_over_1_mib_is_refused_unread(history: Path, tmp_path: P
     os.truncate(big, 2 << 30)  # sparse: 2 GiB that take no disk
     got = _timed_render(history, folder)
     assert got["error"] is not None, "rendered"
-    text, _, _ = got["error"]  # type: ignore[misc]
-    assert (f"{big}: a template file of more than 1,048,576 bytes (1 MiB), the most a report template may be"
-            in text), text
+    assert got["error"] == [f"{big}: TemplateLimitError: a template file of more than 1,048,576 bytes (1 MiB), the "
+                            "most a report template may be", str(big), None]
     assert got["seconds"] < 2.0, got  # type: ignore[operator]

@@ -128,6 +128,8 @@ def _located(exc: BaseException, fallback: str, env: Any) -> ReportError:
         return ReportError(exc.message or str(exc), exc.filename or exc.name or fallback, exc.lineno)
     if isinstance(exc, TemplateNotFound):
         return ReportError(f"template not found: {exc.name}", fallback)
+    if getattr(exc, "template_file", None):  # a template file refused before it was read (too large)
+        return ReportError(f"{type(exc).__name__}: {exc}", exc.template_file)  # type: ignore[attr-defined]
     frames = [f for f in traceback.extract_tb(exc.__traceback__) if _is_template(f.filename, env)]
     if frames:
         return ReportError(f"{type(exc).__name__}: {exc}", frames[-1].filename, frames[-1].lineno)

@@ -385,13 +385,11 @@ class BoundedFileSystemLoader(FileSystemLoader):
             data = fh.read(MAX_TEMPLATE_BYTES + 1)
             mtime = os.fstat(fh.fileno()).st_mtime
         if len(data) > MAX_TEMPLATE_BYTES:
-            raise TemplateLimitError(f"{filename}: a template file of more than {MAX_TEMPLATE_BYTES:,} bytes "
-                                     f"({MAX_TEMPLATE_BYTES >> 20} MiB), the most a report template may be")
-        try:
-            contents = data.decode(self.encoding)
-        except UnicodeDecodeError as exc:
-            raise TemplateLimitError(f"{filename}: not {self.encoding} text (byte 0x{data[exc.start]:02x} at "
-                                     f"offset {exc.start})") from None
+            error = TemplateLimitError(f"a template file of more than {MAX_TEMPLATE_BYTES:,} bytes "
+                                       f"({MAX_TEMPLATE_BYTES >> 20} MiB), the most a report template may be")
+            error.template_file = filename  # type: ignore[attr-defined]  # where: the report names the file
+            raise error
+        contents = data.decode(self.encoding)
 
         def uptodate() -> bool:
             try:
