@@ -21,9 +21,10 @@ from typing import Any
 __all__ = ["printable", "printable_data", "redact_uri"]
 
 # C0 controls, DEL and C1 controls; the Unicode line and paragraph separators and the
-# bidirectional embeddings, overrides and isolates (they reorder what a terminal shows); and
-# lone surrogates, which are how Python holds the bytes of a file name that are not UTF-8
-_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+# bidirectional marks, embeddings, overrides and isolates (they reorder what a terminal shows:
+# U+061C, U+200E, U+200F, U+202A-U+202E, U+2066-U+2069); and lone surrogates, which are how
+# Python holds the bytes of a file name that are not UTF-8
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
 _SHORT = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 

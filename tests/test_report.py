@@ -289,7 +289,7 @@ def test_markdown_values_bring_no_html_and_no_links(tmp_path: Path, policy_dir: 
         assert raw not in md, raw
     assert not re.search(r"(?<!\\)\[[^\]]*(?<!\\)\]\(", md)  # no [text](url) left unescaped
     assert "**INFO: &lt;script&gt;alert(1)&lt;/script&gt; &amp; see \\[click\\](javascript:alert(1))**" in md
-    assert "   - Suggested edit: &lt;img src=x onerror=alert(1)&gt; &lt;https://evil.example&gt;" in md
+    assert "   - Suggested edit: &lt;img src=x onerror=alert(1)&gt; &lt;https\\://evil.example&gt;" in md
     assert "   - Rule: `hostile-rule` (global: all tiers)" in md
     assert "| \\[click\\](javascript:alert(1)) (not in the current policies) |" in md
     assert "| !\\[x\\](javascript:alert(1)) (not in the current policies) |" in md

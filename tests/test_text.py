@@ -16,6 +16,11 @@ def test_controls_are_shown_as_escapes() -> None:
     assert printable(3) == "3"
 
 
+def test_bidirectional_marks_are_shown_as_escapes() -> None:
+    assert printable("a\u200eb\u200fc\u061cd") == "a\\u200eb\\u200fc\\u061cd"
+    assert printable("\u0645\u0631\u062d\u0628\u0627") == "\u0645\u0631\u062d\u0628\u0627"  # Arabic text itself stays
+
+
 def test_data_is_escaped_throughout() -> None:
     assert printable_data({"m\n": ["a\x1b", ("b\x07", 1)], "n": None}) == {"m\\n": ["a\\x1b", ("b\\x07", 1)],
                                                                            "n": None}

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from engine.sim.trace import read_trace, write_csv
+from engine.text import printable
 
 __all__ = ["main"]
 
@@ -32,7 +33,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         trace = read_trace(args.source, seed=args.seed)
     except TraceError as exc:
-        print(f"policy-engine convert: {exc}", file=sys.stderr)
+        print(f"policy-engine convert: {printable(exc)}", file=sys.stderr)
         return 1
     for problem in trace.problems:
         print(problem.format(trace.path), file=sys.stderr)
@@ -41,7 +42,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         with args.output.open("w", encoding="utf-8", newline="") as f:
             n = write_csv(trace.lines, f)
-    print(f"{trace.path}: {trace.format}, {n:,} lines written"
+    print(f"{printable(trace.path)}: {trace.format}, {n:,} lines written"
           + (f", {len(trace.problems)} malformed lines skipped" if trace.problems else ""), file=sys.stderr)
     return 1 if trace.problems else 0
 

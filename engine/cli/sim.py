@@ -25,6 +25,7 @@ from zoneinfo import ZoneInfo
 
 from engine.errors import PolicyEngineError, PolicyError
 from engine.policy.problems import did_you_mean
+from engine.text import printable
 
 __all__ = ["main_replay", "main_simulate"]
 
@@ -33,7 +34,8 @@ MAX_REPORTED_PROBLEMS = 20
 
 
 def _err(prog: str, message: str) -> None:
-    print(f"{prog}: {message}", file=sys.stderr)
+    """``prog: message`` on stderr, control characters (from file names, traces, histories) shown escaped."""
+    print(f"{prog}: {printable(message)}", file=sys.stderr)
 
 
 def _parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace | int:
@@ -225,7 +227,7 @@ def _report_problems(path: str, problems: Sequence[Any], limit: int) -> None:
     for problem in problems[:limit]:
         print(problem.format(path), file=sys.stderr)
     if len(problems) > limit:
-        print(f"{path}: ... and {len(problems) - limit:,} more malformed lines", file=sys.stderr)
+        print(f"{printable(path)}: ... and {len(problems) - limit:,} more malformed lines", file=sys.stderr)
 
 
 def main_replay(argv: Sequence[str] | None = None) -> int:

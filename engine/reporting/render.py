@@ -3,16 +3,20 @@
 Templates may be user-edited, so they run in Jinja's immutable sandbox with
 ``StrictUndefined`` (a misspelt name is an error, not an empty string) and
 HTML autoescaping, bounded in time and size (:mod:`engine.reporting.sandbox`:
-a render over ten seconds, 250,000 loop iterations, a string or list of a
-million items or an integer of 4,096 bits fails). A template directory of the user's is searched before the
+a render over ten seconds, 250,000 loop iterations or 50 million characters of
+output, a string or list of a million items, an integer of 4,096 bits or a
+template file over 1 MiB fails). A template directory of the user's is searched before the
 shipped ``templates/``, so overriding one file is enough. Every template
 problem is raised as :class:`ReportError` naming the template file and line.
 In a Markdown template (not autoescaped) every ``{{ value }}`` is escaped for
-Markdown: ``&``, ``<`` and ``>`` become entities and ``[``/``]`` are
-backslash-escaped, so a model name, event detail or rule text from the
-history or the policies cannot bring raw HTML (``<script>``) or a link
-(``[x](javascript:...)``) into the report; ``cell`` also escapes ``|`` and
-newlines for table cells, ``code`` makes a code span.
+Markdown: ``&``, ``<`` and ``>`` become entities; ``\\``, ``[``, ``]`` and a
+backtick are backslash-escaped, and so are the ``:`` of ``://`` and the ``.``
+of ``www.`` (GFM's autolinks), so a model name, event detail or rule text from
+the history or the policies cannot bring raw HTML (``<script>``), a code span
+or a link (``[x](javascript:...)``, ``https://...``) into the report; it shows
+as the same text. (A GFM renderer still links a bare e-mail address as a
+``mailto:``: no escape stops that without changing the text.) ``cell`` also
+escapes ``|`` and newlines for table cells, ``code`` makes a code span.
 Rendering is deterministic: the same history and policies give the same bytes.
 """
 
@@ -47,18 +51,28 @@ class ReportError(PolicyEngineError):
         super().__init__(where + message)
 
 
-def _md_cell(value: Any) -> str:
-    """Text safe inside a Markdown table cell."""
-    return str(value).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
-
-
-#: What a value put into Markdown must not bring with it: HTML (tags, entities) and link syntax.
-_MD_TEXT = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;", "[": "\\[", "]": "\\]"})
+#: What a value put into Markdown must not bring with it: HTML (tags, entities), link syntax, code spans, and
+#: backslashes (``\\[`` would otherwise undo the escape of the ``[`` after it). The backslash goes first.
+_MD_TEXT = str.maketrans({"\\": "\\\\", "&": "&amp;", "<": "&lt;", ">": "&gt;", "[": "\\[", "]": "\\]",
+                          "`": "\\`"})
+#: Where a GFM renderer would make a link of bare text (``https://...``, ``www.``): a backslash before the
+#: ``:`` or the ``.`` stops it, and the text shows unchanged.
+_MD_AUTOLINK = re.compile(r":(?=//)|(?<=www)\.", re.IGNORECASE)
 
 
 def _md_text(value: Any) -> str:
-    """``value`` as Markdown text that shows as itself: no raw HTML, entity, autolink or link."""
-    return str(value).translate(_MD_TEXT)
+    """``value`` as Markdown text that shows as itself: no raw HTML, entity, link, code span or URL autolink."""
+    return _MD_AUTOLINK.sub(lambda m: "\\" + m.group(), str(value).translate(_MD_TEXT))
+
+
+def _md_cell(eval_ctx: Any, value: Any) -> Any:
+    """``value`` as the text of a Markdown table cell (:func:`_md_text`, ``|`` escaped, newlines as spaces);
+    in HTML, the value with newlines as spaces (autoescaped as any value)."""
+    from markupsafe import Markup
+
+    if eval_ctx.autoescape:
+        return str(value).replace("\n", " ")
+    return Markup(_md_text(value).replace("|", "\\|").replace("\n", " "))  # noqa: S704 - escaped for Markdown
 
 
 def _finalize(eval_ctx: Any, value: Any) -> Any:
@@ -85,18 +99,18 @@ def _md_code(eval_ctx: Any, value: Any) -> Any:
 
 def environment(templates_dir: str | os.PathLike[str] | None = None, *, time_limit_s: float | None = None) -> Any:
     """The sandbox the report templates render in; ``time_limit_s``: how long one render may take."""
-    from jinja2 import FileSystemLoader, StrictUndefined, pass_eval_context
+    from jinja2 import StrictUndefined, pass_eval_context
 
-    from engine.reporting.sandbox import RENDER_TIME_LIMIT_S, ReportSandbox
+    from engine.reporting.sandbox import RENDER_TIME_LIMIT_S, BoundedFileSystemLoader, ReportSandbox
 
     search = [str(templates_dir)] if templates_dir else []
     search.append(str(resource_dir("templates")))
     env = ReportSandbox(
-        loader=FileSystemLoader(search), undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True,
+        loader=BoundedFileSystemLoader(search), undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True,
         keep_trailing_newline=True, autoescape=lambda name: name is not None and ".html" in name,
         time_limit_s=RENDER_TIME_LIMIT_S if time_limit_s is None else time_limit_s,
         finalize=pass_eval_context(_finalize))
-    env.filters["cell"] = _md_cell
+    env.filters["cell"] = pass_eval_context(_md_cell)
     env.filters["code"] = pass_eval_context(_md_code)
     return env
 
@@ -114,6 +128,8 @@ def _located(exc: BaseException, fallback: str, env: Any) -> ReportError:
         return ReportError(exc.message or str(exc), exc.filename or exc.name or fallback, exc.lineno)
     if isinstance(exc, TemplateNotFound):
         return ReportError(f"template not found: {exc.name}", fallback)
+    if getattr(exc, "template_file", None):  # a template file refused before it was read (too large)
+        return ReportError(f"{type(exc).__name__}: {exc}", exc.template_file)  # type: ignore[attr-defined]
     frames = [f for f in traceback.extract_tb(exc.__traceback__) if _is_template(f.filename, env)]
     if frames:
         return ReportError(f"{type(exc).__name__}: {exc}", frames[-1].filename, frames[-1].lineno)
@@ -127,7 +143,9 @@ def render(report: Report, fmt: str, env: Any) -> str:
     try:
         if start is not None:  # the sandbox's clock and loop count: per render, compiling included
             start()
-        text: str = env.get_template(name).render(report=report)
+        template = env.get_template(name)
+        bounded = getattr(env, "render_bounded", None)
+        text: str = template.render(report=report) if bounded is None else bounded(template, report=report)
     except Exception as exc:  # anything a user's template can raise
         raise _located(exc, name, env) from exc
     return text

@@ -17,7 +17,15 @@ run for hours. :class:`ReportSandbox` bounds, per render:
   :data:`MAX_ITERATIONS` in all;
 * the render's wall time to ``time_limit_s`` (default
   :data:`RENDER_TIME_LIMIT_S`), checked at every loop iteration, call and
-  bounded operator, so a template that loops or recurses stops in time.
+  bounded operator, so a template that loops or recurses stops in time;
+* ``batch`` with a fill value to :data:`MAX_SIZE` items a batch; a format
+  string's specs may not nest a ``{field}`` (``"{0:>{1}}"``: its width is
+  only known once the string is being built);
+* a render's whole output to :data:`MAX_OUTPUT` characters
+  (:meth:`ReportSandbox.render_bounded`, which renders piece by piece), and
+  so what a block captures (``{% set %}`` blocks, macros, filter blocks);
+* a template file to :data:`MAX_TEMPLATE_BYTES` (:class:`BoundedFileSystemLoader`
+  reads no more than that).
 
 Over a bound, rendering raises :class:`TemplateLimitError` (a Jinja
 ``SecurityError``), which the report names with the template file and line.
@@ -26,21 +34,25 @@ Over a bound, rendering raises :class:`TemplateLimitError` (a Jinja
 from __future__ import annotations
 
 import functools
+import os
+import posixpath
 import re
+import string
 import time
-from collections.abc import Callable, Iterable, Iterator
-from typing import Any, TypeGuard
+from collections.abc import Callable, Generator, Iterable, Iterator
+from typing import Any, TypeGuard, cast
 
+from jinja2 import FileSystemLoader, Template, nodes, pass_context
 from jinja2 import filters as jfilters
-from jinja2 import nodes, pass_context
 from jinja2.compiler import CodeGenerator, Frame
-from jinja2.exceptions import SecurityError
+from jinja2.exceptions import SecurityError, TemplateNotFound
+from jinja2.loaders import split_template_path
 from jinja2.runtime import Context, LoopContext
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from jinja2.utils import generate_lorem_ipsum
 
-__all__ = ["MAX_INT_BITS", "MAX_ITERATIONS", "MAX_RANGE", "MAX_SIZE", "RENDER_TIME_LIMIT_S", "ReportSandbox",
-           "TemplateLimitError"]
+__all__ = ["MAX_INT_BITS", "MAX_ITERATIONS", "MAX_OUTPUT", "MAX_RANGE", "MAX_SIZE", "MAX_TEMPLATE_BYTES",
+           "RENDER_TIME_LIMIT_S", "BoundedFileSystemLoader", "ReportSandbox", "TemplateLimitError"]
 
 #: The largest integer a template may compute, in bits (about 1,200 decimal digits).
 MAX_INT_BITS = 4096
@@ -52,6 +64,10 @@ MAX_RANGE = 100_000
 MAX_ITERATIONS = 250_000
 #: How long one render may take, seconds.
 RENDER_TIME_LIMIT_S = 10.0
+#: The most characters one render may write (the shipped reports write tens of kilobytes).
+MAX_OUTPUT = 50_000_000
+#: The largest template file the loader reads (the shipped templates are a few kilobytes).
+MAX_TEMPLATE_BYTES = 1 << 20
 
 _WIDTH_DIGITS = re.compile(r"\d{7,}")  # a width or precision of 1,000,000 or more in a format string
 Args = tuple[Any, ...]
@@ -83,10 +99,41 @@ class _BoundedCodeGenerator(CodeGenerator):
                 loop.iter = nodes.Filter(loop.iter, LOOP_FILTER, [], [], None, None, lineno=loop.iter.lineno)
         super().visit_Template(node, frame)
 
+    def buffer(self, frame: Frame) -> None:
+        # what a block writes (set blocks, macros, filter blocks) is counted as it is written
+        frame.buffer = self.temporary_identifier()
+        self.writeline(f"{frame.buffer} = environment.block_buffer()")
+
     def visit_Concat(self, node: nodes.Concat, frame: Frame) -> None:
         self.write("environment.sized(")
         super().visit_Concat(node, frame)
         self.write(", '~')")
+
+
+class _BlockBuffer(list[Any]):
+    """What a block writes, refused once over :data:`MAX_OUTPUT` characters in all (not when joined)."""
+
+    __slots__ = ("_size",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._size = 0
+
+    def _count(self, piece: Any) -> None:
+        self._size += len(piece) if isinstance(piece, str) else 0
+        if self._size > MAX_OUTPUT:
+            raise TemplateLimitError(f"a block's output is over {MAX_OUTPUT:,} characters, the most a report "
+                                     "template may write")
+
+    def append(self, piece: Any) -> None:
+        self._count(piece)
+        super().append(piece)
+
+    def extend(self, pieces: Iterable[Any]) -> None:
+        pieces = tuple(pieces)
+        for piece in pieces:
+            self._count(piece)
+        super().extend(pieces)
 
 
 def _size(value: Any) -> int | None:
@@ -115,10 +162,29 @@ class ReportSandbox(ImmutableSandboxedEnvironment):
                 ("center", jfilters.do_center, self._check_center), ("indent", jfilters.do_indent, self._check_indent),
                 ("format", jfilters.do_format, self._check_format), ("join", jfilters.sync_do_join, self._check_join),
                 ("replace", jfilters.do_replace, self._check_replace), ("sum", jfilters.sync_do_sum, self._check_sum),
-                ("slice", jfilters.sync_do_slice, self._check_slice)):
+                ("slice", jfilters.sync_do_slice, self._check_slice), ("batch", jfilters.do_batch, self._check_batch)):
             self.filters[name] = _checked(func, check)
 
     # -- the render's budget --------------------------------------------------------------
+    def render_bounded(self, template: Template, **context: Any) -> str:
+        """``template`` rendered with ``context``, piece by piece: over :data:`MAX_OUTPUT` characters,
+        TemplateLimitError is raised where the template is writing. Call :meth:`start` first."""
+        parts: list[str] = []
+        size = 0
+        pieces = cast(Generator[str, None, None], template.generate(**context))
+        for piece in pieces:
+            size += len(piece)
+            if size > MAX_OUTPUT:  # raised inside the template, so the error names its file and line
+                pieces.throw(TemplateLimitError(f"the output is over {MAX_OUTPUT:,} characters, the most a report "
+                                                "template may write"))
+            parts.append(piece)
+        return "".join(parts)
+
+    @staticmethod
+    def block_buffer() -> list[Any]:
+        """The list a block's output is collected in (see :class:`_BlockBuffer`)."""
+        return _BlockBuffer()
+
     def start(self) -> None:
         """Begin a render: its clock and iteration count start now."""
         self._deadline = time.monotonic() + self.time_limit_s
@@ -202,6 +268,9 @@ class ReportSandbox(ImmutableSandboxedEnvironment):
             if _WIDTH_DIGITS.search(text):
                 raise TemplateLimitError(f"{what}: a width or precision of {MAX_SIZE:,} or more, over what a "
                                          "report template may build")
+            if _nested_spec(text):
+                raise TemplateLimitError(f"{what}: a replacement field inside a format spec ({{0:>{{1}}}}), which a "
+                                         "report template may not use: write the width itself ({{0:>12}})")
         elif name == "replace" and len(args) >= 2:
             self._check_replace_sizes(text, args[0], args[1], args[2] if len(args) > 2 else None, what)
         elif name == "join" and args:
@@ -268,6 +337,14 @@ class ReportSandbox(ImmutableSandboxedEnvironment):
             raise TemplateLimitError(f"slice: {slices:,} slices, over the {MAX_RANGE:,} a report template may make")
         return args
 
+    def _check_batch(self, args: Args, kwargs: Kwargs) -> Args:  # (value, linecount, fill_with=None)
+        count = kwargs.get("linecount", args[1] if len(args) > 1 else None)
+        fill = kwargs.get("fill_with", args[2] if len(args) > 2 else None)
+        if fill is not None and _int(count) and count > MAX_SIZE:
+            raise TemplateLimitError(f"batch: batches of {count:,} items with a fill value, over the {MAX_SIZE:,} a "
+                                     "report template may build")
+        return args
+
     def _range(self, *args: int) -> range:
         rng = range(*args)
         if len(rng) > MAX_RANGE:
@@ -281,6 +358,46 @@ class ReportSandbox(ImmutableSandboxedEnvironment):
             raise TemplateLimitError("lipsum: at most 100 paragraphs of at most 1,000 words in a report template")
         text: str = generate_lorem_ipsum(n, html, min, max)
         return text
+
+
+def _nested_spec(text: str) -> bool:
+    """Whether a ``str.format`` string has a replacement field inside a format spec (``{0:>{1}}``)."""
+    if "{" not in text.partition(":")[2]:
+        return False
+    try:
+        return any(spec and "{" in spec for _, _, spec, _ in string.Formatter().parse(text))
+    except ValueError:  # a malformed format string: str.format itself says what is wrong
+        return False
+
+
+class BoundedFileSystemLoader(FileSystemLoader):
+    """Jinja's FileSystemLoader, reading no template file over :data:`MAX_TEMPLATE_BYTES`."""
+
+    def get_source(self, environment: Any, template: str) -> tuple[str, str, Callable[[], bool]]:
+        pieces = split_template_path(template)
+        for searchpath in self.searchpath:
+            filename = posixpath.join(searchpath, *pieces)
+            if os.path.isfile(filename):
+                break
+        else:
+            raise TemplateNotFound(template)
+        with open(filename, "rb") as fh:
+            data = fh.read(MAX_TEMPLATE_BYTES + 1)
+            mtime = os.fstat(fh.fileno()).st_mtime
+        if len(data) > MAX_TEMPLATE_BYTES:
+            error = TemplateLimitError(f"a template file of more than {MAX_TEMPLATE_BYTES:,} bytes "
+                                       f"({MAX_TEMPLATE_BYTES >> 20} MiB), the most a report template may be")
+            error.template_file = filename  # type: ignore[attr-defined]  # where: the report names the file
+            raise error
+        contents = data.decode(self.encoding)
+
+        def uptodate() -> bool:
+            try:
+                return os.path.getmtime(filename) == mtime
+            except OSError:
+                return False
+
+        return contents, os.path.normpath(filename), uptodate
 
 
 def _listed(value: Any) -> Any:

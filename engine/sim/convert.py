@@ -29,6 +29,14 @@ a trace CSV::
   failed attempts without a fallback success in their minute stay calls of
   their own. A reconstruction, not a record: for exact calls record a trace
   with ``policy-engine simulate --record-trace``.
+
+  A row is checked before it is expanded: its counts must be integers >= 0,
+  ``errors`` a JSON object of such counts, ``successes`` plus the errors and
+  ``fallbacks`` each at most ``calls``, and ``calls`` at most
+  :data:`MAX_ROW_CALLS` (one model's attempts for one tier in one minute); a
+  row that is not is a malformed line (its row number, its minute, tier and
+  model). A history of more than :data:`MAX_HISTORY_CALLS` attempts in all is
+  refused (a ValueError saying so) rather than reconstructed.
 """
 
 from __future__ import annotations
@@ -38,13 +46,16 @@ import json
 import random
 import sqlite3
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
+from urllib.parse import quote
 
 from engine.sim.trace import LineProblem, TraceLine, check_timestamp, csv_rows
 from engine.sim.workload import load_workload
 
-__all__ = ["LLMPERF_MODELS", "SQLITE_MAGIC", "azure", "history", "llmperf"]
+__all__ = ["LLMPERF_MODELS", "MAX_HISTORY_CALLS", "MAX_ROW_CALLS", "SQLITE_MAGIC", "azure", "history", "llmperf"]
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
 LLMPERF_IN_FLIGHT = 5
@@ -64,6 +75,10 @@ LLMPERF_MODELS = {
 Converted = tuple[list[TraceLine], list[LineProblem], int]
 #: The columns of the history's ``minutes`` table the conversion reads (latency columns are optional).
 HISTORY_COLUMNS = ("minute", "tier", "model", "calls", "successes", "fallbacks", "tokens_in", "tokens_out", "errors")
+#: The most attempts one history row (one model, one tier, one minute: 1,667 a second) may hold to be converted.
+MAX_ROW_CALLS = 100_000
+#: The most attempts a whole history may hold to be converted (each becomes a trace line held in memory).
+MAX_HISTORY_CALLS = 10_000_000
 
 
 def _azure_time(text: str) -> float:
@@ -159,10 +174,13 @@ def _split(total: int, n: int) -> list[int]:
 def history(path: Path, *, seed: int = 1) -> Converted:
     """Calls reconstructed from the per-minute aggregates of an engine history database."""
     try:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-        conn.row_factory = sqlite3.Row
-        rows = conn.execute("SELECT * FROM minutes ORDER BY minute, tier, model").fetchall()
-        conn.close()
+        # quoted: a path holding ? or # would otherwise end the file name there (and lose mode=ro)
+        conn = sqlite3.connect(f"file:{quote(str(path.resolve()))}?mode=ro", uri=True)
+        try:
+            conn.row_factory = sqlite3.Row
+            rows = conn.execute("SELECT * FROM minutes ORDER BY minute, tier, model").fetchall()
+        finally:
+            conn.close()
     except sqlite3.Error as exc:
         raise ValueError(f"{path}: not an engine history database: {exc}") from exc
     missing = sorted(set(HISTORY_COLUMNS) - set(rows[0].keys())) if rows else []
@@ -170,39 +188,97 @@ def history(path: Path, *, seed: int = 1) -> Converted:
         raise ValueError(f"{path}: the history's minutes table has no {', '.join(missing)} column")
     lines: list[TraceLine] = []
     problems: list[LineProblem] = []
-    groups: dict[tuple[int, str], list[tuple[int, sqlite3.Row]]] = {}
+    groups: dict[tuple[int, str], list[tuple[int, _Row]]] = {}
+    total = 0
     for i, row in enumerate(rows, 1):
-        minute = int(row["minute"])
-        try:
-            check_timestamp(minute * 60.0, minute * 60)
-        except ValueError as exc:
-            problems.append(LineProblem(i, f"minute {minute}: {exc}"))
+        checked = _check_row(row)
+        if isinstance(checked, str):
+            problems.append(LineProblem(i, checked))
             continue
-        groups.setdefault((minute, str(row["tier"])), []).append((i, row))
+        total += checked.calls
+        if total > MAX_HISTORY_CALLS:
+            raise ValueError(f"{path}: the history holds more than {MAX_HISTORY_CALLS:,} attempts (by row {i:,}), "
+                             "more than a conversion holds in memory; convert a copy with fewer minutes")
+        groups.setdefault((checked.minute, checked.tier), []).append((i, checked))
     for (minute, tier), members in groups.items():
-        lines.extend(_minute_lines(minute, tier, members, problems))
+        lines.extend(_minute_lines(minute, tier, members))
     lines.sort(key=lambda ln: ln.timestamp)
     return lines, problems, len(rows)
 
 
-def _minute_lines(minute: int, tier: str, members: Iterable[tuple[int, sqlite3.Row]],
-                  problems: list[LineProblem]) -> list[TraceLine]:
+@dataclass(frozen=True, slots=True)
+class _Row:
+    """A ``minutes`` row whose counts were checked (:func:`_check_row`)."""
+
+    row: sqlite3.Row
+    minute: int
+    tier: str
+    model: str
+    calls: int
+    successes: int
+    fallbacks: int
+    tokens_in: int
+    tokens_out: int
+    errors: dict[str, int]
+
+
+def _nonneg(value: Any) -> int | None:
+    """``value`` if it is an integer >= 0 (SQLite may hold any type in any column), else None."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        return None
+    return value
+
+
+def _check_row(row: sqlite3.Row) -> _Row | str:
+    """The row's values, checked; else what is wrong with it, naming its minute, tier and model."""
+    where = f"minute {row['minute']!r} tier {row['tier']!r} model {row['model']!r}"
+    minute = _nonneg(row["minute"])
+    if minute is None:
+        return f"{where}: minute: expected an integer >= 0 (minutes since 1970), got {row['minute']!r}"
+    try:
+        check_timestamp(minute * 60.0, minute * 60)
+    except ValueError as exc:
+        return f"{where}: {exc}"
+    if not isinstance(row["tier"], str) or not isinstance(row["model"], str):
+        return f"{where}: tier and model: expected text"
+    counts: dict[str, int] = {}
+    for key in ("calls", "successes", "fallbacks", "tokens_in", "tokens_out"):
+        value = _nonneg(row[key])
+        if value is None:
+            return f"{where}: {key}: expected an integer >= 0, got {row[key]!r}"
+        counts[key] = value
+    calls = counts["calls"]
+    if calls > MAX_ROW_CALLS:
+        return (f"{where}: calls: {calls:,} attempts in one minute, over the {MAX_ROW_CALLS:,} a history row may "
+                "hold to be converted")
+    try:
+        errs = json.loads(row["errors"] or "{}")
+    except (ValueError, TypeError):
+        errs = None
+    if not isinstance(errs, dict) or not all(_nonneg(v) is not None for v in errs.values()):
+        return f"{where}: errors: expected a JSON object of error class -> count >= 0, got {row['errors']!r:.200}"
+    errors = {str(k): int(v) for k, v in errs.items()}
+    failed = sum(errors.values())
+    if counts["successes"] + failed > calls:
+        return (f"{where}: {counts['successes']:,} successes and {failed:,} errors, more than its "
+                f"{calls:,} calls")
+    if counts["fallbacks"] > calls:
+        return f"{where}: {counts['fallbacks']:,} fallbacks, more than its {calls:,} calls"
+    return _Row(row, minute, row["tier"], row["model"], calls, counts["successes"], counts["fallbacks"],
+                counts["tokens_in"], counts["tokens_out"], errors)
+
+
+def _minute_lines(minute: int, tier: str, members: Iterable[tuple[int, _Row]]) -> list[TraceLine]:
     ok: list[tuple[int, str, int, int, float | None, bool]] = []
     failed: list[tuple[int, str, str, int, float | None]] = []
-    for i, row in members:
-        model, calls, successes, fallbacks = str(row["model"]), int(row["calls"]), int(row["successes"]), \
-            int(row["fallbacks"])
-        try:
-            errs = {str(k): int(v) for k, v in json.loads(row["errors"] or "{}").items()}
-        except (ValueError, TypeError, AttributeError):
-            problems.append(LineProblem(i, f"minute {minute} {tier} {model}: errors is not a JSON object"))
-            continue
-        lats = _latencies(row, calls) if calls else []
-        tin, tout = int(row["tokens_in"]), int(row["tokens_out"])
+    for i, r in members:
+        model, calls, successes, fallbacks = r.model, r.calls, r.successes, r.fallbacks
+        lats = _latencies(r.row, calls) if calls else []
+        tin, tout = r.tokens_in, r.tokens_out
         ins, outs = _split(tin, successes), _split(tout, successes)
         mean_in = tin // successes if successes else 0
         k = 0  # failures (mostly fast rejections) take the row's lowest latencies, successes the rest
-        for cls, count in sorted(errs.items()):
+        for cls, count in sorted(r.errors.items()):
             for _ in range(count):
                 failed.append((i, model, cls, mean_in, lats[k] if k < len(lats) else None))
                 k += 1

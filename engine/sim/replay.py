@@ -44,7 +44,7 @@ from typing import Any
 from engine.core import PolicyEngine
 from engine.policy.loader import load_policies
 from engine.policy.model import PolicySet
-from engine.policy.problems import did_you_mean
+from engine.policy.problems import Suggester
 from engine.sim.driver import run_engine
 from engine.sim.tally import Tally, prices
 from engine.sim.trace import LineProblem, Trace, TraceLine
@@ -86,31 +86,45 @@ class Prepared:
     lines_used: int
 
 
-def _check(ln: TraceLine, policies: Sequence[PolicySet], classes: set[str]) -> str | None:
-    for p in policies:
-        if ln.tier is not None and ln.tier not in p.tiers:
-            return f"unknown tier {ln.tier!r}{did_you_mean(ln.tier, p.tiers)}; expected one of {', '.join(p.tiers)}"
-        if ln.tier is None and ln.model not in p.models:
-            return (f"unknown model {ln.model!r}{did_you_mean(str(ln.model), p.models)} and no tier: "
-                    "cannot tell which tier to call")
-    # with a tier, a model only needs to be known to one of the sets (--compare may drop a model);
-    # one that none knows is a typo whose recorded outcomes would otherwise never be used
-    if ln.model is not None and not any(ln.model in p.models for p in policies):
-        known = sorted(set().union(*(p.models for p in policies)))
-        return f"unknown model {ln.model!r}{did_you_mean(ln.model, known)}: its recorded outcomes would never apply"
-    if ln.outcome is not None and ln.outcome not in classes:
-        return (f"unknown outcome {ln.outcome!r}{did_you_mean(ln.outcome, classes)}; expected ok or one of "
-                f"{', '.join(sorted(classes))}")
-    return None
+class _Checker:
+    """Checks trace lines against the policy sets; its "did you mean" suggesters are built once, not per line."""
+
+    def __init__(self, policies: Sequence[PolicySet]) -> None:
+        self.policies = policies
+        self.classes = set().union(*(p.error_classes for p in policies))
+        self.known = set().union(*(p.models for p in policies))
+        self._tiers = [Suggester(p.tiers) for p in policies]
+        self._models = [Suggester(p.models) for p in policies]
+        self._known = Suggester(self.known)
+        self._classes = Suggester(self.classes)
+        self._expected = [", ".join(p.tiers) for p in policies]
+        self._outcomes = ", ".join(sorted(self.classes))
+
+    def problem(self, ln: TraceLine) -> str | None:
+        """What is wrong with ``ln``, or None."""
+        for i, p in enumerate(self.policies):
+            if ln.tier is not None and ln.tier not in p.tiers:
+                return f"unknown tier {ln.tier!r}{self._tiers[i].hint(ln.tier)}; expected one of {self._expected[i]}"
+            if ln.tier is None and ln.model not in p.models:
+                return (f"unknown model {ln.model!r}{self._models[i].hint(str(ln.model))} and no tier: "
+                        "cannot tell which tier to call")
+        # with a tier, a model only needs to be known to one of the sets (--compare may drop a model);
+        # one that none knows is a typo whose recorded outcomes would otherwise never be used
+        if ln.model is not None and ln.model not in self.known:
+            return f"unknown model {ln.model!r}{self._known.hint(ln.model)}: its recorded outcomes would never apply"
+        if ln.outcome is not None and ln.outcome not in self.classes:
+            return (f"unknown outcome {ln.outcome!r}{self._classes.hint(ln.outcome)}; expected ok or one of "
+                    f"{self._outcomes}")
+        return None
 
 
 def prepare(trace: Trace, policies: Sequence[PolicySet], *, seed: int) -> Prepared:
     """Check the trace's lines against the policy sets and group them into calls."""
-    classes = set().union(*(p.error_classes for p in policies))
+    checker = _Checker(policies)
     problems = list(trace.problems)
     good: list[TraceLine] = []
     for ln in trace.lines:
-        why = _check(ln, policies, classes)
+        why = checker.problem(ln)
         if why is None:
             good.append(ln)
         else:

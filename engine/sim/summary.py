@@ -9,6 +9,7 @@ from zoneinfo import ZoneInfo
 
 from engine.sim.replay import ReplayResult
 from engine.sim.simulate import TARGET_AVAILABILITY, TARGET_TOKEN_SAVING, SimResult
+from engine.text import printable
 
 __all__ = ["format_replay", "format_simulation", "simulation_dict", "table", "targets"]
 
@@ -217,10 +218,10 @@ def format_replay(r: ReplayResult) -> str:
     else:
         source = f"{r.prepared.lines_used:,} of {r.trace.read:,} lines"
     lines = [
-        f"replay: {r.trace.path} ({r.trace.format}): {len(reqs):,} calls from {source}"
+        f"replay: {printable(r.trace.path)} ({r.trace.format}): {len(reqs):,} calls from {source}"
         + (f"; {skipped:,} malformed line{'s' if skipped != 1 else ''} SKIPPED (see stderr)" if skipped else "")
         + span,
-        *(f"  {label}: {path}" for label, path in zip(r.labels, r.paths, strict=True)),
+        *(f"  {label}: {printable(path)}" for label, path in zip(r.labels, r.paths, strict=True)),
         "",
     ]
     lines += table(_replay_rows(r.summaries, tz, with_date), r.labels)

@@ -46,6 +46,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO, TextIO
 
+from engine.text import printable
+
 __all__ = ["FIELDS", "FORMATS", "MAX_JSON_DEPTH", "MAX_LINE_BYTES", "MAX_TIMESTAMP", "MAX_YEAR", "LineProblem",
            "Trace", "TraceError", "TraceLine", "TraceLines", "check_timestamp", "csv_rows", "detect_format",
            "parse_lines", "read_trace", "write_csv"]
@@ -92,7 +94,8 @@ class LineProblem:
     message: str
 
     def format(self, path: str) -> str:
-        return f"{path}:{self.line}: {self.message}"
+        """``path:line: message`` for a terminal: control characters in the path and message shown escaped."""
+        return f"{printable(path)}:{self.line}: {printable(self.message)}"
 
 
 @dataclass
@@ -242,10 +245,17 @@ class TraceLines:
     def _split(self) -> Iterator[bytes | None]:
         """Raw lines with their line end; None for a line over the limit."""
         carry, skipping = self.head, False
+        drop_lf = False  # a line over the limit ended in \r at the end of a chunk: a \n next is its line end
         while True:
             chunk = self.raw.read(_CHUNK)
             if not chunk:
                 break
+            if drop_lf:
+                drop_lf = False
+                if chunk.startswith(b"\n"):
+                    chunk = chunk[1:]
+                    if not chunk:
+                        continue
             parts = (carry + chunk).splitlines(keepends=True)
             # the last part is complete only with its \n: one ending in \r may go on with a \n
             carry = b"" if parts[-1].endswith(b"\n") else parts.pop()
@@ -257,7 +267,9 @@ class TraceLines:
             if len(carry) > MAX_LINE_BYTES:
                 if not skipping:
                     yield None
-                    skipping = True
+                # a carry ending in \r is a whole line (CR line ends): what follows is the next line, not its rest
+                drop_lf = carry.endswith(b"\r")
+                skipping = not drop_lf
                 carry = b""
         if carry and not skipping:
             yield carry if len(carry) <= MAX_LINE_BYTES else None
@@ -381,15 +393,15 @@ def _read(p: Path, raw: BinaryIO, fmt: str, seed: int) -> Trace:
     if fmt == "history":
         raise TraceError(f"{p}: not an SQLite history database")
     stream = TraceLines(raw, str(p), head)
-    seen: list[str] = []  # the lines the sniff read, fed to the parser again
-    for text in stream:
-        seen.append(text)
-        if text.strip():
+    blank = 0  # the blank lines before the first record: counted, not kept (memory stays bounded)
+    for first in stream:
+        if first.strip():
             break
+        blank += 1
     else:
         raise TraceError(f"{p}: the trace is empty")
-    first = seen[-1]
-    lines_in = itertools.chain(seen, stream)
+    # the lines the sniff read, fed to the parser again (the blank ones as empty lines: line numbers stay right)
+    lines_in = itertools.chain(itertools.repeat("\n", blank), (first,), stream)
     if fmt == "auto":
         fmt = detect_format(p, first)
     if fmt in ("azure", "llmperf"):

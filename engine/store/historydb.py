@@ -35,6 +35,7 @@ from urllib.parse import parse_qsl, quote
 from engine.errors import StorageError
 from engine.events import Event
 from engine.histogram import MAX_MS, MIN_MS, LatencyHistogram
+from engine.text import redact_uri
 
 SCHEMA_VERSION = 1
 DEFAULT_PATH = "memory/history.db"
@@ -82,22 +83,22 @@ def parse_uri(uri: str) -> tuple[Path, dict[str, str]]:
     SQLite database that would keep no history.
     """
     if not uri.startswith("sqlite://"):
-        raise StorageError(f"expected a sqlite:// URI, got {uri!r}")
+        raise StorageError(f"expected a sqlite:// URI, got {redact_uri(uri)!r}")
     rest, _, query = uri[len("sqlite://"):].partition("?")
     path = rest[1:] if rest.startswith("/") else rest
     if path == ":memory:" or path.startswith("file::memory:"):
-        raise StorageError(f"sqlite store {uri} is an in-memory SQLite database, which keeps no history (it is "
-                           "gone with the process and no other process sees it); give the history a file, such as "
-                           "sqlite:///memory/history.db, or use memory:// to keep none")
+        raise StorageError(f"sqlite store {redact_uri(uri)} is an in-memory SQLite database, which keeps no "
+                           "history (it is gone with the process and no other process sees it); give the history a "
+                           "file, such as sqlite:///memory/history.db, or use memory:// to keep none")
     options: dict[str, str] = {}
     for name, value in parse_qsl(query, keep_blank_values=True):
         if name not in OPTIONS:
             from engine.policy.problems import did_you_mean
 
-            raise StorageError(f"sqlite store {uri}: unknown option {name!r}{did_you_mean(name, OPTIONS)}; "
+            raise StorageError(f"sqlite store {redact_uri(uri)}: unknown option {name!r}{did_you_mean(name, OPTIONS)}; "
                                "a sqlite:// URI takes " + "; ".join(f"{k} ({v})" for k, v in OPTIONS.items()))
         if name in options:
-            raise StorageError(f"sqlite store {uri}: option {name} given twice")
+            raise StorageError(f"sqlite store {redact_uri(uri)}: option {name} given twice")
         options[name] = value
     return Path(path or DEFAULT_PATH), options
 

@@ -318,8 +318,8 @@ def test_a_history_minute_past_9998_is_a_line_problem(tmp_path: Path) -> None:
     conn.close()
     done = replay(str(db), "--policies", POLICIES, "-q")
     assert done.returncode == 0, done.stderr
-    assert done.stderr.splitlines() == [f"{db}:2: minute {bad}: timestamp: expected a time in the years 1970-9998, "
-                                        f"got {bad * 60}"]
+    assert done.stderr.splitlines() == [f"{db}:2: minute {bad} tier 'L2' model 'gpt-4.1-mini': timestamp: expected a "
+                                        f"time in the years 1970-9998, got {bad * 60}"]
     assert "Traceback" not in done.stderr
 
 
