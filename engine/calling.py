@@ -47,7 +47,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
-from engine.classify import Classifier, classify
+from engine.classify import Classifier, classify, match_error, retry_after
 from engine.errors import NoModelAvailable
 from engine.outcome import MAX_TOKENS, Decision, Outcome
 from engine.policy.model import ErrorClassSpec, RetrySpec
@@ -251,9 +251,11 @@ class _Call:
         return max(0.0, (self.clock() - started) * 1000.0)
 
     def _classify(self, exc: Exception) -> tuple[ErrorClassSpec, float | None]:
-        classes = self.engine.policy.error_classes
+        policy = self.engine.policy
+        classes = policy.error_classes
         try:
-            name, hint = self.classifier(exc)
+            matched = match_error(policy.error_matches, exc) if policy.error_matches else None
+            name, hint = (matched, retry_after(exc)) if matched is not None else self.classifier(exc)
         except Exception:
             log.exception("classifier %r failed on %r; recording server_error", self.classifier, exc)
             name, hint = "server_error", None

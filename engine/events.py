@@ -105,6 +105,16 @@ class AnomalyResolved(Event):
     metrics: Mapping[str, Any] = field(default_factory=lambda: _EMPTY, compare=False)
 
 
+@dataclass(frozen=True, slots=True)
+class ModelTakenOut(Event):
+    """An error whose class has ``take_out_s`` (a retired model's 404, say) took ``model`` out of
+    rotation until ``until`` (engine clock) or the next reload."""
+
+    model: str
+    error: str
+    until: float
+
+
 Listener = Callable[[Event], None]
 
 
