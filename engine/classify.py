@@ -44,7 +44,8 @@ def _status(exc: BaseException) -> int | None:
     for obj in (exc, getattr(exc, "response", None)):
         for attr in ("status_code", "status", "http_status", "code"):
             value = getattr(obj, attr, None)
-            if isinstance(value, int) and not isinstance(value, bool) and 100 <= value <= 599:
+            # an error status only: Anthropic reports an error inside a 200 stream with status_code 200
+            if isinstance(value, int) and not isinstance(value, bool) and 400 <= value <= 599:
                 return value
     return None
 
