@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import typing
 
-from engine.errors import NoModelAvailable, PolicyEngineError, PolicyError, StorageError
+from engine.errors import DeadlineExceeded, NoModelAvailable, PolicyEngineError, PolicyError, StorageError
 from engine.events import (
     AnomalyDetected,
     AnomalyResolved,
@@ -55,6 +55,7 @@ __all__ = [
     "CircuitClosed",
     "CircuitHalfOpened",
     "CircuitOpened",
+    "DeadlineExceeded",
     "Decision",
     "Event",
     "FallbackTriggered",

@@ -625,8 +625,9 @@ class PolicyEngine:
                 ledger.settle(wall, None, tokens, cost)
 
     # -- the decide / call / record loop ----------------------------------------
-    def call(self, tier: str, fn: Callable[[str], Any], *, estimated_tokens: int | None = None,
-             classifier: Any = None, tokens: Any = None, sleep: Any = None, rng: Any = None) -> Any:
+    def call(self, tier: str, fn: Callable[..., Any], *, estimated_tokens: int | None = None,
+             classifier: Any = None, tokens: Any = None, sleep: Any = None, rng: Any = None,
+             deadline_s: float | None = None) -> Any:
         """Call ``fn(model)`` through decide/record, retrying and falling back per policy.
 
         See :mod:`engine.calling` for the loop and :mod:`engine.classify` for
@@ -635,15 +636,16 @@ class PolicyEngine:
         from engine import calling
 
         return calling.call(self, tier, fn, estimated_tokens=estimated_tokens, classifier=classifier,
-                            tokens=tokens, sleep=sleep, rng=rng)
+                            tokens=tokens, sleep=sleep, rng=rng, deadline_s=deadline_s)
 
-    async def acall(self, tier: str, fn: Callable[[str], Any], *, estimated_tokens: int | None = None,
-                    classifier: Any = None, tokens: Any = None, sleep: Any = None, rng: Any = None) -> Any:
+    async def acall(self, tier: str, fn: Callable[..., Any], *, estimated_tokens: int | None = None,
+                    classifier: Any = None, tokens: Any = None, sleep: Any = None, rng: Any = None,
+                    deadline_s: float | None = None) -> Any:
         """``call`` for coroutine functions: ``await fn(model)``."""
         from engine import calling
 
         return await calling.acall(self, tier, fn, estimated_tokens=estimated_tokens, classifier=classifier,
-                                   tokens=tokens, sleep=sleep, rng=rng)
+                                   tokens=tokens, sleep=sleep, rng=rng, deadline_s=deadline_s)
 
     # -- events --------------------------------------------------------------
     def subscribe(self, listener: Listener) -> Callable[[], None]:
