@@ -44,7 +44,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from engine.classify import Classifier, classify, match_error, retry_after
@@ -148,9 +148,12 @@ def usage_tokens(result: Any) -> tuple[int, int]:
 
     Reads ``result.usage`` (or ``result["usage"]``) for ``prompt_tokens`` /
     ``completion_tokens`` (OpenAI chat) or ``input_tokens`` / ``output_tokens``
-    (Anthropic, OpenAI responses).
+    (Anthropic, OpenAI responses). A raw response (``with_raw_response``:
+    an object with ``http_response`` and ``parse()``) is parsed for it.
     """
     usage = result.get("usage") if isinstance(result, Mapping) else getattr(result, "usage", None)
+    if usage is None and callable(getattr(result, "parse", None)) and hasattr(result, "http_response"):
+        usage = getattr(result.parse(), "usage", None)  # an SDK's with_raw_response (parse() is cached)
     if usage is None:
         return 0, 0
     for pair in (("prompt_tokens", "completion_tokens"), ("input_tokens", "output_tokens")):
@@ -182,7 +185,7 @@ class _Call:
 
     def __init__(self, engine: PolicyEngine, tier: str, estimated_tokens: int | None,
                  classifier: Classifier | None, tokens: Tokens | None, rng: RandomSource | None,
-                 deadline_s: float | None = None) -> None:
+                 deadline_s: float | None = None, exclude: Collection[str] = ()) -> None:
         self.engine = engine
         self.clock = engine._time  # engine time: never runs backwards across a clock step
         self.timeouts = engine.policy.timeouts
@@ -199,7 +202,7 @@ class _Call:
         self.tokens = tokens
         self.rng = rng
         self.spec = engine.policy.retry
-        self.tried: list[str] = []
+        self.tried: list[str] = list(exclude)  # never tried in this call: tried, or excluded by the caller
         self.retries: dict[str, int] = {}  # same-model retries used, per model
         self.attempts = 0
         self.waited = 0.0
@@ -440,14 +443,15 @@ def _failed_open(plan: _Call, step: Decision, exc: Exception, started: float, st
 def call(engine: PolicyEngine, tier: str, fn: Callable[..., Any], *, estimated_tokens: int | None = None,
          classifier: Classifier | None = None, tokens: Tokens | None = None,
          sleep: Callable[[float], object] | None = None, rng: RandomSource | None = None,
-         deadline_s: float | None = None) -> Any:
+         deadline_s: float | None = None, exclude: Collection[str] = ()) -> Any:
     """Return ``fn(model)`` (or ``fn(model, attempt)``) for a model of ``tier``, retrying and falling back.
 
     Raises the last exception of ``fn`` when the policy gives up,
     ``NoModelAvailable`` when no model can be tried, ``DeadlineExceeded`` when
     the call's deadline passed. A stream comes back as a :class:`Stream`.
+    ``exclude`` names models never to try in this call.
     """
-    plan = _Call(engine, tier, estimated_tokens, classifier, tokens, rng, deadline_s)
+    plan = _Call(engine, tier, estimated_tokens, classifier, tokens, rng, deadline_s, exclude)
     if sleep is not None:
         plan.pause = sleep
     return _open(plan, fn)
@@ -511,14 +515,15 @@ async def _aopen(plan: _Call, async_fn: Callable[..., Any], partial: str = "") -
 async def acall(engine: PolicyEngine, tier: str, async_fn: Callable[..., Awaitable[Any]], *,
                 estimated_tokens: int | None = None, classifier: Classifier | None = None,
                 tokens: Tokens | None = None, sleep: Callable[[float], Awaitable[object]] | None = None,
-                rng: RandomSource | None = None, deadline_s: float | None = None) -> Any:
+                rng: RandomSource | None = None, deadline_s: float | None = None,
+                exclude: Collection[str] = ()) -> Any:
     """:func:`call` for coroutine functions: ``await async_fn(model)`` and ``await sleep(s)``.
 
     Attempt, time-to-first-token and deadline limits are enforced: an attempt
     running past one is cancelled and recorded as ``timeout``
     (:class:`AttemptTimedOut`). An async stream comes back as an :class:`AsyncStream`.
     """
-    plan = _Call(engine, tier, estimated_tokens, classifier, tokens, rng, deadline_s)
+    plan = _Call(engine, tier, estimated_tokens, classifier, tokens, rng, deadline_s, exclude)
     if sleep is not None:
         plan.apause = sleep
     return await _aopen(plan, async_fn)

@@ -627,7 +627,7 @@ class PolicyEngine:
     # -- the decide / call / record loop ----------------------------------------
     def call(self, tier: str, fn: Callable[..., Any], *, estimated_tokens: int | None = None,
              classifier: Any = None, tokens: Any = None, sleep: Any = None, rng: Any = None,
-             deadline_s: float | None = None) -> Any:
+             deadline_s: float | None = None, exclude: Collection[str] = ()) -> Any:
         """Call ``fn(model)`` through decide/record, retrying and falling back per policy.
 
         See :mod:`engine.calling` for the loop and :mod:`engine.classify` for
@@ -636,16 +636,16 @@ class PolicyEngine:
         from engine import calling
 
         return calling.call(self, tier, fn, estimated_tokens=estimated_tokens, classifier=classifier,
-                            tokens=tokens, sleep=sleep, rng=rng, deadline_s=deadline_s)
+                            tokens=tokens, sleep=sleep, rng=rng, deadline_s=deadline_s, exclude=exclude)
 
     async def acall(self, tier: str, fn: Callable[..., Any], *, estimated_tokens: int | None = None,
                     classifier: Any = None, tokens: Any = None, sleep: Any = None, rng: Any = None,
-                    deadline_s: float | None = None) -> Any:
+                    deadline_s: float | None = None, exclude: Collection[str] = ()) -> Any:
         """``call`` for coroutine functions: ``await fn(model)``."""
         from engine import calling
 
         return await calling.acall(self, tier, fn, estimated_tokens=estimated_tokens, classifier=classifier,
-                                   tokens=tokens, sleep=sleep, rng=rng, deadline_s=deadline_s)
+                                   tokens=tokens, sleep=sleep, rng=rng, deadline_s=deadline_s, exclude=exclude)
 
     # -- events --------------------------------------------------------------
     def subscribe(self, listener: Listener) -> Callable[[], None]:

@@ -75,7 +75,7 @@ class Request:
     model: str
     stream: bool
     body: dict[str, Any]
-    headers: dict[str, str] = field(default_factory=dict)
+    headers: dict[str, str] = field(default_factory=dict)  # names lower-cased
     at: float = 0.0
 
 
@@ -230,7 +230,8 @@ class _Handler(BaseHTTPRequestHandler):
         stream = bool(body.get("stream"))
         fp = self.fake
         with fp._lock:
-            fp.requests.append(Request(api, model, stream, body, dict(self.headers), time.monotonic()))
+            fp.requests.append(Request(api, model, stream, body, {k.lower(): v for k, v in self.headers.items()},
+                                        time.monotonic()))
         fault, reply = fp._take(model)
         if fault is not None and fault.kind == "hang":
             fp._stop.wait(fault.hang_s)
