@@ -31,6 +31,12 @@ the model nor uses up a half-open probe), then re-raised. A classifier that
 raises or returns a class the policy does not know is recorded as
 ``server_error``.
 
+``fn`` may take a second argument, the :class:`Attempt` (its timeouts,
+capped by the call's deadline, the API model id, the partial output of a
+stream to carry on from). ``acall`` enforces the timeouts (``routing.yaml``
+``timeouts``); ``call`` records an attempt that returned late as ``timeout``.
+A returned iterator is a stream: see :mod:`engine.streaming`.
+
 Time is the engine's clock; every wait goes through ``sleep`` (``time.sleep``,
 ``asyncio.sleep`` for :func:`acall`), so tests pass one that advances a
 ``FakeClock``.
@@ -166,6 +172,26 @@ def usage_tokens(result: Any) -> tuple[int, int]:
     return 0, 0
 
 
+def cached_tokens(result: Any) -> int:
+    """Input tokens served from the prompt cache: OpenAI's ``usage.prompt_tokens_details.cached_tokens``,
+    Anthropic's ``usage.cache_read_input_tokens``; 0 when absent."""
+    try:
+        usage = result.get("usage") if isinstance(result, Mapping) else getattr(result, "usage", None)
+        if usage is None and callable(getattr(result, "parse", None)) and hasattr(result, "http_response"):
+            usage = getattr(result.parse(), "usage", None)
+        if usage is None:
+            return 0
+        def get(obj: Any, key: str) -> Any:
+            return obj.get(key) if isinstance(obj, Mapping) else getattr(obj, key, None)
+
+        n = get(get(usage, "prompt_tokens_details"), "cached_tokens")
+        if n is None:
+            n = get(usage, "cache_read_input_tokens")
+        return _count(n) or 0
+    except Exception:  # an odd usage object: no cached tokens rather than a lost result
+        return 0
+
+
 def _seconds(value: Any) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
@@ -295,7 +321,8 @@ class _Call:
         latency = self._latency(started)
         tin, tout = self._tokens(result)
         late = limit is not None and latency > limit * 1000.0  # ran past its timeout: the result is kept
-        self._record(d, Outcome(latency, tin, tout, error="timeout" if late else None))
+        cached = min(cached_tokens(result), tin) if self.tokens is None else 0
+        self._record(d, Outcome(latency, tin, tout, error="timeout" if late else None, cached_input_tokens=cached))
 
     def stream_ended(self, d: Decision, started: float, first_at: float | None, usage: Usage) -> None:
         """Record a stream that ran to its end: total latency, time to first content, its usage."""
@@ -307,7 +334,8 @@ class _Call:
             limit = spec.timeout_s
         late = limit is not None and latency > limit * 1000.0
         self._record(d, Outcome(latency, usage.input_tokens, usage.output_tokens,
-                                error="timeout" if late else None, ttft_ms=ttft))
+                                error="timeout" if late else None, ttft_ms=ttft,
+                                cached_input_tokens=min(usage.cached_input_tokens, usage.input_tokens)))
 
     def failed(self, d: Decision, exc: Exception, started: float, *, stream_content: bool = False) -> float | None:
         """Record the failure; seconds to sleep before the next attempt, or None to re-raise.

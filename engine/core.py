@@ -75,7 +75,7 @@ class _Model:
     count, breaker or budgets.
     """
 
-    __slots__ = ("spec", "breaker", "ledgers", "in_flight", "limit", "price_in", "price_out", "slow_ms",
+    __slots__ = ("spec", "breaker", "ledgers", "in_flight", "limit", "price_in", "price_out", "price_cached", "slow_ms",
                  "metrics", "removed", "out_until", "slow_on_ttft")
 
     def __init__(self, spec: ModelSpec, ledgers: tuple[BudgetLedger, ...], breaker: CircuitBreaker) -> None:
@@ -91,6 +91,8 @@ class _Model:
         self.limit = spec.max_in_flight or 1 << 62
         self.price_in = spec.price.input_per_1m / 1e6  # USD per token, for record()
         self.price_out = spec.price.output_per_1m / 1e6
+        cached = spec.price.cached_input_per_1m
+        self.price_cached = self.price_in if cached is None else cached / 1e6
         self.slow_ms = spec.breaker.slow_call_ms
         self.slow_on_ttft = spec.slow_call_on == "ttft"
         self.out_until = -math.inf  # taken out of rotation (take_out_s) until then; a reload puts it back
@@ -555,6 +557,8 @@ class PolicyEngine:
                         events.append(ModelTakenOut(now, decision.model, error, until))
                 tin, tout = outcome.input_tokens, outcome.output_tokens
                 cost = tin * st.price_in + tout * st.price_out
+                if outcome.cached_input_tokens:
+                    cost -= outcome.cached_input_tokens * (st.price_in - st.price_cached)
                 if st.ledgers:
                     wall = now + self._wall_shift
                     if pending.reservations:
@@ -614,6 +618,7 @@ class PolicyEngine:
         gone = pending.model
         tokens = outcome.input_tokens + outcome.output_tokens
         cost = outcome.input_tokens * gone.price_in + outcome.output_tokens * gone.price_out
+        cost -= outcome.cached_input_tokens * (gone.price_in - gone.price_cached)
         wall = now + self._wall_shift
         if pending.reservations:
             for ledger, rid in pending.reservations:

@@ -155,6 +155,7 @@ class _Base:
     def __init__(self, plan: _Call, leg: _Leg, restart: Any) -> None:
         self._plan = plan
         self._leg: _Leg | None = leg
+        self._last = leg.inner  # the SDK stream whose attributes (response, ...) this one shows
         self._restart = restart  # opens the next candidate's stream, carrying on from the partial text
         self._text: list[str] = []
         self._exhausted = False  # the current leg ended while priming (no content at all)
@@ -206,6 +207,7 @@ class _Base:
         assert leg is not None
         leg.held = deque(c for c in leg.held if has_content(c))
         self._leg = leg
+        self._last = leg.inner
         self._exhausted = new._exhausted
 
     def __del__(self) -> None:
@@ -216,10 +218,9 @@ class _Base:
             log.debug("recording a dropped stream failed", exc_info=True)
 
     def __getattr__(self, name: str) -> Any:  # the SDK stream's own attributes (response, ...)
-        leg = self.__dict__.get("_leg")
-        if leg is None:
+        if "_last" not in self.__dict__:
             raise AttributeError(name)
-        return getattr(leg.inner, name)
+        return getattr(self.__dict__["_last"], name)
 
 
 class Stream(_Base, Iterator[Any]):

@@ -198,3 +198,11 @@ def test_ttft_is_its_own_metric_and_the_slow_rule_may_judge_it(policy_dir: Path)
     assert state["ttft"]["by_tier"]["L2"]["calls"] == 3
     assert state["metrics"]["slow_calls"] == 0  # judged on time to first token
     assert eng.state(FLASH)["ttft"]["calls"] == 0
+
+
+def test_an_outcome_with_more_cached_than_input_tokens_is_refused(policy_dir: Path) -> None:
+    eng = PolicyEngine.from_path(policy_dir, clock=FakeClock())
+    d = eng.decide("L2")
+    with pytest.raises(ValueError, match="cached_input_tokens must be at most input_tokens, got 5 > 4"):
+        eng.record(d, Outcome(1.0, 4, 1, cached_input_tokens=5))
+    eng.record(d, Outcome(1.0, 4, 1, cached_input_tokens=4))

@@ -22,12 +22,24 @@ def error_class(exc: BaseException) -> str:
     return match_error(POLICY.error_matches, exc) or classify(exc)[0]
 
 
+OPEN: list[Any] = []
+
+
+@pytest.fixture(autouse=True)
+def _close_clients() -> Any:
+    yield
+    while OPEN:
+        OPEN.pop().close()  # their connection pools: no unclosed sockets left to the garbage collector
+
+
 def oai(fp: FakeProvider, **kw: Any) -> Any:
-    return openai.OpenAI(base_url=fp.openai_url, api_key="test", max_retries=0, **kw)
+    OPEN.append(openai.OpenAI(base_url=fp.openai_url, api_key="test", max_retries=0, **kw))
+    return OPEN[-1]
 
 
 def ant(fp: FakeProvider, **kw: Any) -> Any:
-    return anthropic.Anthropic(base_url=fp.anthropic_url, api_key="test", max_retries=0, **kw)
+    OPEN.append(anthropic.Anthropic(base_url=fp.anthropic_url, api_key="test", max_retries=0, **kw))
+    return OPEN[-1]
 
 
 def test_openai_chat_json_and_stream_with_usage(provider: FakeProvider) -> None:

@@ -230,7 +230,9 @@ class Compiler:
             base = profiles[profile] if self.ref(e, ("breaker",), profile, profiles, "profile") else profiles["default"]
             over = overrides.get(name)
             spec = self.breaker_spec(over, base, over.value) if over else base
-            price = Price(float(v["price"]["input_per_1m"]), float(v["price"]["output_per_1m"]))
+            cached = v["price"].get("cached_input_per_1m")
+            price = Price(float(v["price"]["input_per_1m"]), float(v["price"]["output_per_1m"]),
+                          None if cached is None else float(cached))
             models[name] = ModelSpec(name, v["tier"], v["provider"], v["context_window"], price, spec,
                                      profile, v.get("max_in_flight"), v.get("enabled", True),
                                      v.get("api_model", ""), v.get("timeout_s"), v.get("ttft_timeout_s"),

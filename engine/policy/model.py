@@ -44,9 +44,12 @@ class Price:
 
     input_per_1m: float
     output_per_1m: float
+    cached_input_per_1m: float | None = None  # input tokens read from the provider's prompt cache
 
-    def cost(self, input_tokens: int, output_tokens: int) -> float:
-        return (input_tokens * self.input_per_1m + output_tokens * self.output_per_1m) / 1e6
+    def cost(self, input_tokens: int, output_tokens: int, cached_input_tokens: int = 0) -> float:
+        cached_rate = self.input_per_1m if self.cached_input_per_1m is None else self.cached_input_per_1m
+        return ((input_tokens - cached_input_tokens) * self.input_per_1m + cached_input_tokens * cached_rate
+                + output_tokens * self.output_per_1m) / 1e6
 
 
 @dataclass(frozen=True, slots=True)

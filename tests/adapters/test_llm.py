@@ -41,10 +41,21 @@ def policies(policy_dir: Path, *extra_routing: str) -> Path:
     return policy_dir
 
 
+OPEN: list[LLM] = []
+
+
+@pytest.fixture(autouse=True)
+def _close_clients() -> Iterator[None]:
+    yield
+    while OPEN:
+        OPEN.pop().close()  # their connection pools: no unclosed sockets left to the garbage collector
+
+
 def sync_llm(eng: PolicyEngine, fp: FakeProvider, eu: FakeProvider) -> LLM:
-    return LLM(eng, {"openai": openai.OpenAI(base_url=fp.openai_url, api_key="k"),
-                     "openai-eu": openai.OpenAI(base_url=eu.openai_url, api_key="k"),
-                     "anthropic": anthropic.Anthropic(base_url=fp.anthropic_url, api_key="k")})
+    OPEN.append(LLM(eng, {"openai": openai.OpenAI(base_url=fp.openai_url, api_key="k"),
+                          "openai-eu": openai.OpenAI(base_url=eu.openai_url, api_key="k"),
+                          "anthropic": anthropic.Anthropic(base_url=fp.anthropic_url, api_key="k")}))
+    return OPEN[-1]
 
 
 def test_a_tier_answers_with_the_sdk_response_and_its_usage(policy_dir: Path, provider: FakeProvider,
@@ -112,6 +123,7 @@ def test_an_openai_stream_records_ttft_and_the_usage_chunk(policy_dir: Path, pro
     chunks = list(stream)
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "a b c d"
     state = eng.state(MINI)
+    assert stream.response.status_code == 200  # still the SDK stream's own attributes after the end
     assert (state["metrics"]["tokens_in"], state["metrics"]["tokens_out"]) == (4, 4)
     assert 50 <= state["ttft"]["p50_ms"] <= 80
 
@@ -157,7 +169,8 @@ def test_providers_from_the_policies_take_the_key_from_the_environment(
     with pytest.raises(ClientsError, match="environment variable LOCAL_LLM_KEY"):
         LLM(eng)
     monkeypatch.setenv("LOCAL_LLM_KEY", "secret-123")
-    r = LLM(eng).chat.completions.create(tier="L2", messages=MSG)
+    OPEN.append(LLM(eng))
+    r = OPEN[-1].chat.completions.create(tier="L2", messages=MSG)
     assert r.choices[0].message.content
     call = provider.calls()[0]
     assert call.model == "llama-3.1-8b" and call.headers.get("authorization") == "Bearer secret-123"
@@ -166,7 +179,7 @@ def test_providers_from_the_policies_take_the_key_from_the_environment(
 def test_clients_must_fit_the_adapter(policy_dir: Path, provider: FakeProvider) -> None:
     eng = PolicyEngine.from_path(policy_dir)
     with pytest.raises(ClientsError, match=r"AsyncOpenAI; LLM takes synchronous clients"):
-        LLM(eng, {"openai": openai.AsyncOpenAI(base_url=provider.openai_url, api_key="k")})
+        LLM(eng, {"openai": openai.AsyncOpenAI(base_url=provider.openai_url, api_key="k")})  # never connects
     with pytest.raises(ClientsError, match="expected an openai or anthropic client"):
         LLM(eng, {"openai": object()})
 
@@ -191,3 +204,15 @@ def test_async_clients_enforce_the_attempt_timeout_and_stream(policy_dir: Path, 
     assert answer == streamed == "Hello from the fake provider."
     assert time.monotonic() - t0 < 2.0
     assert eng.state(MINI)["metrics"]["errors_timeout"] >= 2 and eng.state(MINI)["in_flight"] == 0
+
+
+def test_cached_input_tokens_have_their_own_price(policy_dir: Path, provider: FakeProvider,
+                                                  second: FakeProvider) -> None:
+    eng = PolicyEngine.from_path(policies(policy_dir))
+    provider.reply(MINI, "one two three", cached_tokens=3)  # 4 input tokens, 3 from the cache
+    sync_llm(eng, provider, second).chat.completions.create(tier="L2", messages=MSG)
+    # gpt-4.1-mini: input 0.40, cached input 0.10, output 1.60 per 1M tokens
+    assert eng.state(MINI)["metrics"]["cost_usd"] == pytest.approx((1 * 0.40 + 3 * 0.10 + 3 * 1.60) / 1e6)
+    provider.reply(MINI, "one two three", cached_tokens=3, ttft_s=0.0)
+    list(sync_llm(eng, provider, second).chat.completions.create(tier="L2", messages=MSG, stream=True))
+    assert eng.state(MINI)["metrics"]["cost_usd"] == pytest.approx(2 * (1 * 0.40 + 3 * 0.10 + 3 * 1.60) / 1e6)
