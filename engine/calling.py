@@ -57,7 +57,17 @@ from engine.classify import Classifier, classify, match_error, retry_after
 from engine.errors import DeadlineExceeded, NoModelAvailable
 from engine.outcome import MAX_TOKENS, Decision, Outcome
 from engine.policy.model import ErrorClassSpec, RetrySpec
-from engine.streaming import AsyncStream, AttemptTimedOut, Stream, Usage, _Leg, is_async_stream, is_stream, until
+from engine.streaming import (
+    AsyncStream,
+    AttemptTimedOut,
+    Stream,
+    Usage,
+    _Leg,
+    is_async_stream,
+    is_stream,
+    read_field,
+    until,
+)
 
 if TYPE_CHECKING:
     from engine.core import PolicyEngine
@@ -181,12 +191,9 @@ def cached_tokens(result: Any) -> int:
             usage = getattr(result.parse(), "usage", None)
         if usage is None:
             return 0
-        def get(obj: Any, key: str) -> Any:
-            return obj.get(key) if isinstance(obj, Mapping) else getattr(obj, key, None)
-
-        n = get(get(usage, "prompt_tokens_details"), "cached_tokens")
+        n = read_field(read_field(usage, "prompt_tokens_details"), "cached_tokens")
         if n is None:
-            n = get(usage, "cache_read_input_tokens")
+            n = read_field(usage, "cache_read_input_tokens")
         return _count(n) or 0
     except Exception:  # an odd usage object: no cached tokens rather than a lost result
         return 0

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from engine.calling import _Call
 
 __all__ = ["AsyncStream", "Stream", "StreamErrorFrame", "Usage", "chunk_text", "has_content", "is_async_stream",
-           "is_stream"]
+           "is_stream", "read_field"]
 
 log = logging.getLogger(__name__)
 
@@ -49,17 +49,30 @@ class StreamErrorFrame(Exception):
         self.body = error if isinstance(error, Mapping) else body
 
 
-def _get(obj: Any, name: str) -> Any:
-    return obj.get(name) if isinstance(obj, Mapping) else getattr(obj, name, None)
+def read_field(obj: Any, name: str) -> Any:
+    """``obj[name]`` of a mapping, else the attribute, else ``None`` — without the cost of a pydantic
+    model's ``__getattr__`` raising for a field it does not have (SDK responses and chunks)."""
+    if isinstance(obj, Mapping):
+        return obj.get(name)
+    fields = getattr(obj, "__dict__", None)
+    if fields is not None and name in fields:
+        return fields[name]
+    if hasattr(type(obj), "model_fields"):  # pydantic: fields are in __dict__, extras in __pydantic_extra__
+        extra = getattr(obj, "__pydantic_extra__", None)
+        return extra.get(name) if extra else None
+    return getattr(obj, name, None)
+
+
+_get = read_field
 
 
 def is_stream(value: Any) -> bool:
     """An iterator a call returns chunk by chunk (not a string, list, dict or pydantic model)."""
-    return hasattr(value, "__next__") and not isinstance(value, (str, bytes))
+    return isinstance(value, Iterator) and not isinstance(value, (str, bytes))  # ABC check: cached per type
 
 
 def is_async_stream(value: Any) -> bool:
-    return hasattr(value, "__anext__")
+    return isinstance(value, AsyncIterator)
 
 
 def has_content(chunk: Any) -> bool:

@@ -121,11 +121,18 @@ def test_acall_never_runs_past_its_deadline(policy_dir: Path) -> None:
         await asyncio.sleep(30)
         return "never"
 
-    t0 = time.monotonic()
+    took: list[float] = []
+
+    async def main() -> None:
+        t0 = time.monotonic()
+        try:
+            await eng.acall("L2", hang)
+        finally:
+            took.append(time.monotonic() - t0)
+
     with pytest.raises(DeadlineExceeded) as info:
-        asyncio.run(eng.acall("L2", hang))
-    elapsed = time.monotonic() - t0
-    assert 0.2 <= elapsed < 0.3
+        asyncio.run(main())
+    assert 0.2 <= took[0] < 0.25  # the deadline, plus at most a scheduling tick (a loaded machine's, here)
     assert isinstance(info.value.__cause__, AttemptTimedOut)
     for m in (MINI, FLASH):
         assert eng.state(m)["in_flight"] == 0

@@ -117,7 +117,7 @@ def test_with_raw_response_records_the_usage(policy_dir: Path, provider: FakePro
 def test_an_openai_stream_records_ttft_and_the_usage_chunk(policy_dir: Path, provider: FakeProvider,
                                                             second: FakeProvider) -> None:
     eng = PolicyEngine.from_path(policies(policy_dir))
-    provider.reply(MINI, "a b c d", ttft_s=0.05, chunk_interval_s=0.001)
+    provider.reply(MINI, "a b c d", ttft_s=0.05, chunk_interval_s=0.05)
     stream = sync_llm(eng, provider, second).chat.completions.create(tier="L2", messages=MSG, stream=True)
     assert isinstance(stream, Stream) and stream.response.status_code == 200
     chunks = list(stream)
@@ -125,7 +125,7 @@ def test_an_openai_stream_records_ttft_and_the_usage_chunk(policy_dir: Path, pro
     state = eng.state(MINI)
     assert stream.response.status_code == 200  # still the SDK stream's own attributes after the end
     assert (state["metrics"]["tokens_in"], state["metrics"]["tokens_out"]) == (4, 4)
-    assert 50 <= state["ttft"]["p50_ms"] <= 80
+    assert 50 <= state["ttft"]["p50_ms"] < 150 <= 200 <= state["metrics"]["p50_ms"]  # first token, then 3 x 50 ms
 
 
 def test_a_dropped_stream_continues_on_the_other_deployment_seamlessly(policy_dir: Path, provider: FakeProvider,
