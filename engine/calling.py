@@ -191,8 +191,10 @@ def cached_tokens(result: Any) -> int:
             usage = getattr(result.parse(), "usage", None)
         if usage is None:
             return 0
-        n = read_field(read_field(usage, "prompt_tokens_details"), "cached_tokens")
-        if n is None:
+        fields = usage if isinstance(usage, Mapping) else getattr(usage, "__dict__", None)
+        if fields is not None and "prompt_tokens" in fields:  # OpenAI: only its own fields are read
+            n = read_field(fields.get("prompt_tokens_details"), "cached_tokens")
+        else:
             n = read_field(usage, "cache_read_input_tokens")
         return _count(n) or 0
     except Exception:  # an odd usage object: no cached tokens rather than a lost result
