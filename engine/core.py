@@ -764,6 +764,7 @@ class PolicyEngine:
                 "budgets": [led.snapshot(wall) for led in st.ledgers],
                 "in_flight": st.in_flight,
                 "max_in_flight": st.spec.max_in_flight,
+                "taken_out_until": st.out_until if st.out_until > now else None,
                 "metrics": metrics,
                 "ttft": self._ttft_summary(model, now),
                 "health": health(self.policy.monitoring.health, metrics),

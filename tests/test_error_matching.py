@@ -103,9 +103,11 @@ def test_a_retired_model_falls_back_and_is_taken_out_until_a_cool_down(policy_di
     assert taken == [ModelTakenOut(clock.now, MINI, "model_not_found", clock.now + 600)]
     d = eng.decide("L2")
     assert d.model == FLASH and d.reasons == ((MINI, f"taken out of rotation until t={clock.now + 600:.3f}"),)
+    assert eng.state(MINI)["taken_out_until"] == clock.now + 600
     eng.record(d, Outcome(1.0))
     assert eng.state(MINI)["breaker"]["state"] == "closed"  # ignored by the breaker: it is not sick
     clock.advance(600)
+    assert eng.state(MINI)["taken_out_until"] is None
     d = eng.decide("L2")
     assert d.model == MINI
     eng.record(d, Outcome(1.0))
@@ -206,3 +208,10 @@ def test_an_outcome_with_more_cached_than_input_tokens_is_refused(policy_dir: Pa
     with pytest.raises(ValueError, match="cached_input_tokens must be at most input_tokens, got 5 > 4"):
         eng.record(d, Outcome(1.0, 4, 1, cached_input_tokens=5))
     eng.record(d, Outcome(1.0, 4, 1, cached_input_tokens=4))
+
+
+def test_call_never_tries_an_excluded_model(policy_dir: Path) -> None:
+    eng = PolicyEngine.from_path(policy_dir, clock=FakeClock())
+    seen: list[str] = []
+    assert eng.call("L2", lambda m: seen.append(m) or "ok", exclude={MINI}) == "ok"
+    assert seen == [FLASH]

@@ -117,8 +117,10 @@ class _Base:
                 target = target.with_raw_response
             args = kwargs
             if attempt.partial:  # carry on from what the caller already received
+                # Anthropic refuses a prefill that ends in whitespace: the continuation may repeat that space
+                prefill = attempt.partial.rstrip() if kind == "anthropic" else attempt.partial
                 args = {**kwargs, "messages": [*kwargs.get("messages", ()),
-                                               {"role": "assistant", "content": attempt.partial}]}
+                                               {"role": "assistant", "content": prefill}]}
             if attempt.timeout_s is not None:
                 return target.create(model=attempt.api_model, timeout=attempt.timeout_s, **args)
             return target.create(model=attempt.api_model, **args)

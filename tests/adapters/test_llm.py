@@ -216,3 +216,34 @@ def test_cached_input_tokens_have_their_own_price(policy_dir: Path, provider: Fa
     provider.reply(MINI, "one two three", cached_tokens=3, ttft_s=0.0)
     list(sync_llm(eng, provider, second).chat.completions.create(tier="L2", messages=MSG, stream=True))
     assert eng.state(MINI)["metrics"]["cost_usd"] == pytest.approx(2 * (1 * 0.40 + 3 * 0.10 + 3 * 1.60) / 1e6)
+
+
+def test_the_engine_and_the_adapters_work_without_any_sdk(policy_dir: Path) -> None:
+    import subprocess
+    import sys
+
+    (policy_dir / "providers.yaml").write_text(
+        "kind: models\nversion: 1\nmodels:\n  gpt-4o-mini:\n    tier: L1\n    provider: openai\n"
+        "    context_window: 128000\n    price: {input_per_1m: 0.15, output_per_1m: 0.6}\n"
+        "providers:\n  openai: {sdk: openai, base_url: 'http://127.0.0.1:9/v1'}\n")
+    models = policy_dir / "models.yaml"
+    text = models.read_text()
+    start = text.index("  gpt-4o-mini:")
+    models.write_text(text[:start] + text[text.index("  # --- L2", start):])
+    code = f"""
+import sys
+for name in ("openai", "anthropic", "httpx", "httpx2"):
+    sys.modules[name] = None  # not installed
+import engine, engine.adapters, engine.testing
+from engine import PolicyEngine
+eng = PolicyEngine.from_path({str(policy_dir)!r})
+assert "".join(eng.call("L2", lambda m: iter(["a", "b"]))) == "ab"
+try:
+    engine.adapters.LLM(eng)
+except engine.adapters.ClientsError as exc:
+    print(exc)
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                          env={"PYTHONPATH": str(Path(__file__).resolve().parents[2]), "PATH": "/usr/bin:/bin"})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "provider 'openai' needs the openai SDK: pip install 'llm-policy-engine[openai]'"
