@@ -247,3 +247,34 @@ except engine.adapters.ClientsError as exc:
                           env={"PYTHONPATH": str(Path(__file__).resolve().parents[2]), "PATH": "/usr/bin:/bin"})
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "provider 'openai' needs the openai SDK: pip install 'llm-policy-engine[openai]'"
+
+
+def test_async_anthropic_stream_falls_back_on_529_and_a_later_drop_reaches_the_caller(
+        policy_dir: Path, provider: FakeProvider) -> None:
+    eng = PolicyEngine.from_path(policy_dir)
+    provider.fail(HAIKU, 529)
+    llm = AsyncLLM(eng, {"anthropic": anthropic.AsyncAnthropic(base_url=provider.anthropic_url, api_key="k")})
+
+    async def main() -> tuple[list[Any], list[Any], BaseException | None]:
+        stream = await llm.messages.create(tier="L2", max_tokens=50, messages=MSG, stream=True)
+        events = [e async for e in stream]
+        provider.heal()
+        provider.fail(HAIKU, "drop", after_chunks=2)
+        got: list[Any] = []
+        error = None
+        try:
+            async for e in await llm.messages.create(tier="L2", max_tokens=50, messages=MSG, stream=True):
+                got.append(e)
+        except Exception as exc:  # the async Anthropic stream raises httpx2.RemoteProtocolError
+            error = exc
+        await llm.aclose()
+        return events, got, error
+
+    events, got, error = asyncio.run(main())
+    assert [e.type for e in events][0] == "message_start" and events[-1].type == "message_stop"
+    assert eng.state(HAIKU)["metrics"]["errors_overloaded"] == 2  # one same-model retry, then L3's Sonnet
+    assert eng.state(SONNET)["metrics"]["successes"] == 1 and eng.state(SONNET)["metrics"]["tokens_out"] == 5
+    assert type(error).__name__ in ("RemoteProtocolError", "APIConnectionError")  # after content: raised
+    assert [e.type for e in got].count("content_block_delta") == 2
+    m = eng.state(HAIKU)["metrics"]
+    assert m["errors_connection"] == 1 and eng.state(HAIKU)["in_flight"] == 0
