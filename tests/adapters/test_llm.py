@@ -271,7 +271,7 @@ def test_async_anthropic_stream_falls_back_on_529_and_a_later_drop_reaches_the_c
         return events, got, error
 
     events, got, error = asyncio.run(main())
-    assert [e.type for e in events][0] == "message_start" and events[-1].type == "message_stop"
+    assert events[0].type == "message_start" and events[-1].type == "message_stop"
     assert eng.state(HAIKU)["metrics"]["errors_overloaded"] == 2  # one same-model retry, then L3's Sonnet
     assert eng.state(SONNET)["metrics"]["successes"] == 1 and eng.state(SONNET)["metrics"]["tokens_out"] == 5
     assert type(error).__name__ in ("RemoteProtocolError", "APIConnectionError")  # after content: raised
