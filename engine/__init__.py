@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import typing
 
-from engine.errors import NoModelAvailable, PolicyEngineError, PolicyError, StorageError
+from engine.errors import DeadlineExceeded, NoModelAvailable, PolicyEngineError, PolicyError, StorageError
 from engine.events import (
     AnomalyDetected,
     AnomalyResolved,
@@ -20,6 +20,7 @@ from engine.events import (
     CircuitOpened,
     Event,
     FallbackTriggered,
+    ModelTakenOut,
     PolicyReloaded,
     ReloadFailed,
     ReloadRecovered,
@@ -58,9 +59,11 @@ __all__ = [
     "CircuitClosed",
     "CircuitHalfOpened",
     "CircuitOpened",
+    "DeadlineExceeded",
     "Decision",
     "Event",
     "FallbackTriggered",
+    "ModelTakenOut",
     "NoModelAvailable",
     "Outcome",
     "PolicyEngine",

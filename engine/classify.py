@@ -22,7 +22,8 @@ understands the common shapes without importing any SDK:
 
 A retry-after hint is read from ``retry_after`` or the headers of
 ``response.headers`` (any casing): ``retry-after-ms`` (OpenAI), then
-``Retry-After`` as seconds or as an HTTP date. Pass your own ``classifier`` to ``call`` to
+``Retry-After`` as seconds or as an HTTP date. The ``match`` rules of ``errors.yaml`` (:func:`match_error`) are checked
+before the classifier. Pass your own ``classifier`` to ``call`` to
 replace it: a callable ``(exception) -> (error_class, retry_after_s)``.
 """
 
@@ -31,8 +32,10 @@ from __future__ import annotations
 import email.utils
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
+
+from engine.policy.model import ErrorMatch
 
 Classifier = Callable[[BaseException], tuple[str, float | None]]
 
@@ -41,7 +44,8 @@ def _status(exc: BaseException) -> int | None:
     for obj in (exc, getattr(exc, "response", None)):
         for attr in ("status_code", "status", "http_status", "code"):
             value = getattr(obj, attr, None)
-            if isinstance(value, int) and not isinstance(value, bool) and 100 <= value <= 599:
+            # an error status only: Anthropic reports an error inside a 200 stream with status_code 200
+            if isinstance(value, int) and not isinstance(value, bool) and 400 <= value <= 599:
                 return value
     return None
 
@@ -130,3 +134,47 @@ def classify(exc: BaseException) -> tuple[str, float | None]:
         if any(w in text for w in words):
             return name, retry_after(exc)
     return "server_error", retry_after(exc)
+
+
+def _codes_in(obj: Any, out: set[str]) -> None:
+    for attr in ("code", "type", "error_code"):
+        value = obj.get(attr) if isinstance(obj, Mapping) else getattr(obj, attr, None)
+        if isinstance(value, str) and value:
+            out.add(value.lower())
+
+
+def error_fields(exc: BaseException) -> tuple[int | None, frozenset[str], str]:
+    """``(status, codes, message)`` of a provider error, whatever SDK raised it.
+
+    Codes and types come from the exception (``code``, ``type``, ``error_code``:
+    OpenAI's ``insufficient_quota``, Anthropic's ``not_found_error``) and from its
+    JSON ``body`` (``{"error": {"code": ..., "type": ...}}`` or the error object
+    itself); the message joins ``str(exc)`` and the body's ``message``, lower-cased.
+    """
+    codes: set[str] = set()
+    _codes_in(exc, codes)
+    texts = [str(exc)]
+    body = getattr(exc, "body", None)
+    for obj in (body, body.get("error") if isinstance(body, Mapping) else None):
+        if isinstance(obj, Mapping):
+            _codes_in(obj, codes)
+            if isinstance(obj.get("message"), str):
+                texts.append(obj["message"])
+    return _status(exc), frozenset(codes), " ".join(texts).lower()
+
+
+def match_error(rules: Iterable[ErrorMatch], exc: BaseException) -> str | None:
+    """The error class of the first rule ``exc`` satisfies (every condition the rule gives), or ``None``."""
+    fields: tuple[int | None, frozenset[str], str] | None = None
+    for rule in rules:
+        if fields is None:
+            fields = error_fields(exc)
+        status, codes, text = fields
+        if rule.status and status not in rule.status:
+            continue
+        if rule.code and not any(c.lower() in codes for c in rule.code):
+            continue
+        if rule.message and not any(m in text for m in rule.message):
+            continue
+        return rule.error_class
+    return None

@@ -46,6 +46,7 @@ from engine.errors import NoModelAvailable
 from engine.events import (
     Event,
     FallbackTriggered,
+    ModelTakenOut,
     PolicyReloaded,
     ReloadFailed,
     ReloadRecovered,
@@ -91,8 +92,8 @@ class _Model:
     count, breaker or budgets.
     """
 
-    __slots__ = ("spec", "breaker", "ledgers", "in_flight", "limit", "price_in", "price_out", "slow_ms",
-                 "metrics", "removed", "refused")
+    __slots__ = ("spec", "breaker", "ledgers", "in_flight", "limit", "price_in", "price_out", "price_cached", "slow_ms",
+                 "metrics", "removed", "refused", "out_until", "slow_on_ttft")
 
     def __init__(self, spec: ModelSpec, ledgers: tuple[BudgetLedger, ...], breaker: CircuitBreaker) -> None:
         self.breaker = breaker
@@ -108,7 +109,11 @@ class _Model:
         self.limit = spec.max_in_flight or 1 << 62
         self.price_in = spec.price.input_per_1m / 1e6  # USD per token, for record()
         self.price_out = spec.price.output_per_1m / 1e6
+        cached = spec.price.cached_input_per_1m
+        self.price_cached = self.price_in if cached is None else cached / 1e6
         self.slow_ms = spec.breaker.slow_call_ms
+        self.slow_on_ttft = spec.slow_call_on == "ttft"
+        self.out_until = -math.inf  # taken out of rotation (take_out_s) until then; a reload puts it back
         self.metrics: dict[str, RollingMetrics] = {}  # by requested tier; also in engine._metrics
 
 
@@ -256,6 +261,10 @@ class PolicyEngine:
         for (tier, name), m in self._metrics.items():
             models[name].metrics[tier] = m
         self._classes = policy.error_classes
+        self._take_out = {n: c.take_out_s for n, c in policy.error_classes.items() if c.take_out_s}
+        old_ttft: Mapping[tuple[str, str], RollingMetrics] = getattr(self, "_ttft", {})
+        self._ttft: dict[tuple[str, str], RollingMetrics] = {
+            k: m for k, m in old_ttft.items() if same_window and k[0] in policy.tiers and k[1] in models}
         verdicts = {"failure": True, "success": False, "ignore": None}
         self._failed_of: dict[str | None, bool | None] = {
             name: verdicts[c.breaker] for name, c in policy.error_classes.items()}
@@ -504,8 +513,9 @@ class PolicyEngine:
         Returns ``(why_not, ticket, reservations, recovers_at)``; lock held.
         """
         why: str | None = None
-        if exclude or min_context is not None or st.in_flight >= st.limit or not st.spec.enabled:
-            why = self._skip(st, st.spec.name, exclude, min_context)
+        if (exclude or min_context is not None or st.in_flight >= st.limit or not st.spec.enabled
+                or st.out_until > now):
+            why = self._skip(st, st.spec.name, exclude, min_context, now)
         if why is not None:
             # only a full model recovers by itself: a slot frees when a call in flight is recorded
             busy = why.startswith("at max_in_flight")
@@ -546,11 +556,14 @@ class PolicyEngine:
         return why, 0, (), until
 
     @staticmethod
-    def _skip(st: _Model, name: str, exclude: Collection[str], min_context: int | None) -> str | None:
+    def _skip(st: _Model, name: str, exclude: Collection[str], min_context: int | None,
+              now: float) -> str | None:
         if name in exclude:
             return "already tried in this call"
         if not st.spec.enabled:
             return "disabled in the policy"
+        if st.out_until > now:
+            return f"taken out of rotation until t={st.out_until:.3f}"
         if min_context is not None and st.spec.context_window <= min_context:
             return f"context window {st.spec.context_window} is not larger than {min_context}"
         if st.in_flight >= st.limit:
@@ -601,9 +614,18 @@ class PolicyEngine:
                 error = outcome.error
                 failed = self._failed_of[error]  # True, False, or None for an ignored class
                 latency = outcome.latency_ms
-                st.breaker.on_result(now, failed, latency, ticket=pending.ticket)
+                ttft = outcome.ttft_ms
+                judged = ttft if st.slow_on_ttft and ttft is not None else latency
+                st.breaker.on_result(now, failed, judged, ticket=pending.ticket)
+                if error is not None and error in self._take_out:
+                    until = now + self._take_out[error]
+                    if until > st.out_until:
+                        st.out_until = until
+                        events.append(ModelTakenOut(now, decision.model, error, until))
                 tin, tout = outcome.input_tokens, outcome.output_tokens
                 cost = tin * st.price_in + tout * st.price_out
+                if outcome.cached_input_tokens:
+                    cost -= outcome.cached_input_tokens * (st.price_in - st.price_cached)
                 if st.ledgers:
                     wall = now + self._wall_shift
                     if pending.reservations:
@@ -612,8 +634,10 @@ class PolicyEngine:
                     else:
                         for ledger in st.ledgers:
                             ledger.settle(wall, None, tin + tout, cost)
-                slow = latency > st.slow_ms
+                slow = judged > st.slow_ms
                 tier = decision.requested_tier
+                if ttft is not None:
+                    self._ttft_of(tier, decision.model).record(now, ttft, None, False, False, 0, 0, 0.0, False)
                 metrics = st.metrics.get(tier)
                 if metrics is None:
                     metrics = st.metrics[tier] = self._metrics[(tier, decision.model)] = RollingMetrics(
@@ -635,6 +659,20 @@ class PolicyEngine:
         if events:
             self._deliver()
 
+    def _ttft_of(self, tier: str, model: str) -> RollingMetrics:
+        m = self._ttft.get((tier, model))
+        if m is None:
+            m = self._ttft[(tier, model)] = RollingMetrics(self.policy.monitoring.window_s, _METRIC_BUCKETS)
+        return m
+
+    def _ttft_summary(self, model: str, now: float) -> dict[str, Any]:
+        """Time to first token of ``model``'s streamed calls: p50/p95/p99 overall and per requested tier."""
+        def quantiles(ms: list[RollingMetrics]) -> dict[str, Any]:
+            names = summarize([m.live(now) for m in ms])
+            return {k: names[k] for k in ("calls", "p50_ms", "p95_ms", "p99_ms")}
+        mine = {t: m for (t, name), m in self._ttft.items() if name == model}
+        return {**quantiles(list(mine.values())), "by_tier": {t: quantiles([m]) for t, m in mine.items()}}
+
     @staticmethod
     def _mismatch(decision: Decision) -> str:
         return (f"decision {decision.id!r} ({decision.model!r}) does not match the decision this engine handed "
@@ -649,6 +687,7 @@ class PolicyEngine:
         gone = pending.model
         tokens = outcome.input_tokens + outcome.output_tokens
         cost = outcome.input_tokens * gone.price_in + outcome.output_tokens * gone.price_out
+        cost -= outcome.cached_input_tokens * (gone.price_in - gone.price_cached)
         wall = now + self._wall_shift
         if pending.reservations:
             for ledger, rid in pending.reservations:
@@ -660,8 +699,9 @@ class PolicyEngine:
                 ledger.settle(wall, None, tokens, cost)
 
     # -- the decide / call / record loop ----------------------------------------
-    def call(self, tier: str, fn: Callable[[str], Any], *, estimated_tokens: int | None = None,
-             classifier: Any = None, tokens: Any = None, sleep: Any = None, rng: Any = None) -> Any:
+    def call(self, tier: str, fn: Callable[..., Any], *, estimated_tokens: int | None = None,
+             classifier: Any = None, tokens: Any = None, sleep: Any = None, rng: Any = None,
+             deadline_s: float | None = None, exclude: Collection[str] = ()) -> Any:
         """Call ``fn(model)`` through decide/record, retrying and falling back per policy.
 
         See :mod:`engine.calling` for the loop and :mod:`engine.classify` for
@@ -670,15 +710,16 @@ class PolicyEngine:
         from engine import calling
 
         return calling.call(self, tier, fn, estimated_tokens=estimated_tokens, classifier=classifier,
-                            tokens=tokens, sleep=sleep, rng=rng)
+                            tokens=tokens, sleep=sleep, rng=rng, deadline_s=deadline_s, exclude=exclude)
 
-    async def acall(self, tier: str, fn: Callable[[str], Any], *, estimated_tokens: int | None = None,
-                    classifier: Any = None, tokens: Any = None, sleep: Any = None, rng: Any = None) -> Any:
+    async def acall(self, tier: str, fn: Callable[..., Any], *, estimated_tokens: int | None = None,
+                    classifier: Any = None, tokens: Any = None, sleep: Any = None, rng: Any = None,
+                    deadline_s: float | None = None, exclude: Collection[str] = ()) -> Any:
         """``call`` for coroutine functions: ``await fn(model)``."""
         from engine import calling
 
         return await calling.acall(self, tier, fn, estimated_tokens=estimated_tokens, classifier=classifier,
-                                   tokens=tokens, sleep=sleep, rng=rng)
+                                   tokens=tokens, sleep=sleep, rng=rng, deadline_s=deadline_s, exclude=exclude)
 
     # -- events --------------------------------------------------------------
     def subscribe(self, listener: Listener) -> Callable[[], None]:
@@ -794,7 +835,9 @@ class PolicyEngine:
                 "budgets": [led.snapshot(wall) for led in st.ledgers],
                 "in_flight": st.in_flight,
                 "max_in_flight": st.spec.max_in_flight,
+                "taken_out_until": st.out_until if st.out_until > now else None,
                 "metrics": metrics,
+                "ttft": self._ttft_summary(model, now),
                 "health": health(self.policy.monitoring.health, metrics),
             }
             self._post([])

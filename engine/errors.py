@@ -8,6 +8,8 @@ The tree::
     ├── NoModelAvailable              no candidate could serve a decision
     │                                 (.candidates: each model and its reason,
     │                                  .retry_at: earliest recovery, or None)
+    ├── DeadlineExceeded              call/acall ran out of its deadline (also a
+    │                                 TimeoutError; __cause__: the last failure)
     └── StorageError                  a storage backend failed
 
 ``record`` raises the built-in ``ValueError`` for a bad outcome or a decision
@@ -71,6 +73,18 @@ class NoModelAvailable(PolicyEngineError):
         elif retry_at is not None:
             when = f" (earliest recovery at t={retry_at:.3f})"
         super().__init__(f"no model available for tier {tier}: {detail}{when}")
+
+
+class DeadlineExceeded(PolicyEngineError, TimeoutError):
+    """A call's deadline (``timeouts.deadline_s`` or ``deadline_s=``) passed before an answer.
+
+    ``__cause__`` is the last exception an attempt raised, if any.
+    """
+
+    def __init__(self, tier: str, deadline_s: float, attempts: int) -> None:
+        self.tier, self.deadline_s, self.attempts = tier, deadline_s, attempts
+        super().__init__(f"deadline of {deadline_s:g} s for tier {tier} passed after "
+                         f"{attempts} attempt{'s' if attempts != 1 else ''}")
 
 
 class StorageError(PolicyEngineError):

@@ -186,6 +186,17 @@ class RequestRefused(Event):
     TIME_FIELDS: ClassVar[tuple[str, ...]] = ("retry_at",)
 
 
+@dataclass(frozen=True, slots=True)
+class ModelTakenOut(Event):
+    """An error whose class has ``take_out_s`` (a retired model's 404, say) took ``model`` out of
+    rotation until ``until`` (engine clock) or the next reload."""
+
+    model: str
+    error: str
+    until: float
+    TIME_FIELDS: ClassVar[tuple[str, ...]] = ("until",)
+
+
 Listener = Callable[[Event], None]
 
 

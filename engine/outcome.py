@@ -45,7 +45,8 @@ class Outcome:
     (``timeout``, ``rate_limit``, ``server_error``, ...). ``retry_after_s``
     carries a provider's retry-after hint (a 429's header), if any.
     ``latency_ms`` is a finite number >= 0; token counts are integers from 0
-    to 2**53 - 1.
+    to 2**53 - 1. ``ttft_ms``: time to the first chunk that carried content,
+    for a streamed call (kept as its own rolling metric).
     """
 
     latency_ms: float
@@ -53,12 +54,15 @@ class Outcome:
     output_tokens: int = 0
     error: str | None = None
     retry_after_s: float | None = None
+    ttft_ms: float | None = None
+    cached_input_tokens: int = 0  # of input_tokens, read from the prompt cache (priced cached_input_per_1m)
 
     def problem(self, error_classes: Mapping[str, Any]) -> str | None:
         """Why this outcome cannot be recorded, or ``None`` when it is sound."""
         lat, tin, tout, error = self.latency_ms, self.input_tokens, self.output_tokens, self.error
         if (type(lat) is float and 0.0 <= lat < _INF and type(tin) is int and 0 <= tin < 9007199254740992
                 and type(tout) is int and 0 <= tout < 9007199254740992 and self.retry_after_s is None
+                and self.ttft_ms is None and self.cached_input_tokens == 0
                 and (error is None or (type(error) is str and error in error_classes))):
             return None  # the common case, checked without a call per field (9007199254740992 = 2**53)
         if not _finite(lat) or lat < 0:
@@ -78,6 +82,15 @@ class Outcome:
         ra = self.retry_after_s
         if ra is not None and (not _finite(ra) or ra < 0):
             return f"retry_after_s must be None or a finite number >= 0, got {shown(ra)}"
+        cached = self.cached_input_tokens
+        bad = token_problem("cached_input_tokens", cached)
+        if bad is not None:
+            return bad
+        if cached > tin:
+            return f"cached_input_tokens must be at most input_tokens, got {cached} > {tin}"
+        ttft = self.ttft_ms
+        if ttft is not None and (not _finite(ttft) or ttft < 0):
+            return f"ttft_ms must be None or a finite number >= 0, got {shown(ttft)}"
         return None
 
 

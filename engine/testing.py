@@ -2,6 +2,9 @@
 
 :class:`FakeClock` stands in for the engine's ``clock`` (a zero-argument
 callable returning seconds) so tests drive time explicitly and never sleep.
+:class:`FakeProvider` (from :mod:`engine.testing_provider`) is a real
+OpenAI- and Anthropic-compatible HTTP server on a loopback port that injects
+provider faults per model, to test policies against the official SDKs.
 """
 
 from __future__ import annotations
@@ -9,7 +12,9 @@ from __future__ import annotations
 import math
 import threading
 
-__all__ = ["FakeClock"]
+from engine.testing_provider import FakeProvider
+
+__all__ = ["FakeClock", "FakeProvider"]
 
 #: 2026-01-01T00:00:00Z as Unix epoch seconds.
 DEFAULT_START = 1_767_225_600.0

@@ -15,3 +15,12 @@ def policy_dir(tmp_path: Path) -> Path:
     target = tmp_path / "policies"
     shutil.copytree(POLICIES, target)
     return target
+
+
+@pytest.fixture
+def provider():  # type: ignore[no-untyped-def]
+    """A fake OpenAI/Anthropic provider on a free loopback port (engine.testing.FakeProvider)."""
+    from engine.testing import FakeProvider
+
+    with FakeProvider() as fp:
+        yield fp

@@ -402,9 +402,11 @@ def test_a_record_racing_a_reload_that_removes_its_error_class_is_refused_untouc
         eng: PolicyEngine, policy_dir: Path) -> None:
     errors = policy_dir / "errors.yaml"
     text = errors.read_text()
-    start = text.index("  overloaded:")
-    assert all(not line.strip() or line.startswith("    ") for line in text[start:].splitlines()[1:])  # the last
-    without = text[:start]
+    lines = text.splitlines(keepends=True)
+    start = next(i for i, line in enumerate(lines) if line.startswith("  overloaded:"))
+    end = next((i for i in range(start + 1, len(lines))  # the next class, or the next top-level key
+                if lines[i].strip() and not lines[i].startswith("    ")), len(lines))
+    without = "".join(lines[:start] + lines[end:])
     d = eng.decide("L2", model="gpt-4.1-mini", estimated_tokens=1000)
     before = eng.state("gpt-4.1-mini")
 

@@ -11,7 +11,7 @@ from engine.testing import FakeClock
 
 
 def test_exports() -> None:
-    assert testing.__all__ == ["FakeClock"]
+    assert testing.__all__ == ["FakeClock", "FakeProvider"]
 
 
 def test_default_start_is_2026_01_01_utc() -> None:

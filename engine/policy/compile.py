@@ -23,16 +23,19 @@ from engine.policy.model import (
     BreakerSpec,
     BudgetSpec,
     ErrorClassSpec,
+    ErrorMatch,
     Expression,
     HealthSpec,
     ModelSpec,
     MonitoringSpec,
     PolicySet,
     Price,
+    ProviderSpec,
     RecommendationRule,
     ReportSpec,
     RetrySpec,
     TierSpec,
+    TimeoutSpec,
     frozen_map,
 )
 from engine.policy.problems import Problem, Suggester, sort_problems
@@ -40,7 +43,7 @@ from engine.policy.yamlread import Document, Path
 
 #: Per kind, the top-level keys that hold named entries (all others are settings).
 COLLECTIONS: dict[str, tuple[str, ...]] = {
-    "models": ("models",),
+    "models": ("models", "providers"),
     "breakers": ("profiles", "overrides"),
     "budgets": ("budgets",),
     "routing": ("tiers",),
@@ -195,6 +198,25 @@ class Compiler:
             classes[name] = dataclasses.replace(base, **fields)
         return classes
 
+    def error_matches(self, classes: Mapping[str, ErrorClassSpec]) -> tuple[ErrorMatch, ...]:
+        e = self.settings.get(("errors", "match"))
+        rules = []
+        for i, rule in enumerate(e.value if e is not None else ()):
+            assert e is not None
+            self.ref(e, (i, "class"), rule["class"], classes, "error-class")
+
+            def many(key: str, rule: Mapping[str, Any] = rule) -> tuple[Any, ...]:
+                value = rule.get(key, [])
+                return tuple(value) if isinstance(value, list) else (value,)
+            rules.append(ErrorMatch(rule["class"], many("status"), many("code"),
+                                    tuple(m.lower() for m in many("message"))))
+        return tuple(rules)
+
+    def providers(self) -> dict[str, ProviderSpec]:
+        return {name: ProviderSpec(name, e.value.get("sdk", "openai"), e.value.get("base_url"),
+                                   e.value.get("api_key_env"))
+                for name, e in self.entries("models", "providers").items()}
+
     def breaker_spec(self, entry: _Entry | None, base: BreakerSpec, over: Mapping[str, Any]) -> BreakerSpec:
         # policies write rates as fractions (0.5); the breaker compares percents of its window (50.0)
         over = {k: round(v * 100, 9) if k in _FRACTIONS else v for k, v in over.items()}
@@ -232,9 +254,13 @@ class Compiler:
             base = profiles[profile] if self.ref(e, ("breaker",), profile, profiles, "profile") else profiles["default"]
             over = overrides.get(name)
             spec = self.breaker_spec(over, base, over.value) if over else base
-            price = Price(float(v["price"]["input_per_1m"]), float(v["price"]["output_per_1m"]))
+            cached = v["price"].get("cached_input_per_1m")
+            price = Price(float(v["price"]["input_per_1m"]), float(v["price"]["output_per_1m"]),
+                          None if cached is None else float(cached))
             models[name] = ModelSpec(name, v["tier"], v["provider"], v["context_window"], price, spec,
-                                     profile, v.get("max_in_flight"), v.get("enabled", True))
+                                     profile, v.get("max_in_flight"), v.get("enabled", True),
+                                     v.get("api_model", ""), v.get("timeout_s"), v.get("ttft_timeout_s"),
+                                     v.get("slow_call_on", "total"))
         for name, e in overrides.items():
             self.ref(e, (), name, models, "model", key=True)
         return models
@@ -414,6 +440,9 @@ class Compiler:
             recommendations=self.recommendations(classes),
             report=self.report(),
             storage_uri=self.setting("storage", "uri"),
+            error_matches=self.error_matches(classes),
+            providers=frozen_map(self.providers()),
+            timeouts=TimeoutSpec(**self.setting("routing", "timeouts", {})),
         )
         self.unused_profiles(models)
         if any(p.is_error for p in self.problems):

@@ -47,9 +47,12 @@ class Price:
 
     input_per_1m: float
     output_per_1m: float
+    cached_input_per_1m: float | None = None  # input tokens read from the provider's prompt cache
 
-    def cost(self, input_tokens: int, output_tokens: int) -> float:
-        return (input_tokens * self.input_per_1m + output_tokens * self.output_per_1m) / 1e6
+    def cost(self, input_tokens: int, output_tokens: int, cached_input_tokens: int = 0) -> float:
+        cached_rate = self.input_per_1m if self.cached_input_per_1m is None else self.cached_input_per_1m
+        return ((input_tokens - cached_input_tokens) * self.input_per_1m + cached_input_tokens * cached_rate
+                + output_tokens * self.output_per_1m) / 1e6
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +85,15 @@ class ModelSpec:
     breaker_profile: str = "default"
     max_in_flight: int | None = None
     enabled: bool = True
+    api_model: str = ""  # the id sent to the provider's API; "" means the same as ``name``
+    timeout_s: float | None = None  # one attempt, start to last chunk
+    ttft_timeout_s: float | None = None  # start to the first chunk that carries content
+    slow_call_on: Literal["total", "ttft"] = "total"  # what the breaker's slow-call rule judges
+
+    @property
+    def api_id(self) -> str:
+        """The model id to send to the provider (``api_model``, else the policy name)."""
+        return self.api_model or self.name
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +123,32 @@ class ErrorClassSpec:
     breaker: BreakerVerdict = "failure"
     fallback: FallbackRule = "any"
     retry: bool = False
+    take_out_s: float | None = None  # out of rotation this long (or until a reload) after one such error
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorMatch:
+    """A declarative rule of ``errors.yaml``: every condition given must hold.
+
+    ``status`` is the HTTP status; ``code`` matches a provider's error code or
+    type (``insufficient_quota``, ``not_found_error``); ``message`` is a
+    substring of the error message, compared without case.
+    """
+
+    error_class: str
+    status: tuple[int, ...] = ()
+    code: tuple[str, ...] = ()
+    message: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderSpec:
+    """Where a provider's API lives: its SDK kind, base URL and the environment variable of its key."""
+
+    name: str
+    sdk: Literal["openai", "anthropic"] = "openai"
+    base_url: str | None = None
+    api_key_env: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +162,18 @@ class RetrySpec:
     honour_retry_after: bool = True
     max_retry_after_s: float = 30.0
     max_wait_s: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class TimeoutSpec:
+    """routing.yaml ``timeouts``: per attempt and to first content (defaults a model may override),
+    the deadline of one call across retries and fallbacks, and what a stream does after content
+    reached the caller and then failed (``raise`` it, or ``continue`` on the next candidate)."""
+
+    attempt_s: float | None = None
+    ttft_s: float | None = None
+    deadline_s: float | None = None
+    after_content: Literal["raise", "continue"] = "raise"
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,6 +267,9 @@ class PolicySet:
     storage_uri: str | None = None  # the storage policy's uri, if any
     #: problems of severity ``warning`` found while loading (the set is valid with them)
     warnings: tuple[Problem, ...] = field(default=(), compare=False)
+    error_matches: tuple[ErrorMatch, ...] = ()  # errors.yaml ``match``, evaluated in order
+    providers: Mapping[str, ProviderSpec] = field(default_factory=frozen_map)
+    timeouts: TimeoutSpec = field(default_factory=lambda: TimeoutSpec())
 
     def budgets_for(self, model: str) -> tuple[BudgetSpec, ...]:
         """Every budget that a call to ``model`` spends from."""

@@ -63,6 +63,7 @@ CODES: dict[str, str] = {
     "unreachable-model": "a model that no tier lists as a candidate",
     "no-candidates": "a tier with no enabled candidate model",
     "duplicate-candidate": "a tier lists the same model twice",
+    "unknown-error-class": "an error matching rule names an error class that is not defined",
     "threshold-order": "warn_at must be below exhaust_at, open_for_s at most max_open_for_s, etc.",
     "missing-field": "a value that must be given in this case is absent",
     # expressions

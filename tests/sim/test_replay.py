@@ -106,8 +106,8 @@ def test_malformed_lines_are_reported_with_line_numbers_and_skipped(tmp_path: Pa
         f"{trace}:7: expected 7 fields as in the header, got 4",
         f"{trace}:8: timestamp: expected ISO 8601 or epoch seconds, got 'yesterday'",
         f"{trace}:9: unknown outcome 'exploded' (did you mean 'overloaded'?); expected ok or one of auth, "
-        "bad_request, cancelled, connection, content_policy, context_window, overloaded, rate_limit, "
-        "server_error, timeout",
+        "bad_request, cancelled, connection, content_policy, context_window, model_not_found, overloaded, "
+        "quota_exhausted, rate_limit, server_error, timeout",
     ]
     assert "3 calls from 3 of 8 lines; 5 malformed lines SKIPPED (see stderr)" in done.stdout
 
