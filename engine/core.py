@@ -647,7 +647,7 @@ class PolicyEngine:
                 if self._history is not None:
                     self._history.record_call(now + self._wall_shift, tier, decision.model, latency, error,
                                               failed is True, slow, tin, tout, cost, decision.is_fallback,
-                                              pending.request)
+                                              pending.request, ttft)
             if now >= self._monitor.next_at:
                 self._tick(now, events)
             if self._sink:
