@@ -701,6 +701,32 @@ def test_status_as_a_table(live: Path) -> None:
     assert "opus-daily 95% warn" in opus
 
 
+def test_status_shows_time_to_first_token_p95_of_models_that_streamed(tmp_path: Path) -> None:
+    path = tmp_path / "live.db"
+    clock = FakeClock(at(2, 9))
+    eng = PolicyEngine.from_path(POLICIES, clock=clock, store=SQLiteStore(f"sqlite:///{path}?flush_s=3600"))
+    for i in range(20):
+        eng.record(eng.decide("L2"), Outcome(800.0, 100, 50, ttft_ms=100.0 + 10 * i))
+    eng.record(eng.decide("L1"), Outcome(80.0, 100, 50))
+    clock.advance(10)
+    eng.close()
+    args = ("--policies", str(POLICIES), "--store", f"sqlite:///{path}")
+    result = status_cli(*args, "--format", "json")
+    assert result.returncode == 0, result.stderr
+    models = {m["model"]: m["window"] for m in json.loads(result.stdout)["models"]}
+    assert models["gpt-4.1-mini"]["streamed"] == 20
+    assert models["gpt-4.1-mini"]["ttft_p95_ms"] == pytest.approx(280.0, rel=0.01)
+    assert (models["gpt-4.1-nano"]["streamed"], models["gpt-4.1-nano"]["ttft_p95_ms"]) == (0, None)
+    lines = status_cli(*args).stdout.splitlines()
+    assert lines[3].split() == ["MODEL", "TIER", "HEALTH", "BREAKER", "CALLS", "SUCCESS", "P95", "TTFT", "P95",
+                                "BUDGETS"]
+    assert next(line for line in lines if line.startswith("gpt-4.1-mini ")).split()[4:9] == [
+        "20", "100.0%", "800", "ms", "279"]  # the stored histogram's estimate, within 1%
+    assert next(line for line in lines if line.startswith("gpt-4.1-nano ")).split()[4:8] == ["1", "100.0%", "80",
+                                                                                              "ms"]
+    assert "—" in next(line for line in lines if line.startswith("gpt-4.1-nano ")).split()[8]
+
+
 def test_status_without_a_store_is_a_clear_failure(tmp_path: Path) -> None:
     result = status_cli("--policies", str(POLICIES), "--store", f"sqlite:///{tmp_path / 'nope.db'}")
     assert result.returncode == 1 and "no history database at" in result.stderr
