@@ -188,13 +188,15 @@ def test_streamed_calls_time_to_first_token_is_its_own_histogram_per_minute(stor
     store.flush()
     store.record_call(T0 + 4, "L2", "m", 600.0, None, False, False, 1, 1, 0.0, False, ttft_ms=300.0)
     store.flush()  # merged into the stored row
+    store.record_call(T0 + 5, "L2", "m", 600.0, None, False, False, 1, 1, 0.0, False)
+    store.flush()  # a row without streamed calls leaves the stored bounds
     first, second = rows(db, f"SELECT {TTFT} FROM minutes ORDER BY minute")  # noqa: S608
     hist = decode_latency(*first)  # type: ignore[arg-type]
     assert (hist.count, hist.min, hist.max, hist.total) == (3, 0.0, 300.0, 420.0)
     assert hist.quantiles((0.5, 1.0)) == [pytest.approx(120.0, rel=0.01), 300.0]
     assert second == (0, 0.0, None, None, "{}")  # no streamed call that minute
     assert decode_latency(*second).count == 0  # type: ignore[arg-type]
-    assert rows(db, "SELECT sum(calls) FROM minutes") == [(5,)]
+    assert rows(db, "SELECT sum(calls) FROM minutes") == [(6,)]
 
 
 def test_a_version_2_history_migrates_and_keeps_its_rows(db: Path) -> None:
