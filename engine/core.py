@@ -647,7 +647,7 @@ class PolicyEngine:
                 if self._history is not None:
                     self._history.record_call(now + self._wall_shift, tier, decision.model, latency, error,
                                               failed is True, slow, tin, tout, cost, decision.is_fallback,
-                                              pending.request)
+                                              pending.request, ttft)
             if now >= self._monitor.next_at:
                 self._tick(now, events)
             if self._sink:
@@ -862,7 +862,9 @@ class PolicyEngine:
         consecutive openings, in-flight count and limit; ``calls``: per
         (requested tier, model) cumulative counters since the model's metrics
         began (``calls``, ``successes``, ``errors`` by class, ``fallbacks``,
-        tokens, cost, and ``latency`` as a LatencyHistogram); ``budgets``: each
+        tokens, cost, and ``latency`` as a LatencyHistogram); ``ttft``: per
+        (requested tier, model) that streamed, the time to first token of its
+        streamed calls since its metric began (a LatencyHistogram); ``budgets``: each
         ledger's snapshot (wall-clock times); ``anomalies``: the active ones;
         ``reload``: :meth:`reload_status`. Costs nothing on the decision path:
         the counters are the rolling metrics' own.
@@ -885,6 +887,10 @@ class PolicyEngine:
                               "requests": c.requests,
                               "fallbacks": c.fallbacks, "tokens_in": c.tokens_in, "tokens_out": c.tokens_out,
                               "cost_usd": c.cost, "latency": c.latency}
+            ttft = {}
+            for key, m in self._ttft.items():
+                m.live(now)
+                ttft[key] = m.cumulative().latency
             budgets = {n: led.snapshot(wall) for n, led in self._ledgers.items()}
             rules = {r.name: r for r in policy.monitoring.anomalies}
             anomalies = [{"rule": r, "target": t, "scope": rules[r].scope, "severity": rules[r].severity}
@@ -892,7 +898,7 @@ class PolicyEngine:
             self._post([])
         self._deliver()
         return {"now": now, "wall": wall, "revision": policy.revision, "tier_order": list(policy.tier_order),
-                "models": models, "calls": calls, "budgets": budgets, "anomalies": anomalies,
+                "models": models, "calls": calls, "ttft": ttft, "budgets": budgets, "anomalies": anomalies,
                 "reload": self.reload_status()}
 
     def performance_report(self) -> dict[str, Any]:

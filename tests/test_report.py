@@ -76,15 +76,17 @@ class _Day:
         self.opus_cost = 0.0
 
     def call(self, t: float, tier: str, model: str, lo: float, hi: float, error: str | None = None,
-             fallback: tuple[str, str] | None = None, tokens: tuple[int, int] = (800, 200)) -> None:
-        """One recorded call; ``fallback`` is (the model skipped or failed, why)."""
+             fallback: tuple[str, str] | None = None, tokens: tuple[int, int] = (800, 200),
+             stream: float | None = None) -> None:
+        """One recorded call; ``fallback`` is (the model skipped or failed, why); ``stream``: a streamed call
+        whose first token came after that share of its latency."""
         spec = self.policy.models.get(model)
         tin, tout = tokens if error is None else (tokens[0], 0)
         cost = spec.price.cost(tin, tout) if spec else (tin * 0.5 + tout * 1.5) / 1e6
         latency = round(self.rng.uniform(lo, hi), 1)
         failed = error is not None and self.policy.error_classes[error].breaker == "failure"
         self.store.record_call(t, tier, model, latency, error, failed, latency > 30_000, tin, tout, cost,
-                               fallback is not None)
+                               fallback is not None, ttft_ms=None if stream is None else round(latency * stream, 1))
         if fallback is not None:
             self.store.append_event(FallbackTriggered(t, tier, fallback[0], model, spec.tier if spec else tier,
                                                       fallback[1]))
@@ -112,7 +114,8 @@ def fixed_history(path: Path, policies: Path = POLICIES) -> None:
     L1 hits a rate-limit storm at 10:00 and falls back; L2's first model times out from 14:00, its breaker
     opens at 14:02 and closes at 14:31, L2 serving from its second model meanwhile; a model the policies
     no longer know serves some L2 calls until 08:00; Opus runs out of budget at 15:00 and L4 falls back to
-    gpt-5; o3 is added by a reload at 12:58 and takes traffic from 13:15.
+    gpt-5; o3 is added by a reload at 12:58 and takes traffic from 13:15. L3's calls stream on the day
+    (claude-sonnet-4-5's all, gpt-4.1's every other one); nothing streamed the day before.
     """
     store = SQLiteStore(f"sqlite:///{path}?flush_s=3600")
     day = _Day(store, policies)
@@ -146,8 +149,8 @@ def fixed_history(path: Path, policies: Path = POLICIES) -> None:
             if hour < 8:
                 call(u + 2, "L2", "legacy-model", 900, 3200)
         if slot % 3 == 0:
-            call(t + 200, "L3", "claude-sonnet-4-5", 2000, 9000, tokens=(3000, 900))
-            call(t + 201, "L3", "gpt-4.1", 1800, 7000, tokens=(3000, 900))
+            call(t + 200, "L3", "claude-sonnet-4-5", 2000, 9000, tokens=(3000, 900), stream=0.1)
+            call(t + 201, "L3", "gpt-4.1", 1800, 7000, tokens=(3000, 900), stream=0.15 if slot % 2 else None)
         day.opus(t + 300)
         if hour >= 13 and slot % 2 == 1:
             call(t + 301, "L4", "o3", 5000, 20000, tokens=(5000, 3000))
@@ -252,6 +255,35 @@ def test_a_quiet_day_still_shows_the_month_so_far(history: Path, tmp_path: Path)
     assert "| everything-monthly | all models | monthly (Europe/Berlin) | $20,000.00 | 0.4% | $85.32 |" in md
     assert html.count('<p class="empty">No calls on this day.</p>') == 3
     assert "everything-monthly (all)</li>" in html
+
+
+def test_a_day_without_streamed_calls_has_no_time_to_first_token_section(history: Path, tmp_path: Path) -> None:
+    md, html = render_day(history, tmp_path / "before", date(2026, 1, 1))  # the day before streamed nothing
+    assert "Time to first token" not in md and "TTFT" not in md
+    assert "Time to first token" not in html and 'id="ttft"' not in html
+    md, html = render_day(history, tmp_path / "day")
+    assert "| L3 | all models | 72 | 75.0% |" in md and '<section id="ttft">' in html
+
+
+def test_time_to_first_token_rows_per_tier_and_model(tmp_path: Path) -> None:
+    store = SQLiteStore(f"sqlite:///{tmp_path / 'h.db'}?flush_s=3600")
+    for i in range(100):
+        store.record_call(at(2, 9, i // 10), "L2", "gpt-4.1-mini", 900.0, None, False, False, 1, 1, 0.0, False,
+                          ttft_ms=float(i + 1))
+        store.record_call(at(2, 9, i // 10), "L2", "gemini-2.5-flash", 900.0, None, False, False, 1, 1, 0.0, False)
+        store.record_call(at(2, 11), "L1", "gpt-4.1-nano", 90.0, None, False, False, 1, 1, 0.0, False)
+    store.record_call(at(2, 12), "L4", "a|b", 90.0, None, False, False, 1, 1, 0.0, False, ttft_ms=0.0)
+    store.close()
+    with closing(open_readonly(tmp_path / "h.db")) as conn:
+        hist = read_day(conn, DAY, "Europe/Berlin")
+    rows = build_report(hist, load_policies(POLICIES)).ttft
+    assert [(r.scope, r.tier, r.name, r.streamed, r.share) for r in rows] == [
+        ("tier", "L2", "L2", "100", "50.0%"), ("model", "L2", "gpt-4.1-mini", "100", "100.0%"),
+        ("tier", "L4", "L4", "1", "100.0%"), ("model", "L4", "a|b", "1", "100.0%")]
+    assert [(r.p50, r.p95) for r in rows] == [("50 ms", "95 ms")] * 2 + [("0 ms", "0 ms")] * 2
+    md, html = render_day(tmp_path / "h.db", tmp_path / "out")
+    assert "| L4 | a\\|b | 1 | 100.0% | 0 ms | 0 ms |" in md
+    assert '<td>L4</td><td class="name">a|b</td><td class="num">1</td>' in html
 
 
 def test_the_html_is_self_contained(history: Path, tmp_path: Path) -> None:
@@ -667,6 +699,32 @@ def test_status_as_a_table(live: Path) -> None:
     assert row.split()[:5] == ["gpt-4.1-mini", "L2", "unhealthy", "open,", "probes"]
     opus = next(line for line in lines if line.startswith("claude-opus-4-1 "))
     assert "opus-daily 95% warn" in opus
+
+
+def test_status_shows_time_to_first_token_p95_of_models_that_streamed(tmp_path: Path) -> None:
+    path = tmp_path / "live.db"
+    clock = FakeClock(at(2, 9))
+    eng = PolicyEngine.from_path(POLICIES, clock=clock, store=SQLiteStore(f"sqlite:///{path}?flush_s=3600"))
+    for i in range(20):
+        eng.record(eng.decide("L2"), Outcome(800.0, 100, 50, ttft_ms=100.0 + 10 * i))
+    eng.record(eng.decide("L1"), Outcome(80.0, 100, 50))
+    clock.advance(10)
+    eng.close()
+    args = ("--policies", str(POLICIES), "--store", f"sqlite:///{path}")
+    result = status_cli(*args, "--format", "json")
+    assert result.returncode == 0, result.stderr
+    models = {m["model"]: m["window"] for m in json.loads(result.stdout)["models"]}
+    assert models["gpt-4.1-mini"]["streamed"] == 20
+    assert models["gpt-4.1-mini"]["ttft_p95_ms"] == pytest.approx(280.0, rel=0.01)
+    assert (models["gpt-4.1-nano"]["streamed"], models["gpt-4.1-nano"]["ttft_p95_ms"]) == (0, None)
+    lines = status_cli(*args).stdout.splitlines()
+    assert lines[3].split() == ["MODEL", "TIER", "HEALTH", "BREAKER", "CALLS", "SUCCESS", "P95", "TTFT", "P95",
+                                "BUDGETS"]
+    assert next(line for line in lines if line.startswith("gpt-4.1-mini ")).split()[4:9] == [
+        "20", "100.0%", "800", "ms", "279"]  # the stored histogram's estimate, within 1%
+    assert next(line for line in lines if line.startswith("gpt-4.1-nano ")).split()[4:8] == ["1", "100.0%", "80",
+                                                                                              "ms"]
+    assert "—" in next(line for line in lines if line.startswith("gpt-4.1-nano ")).split()[8]
 
 
 def test_status_without_a_store_is_a_clear_failure(tmp_path: Path) -> None:

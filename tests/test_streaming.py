@@ -75,6 +75,30 @@ def test_a_stream_is_recorded_when_it_ends_with_ttft_total_latency_and_usage(pol
     assert state["ttft"]["calls"] == 1 and state["ttft"]["p50_ms"] == pytest.approx(250, rel=0.02)
 
 
+def test_a_streamed_call_s_ttft_reaches_the_history_and_the_snapshot(policy_dir: Path,
+                                                                    tmp_path: Path) -> None:
+    import sqlite3
+
+    from engine.store.historydb import decode_latency
+    from engine.store.sqlite import SQLiteStore
+
+    clock = FakeClock()
+    db = tmp_path / "history.db"
+    eng = PolicyEngine.from_path(policy_dir, clock=clock, store=SQLiteStore(f"sqlite:///{db}?flush_s=3600"))
+    list(eng.call("L2", lambda m: sse(clock, ["Hel", "lo"], ttft=0.25, gap=0.1)))
+    assert eng.snapshot()["ttft"][("L2", MINI)].count == 1
+    eng.close()
+    conn = sqlite3.connect(db)
+    try:
+        (calls, *ttft), = conn.execute(
+            "SELECT calls, ttft_zero, ttft_total, ttft_min, ttft_max, ttft FROM minutes WHERE model = ?", (MINI,))
+    finally:
+        conn.close()
+    hist = decode_latency(*ttft)
+    assert (calls, hist.count) == (1, 1)
+    assert hist.min == pytest.approx(250.0)
+
+
 def test_a_failure_before_content_falls_back_and_the_caller_sees_only_the_answer(policy_dir: Path) -> None:
     clock = FakeClock()
     eng = engine(policy_dir, clock)

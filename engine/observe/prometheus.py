@@ -33,6 +33,8 @@ if TYPE_CHECKING:
 PREFIX = "llm_policy"
 #: Upper bounds (seconds) of the call duration histogram.
 DURATION_BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+#: Upper bounds (seconds) of the time to first token histogram (streamed calls).
+TTFT_BUCKETS_S = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0, 10.0, 30.0)
 #: Every breaker state; ``llm_policy_breaker_state`` has one series per model and state (1 for the current one).
 BREAKER_STATES = ("closed", "open", "half_open", "forced_open", "disabled", "metrics_only")
 
@@ -115,6 +117,13 @@ class EngineCollector:
             buckets = [(_le(b), n) for b, n in zip(DURATION_BUCKETS_S, counts, strict=True)]
             buckets.append(("+Inf", hist.count))
             duration.add_metric((tier, model), buckets, hist.total / 1000.0)
+        ttft = HistogramMetricFamily(f"{p}_time_to_first_token_seconds", "Time to the first chunk carrying "
+                                     "content, of streamed calls", labels=("tier", "model"))
+        for (tier, model), hist in sorted(snap.get("ttft", {}).items()):
+            counts = hist.count_at_most([b * 1000.0 for b in TTFT_BUCKETS_S])
+            buckets = [(_le(b), n) for b, n in zip(TTFT_BUCKETS_S, counts, strict=True)]
+            buckets.append(("+Inf", hist.count))
+            ttft.add_metric((tier, model), buckets, hist.total / 1000.0)
         requests = CounterMetricFamily(f"{p}_requests", "Requests by tier: decisions that started one, plus "
                                        "requests refused before any attempt (since the exporter started)",
                                        labels=("tier",))
@@ -130,7 +139,7 @@ class EngineCollector:
         for tier in snap["tier_order"]:
             requests.add_metric((tier,), first[tier] + refused.get(tier, 0))
             served.add_metric((tier,), ok[tier])
-        yield from (calls, tokens, cost, duration, requests, served)
+        yield from (calls, tokens, cost, duration, ttft, requests, served)
         yield from self._models(snap, GaugeMetricFamily, CounterMetricFamily)
         yield from self._budgets(snap, GaugeMetricFamily)
         yield from self._policy(snap, GaugeMetricFamily, CounterMetricFamily, InfoMetricFamily)

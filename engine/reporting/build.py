@@ -237,4 +237,4 @@ def build_report(hist: DayHistory, policy: PolicySet) -> Report:
         tuple(cost_row(m, day.home[m], c, day.prev_model.get(m), total, notes[m]) for m, c in by_model),
         sections.budget_rows(day), entries, sections.fallback_rows(hist), rules.recommend(policy.recommendations,
                                                                                           targets),
-        sections.charts(day), hour_columns, hours, tuple(footnotes))
+        sections.charts(day), hour_columns, hours, tuple(footnotes), sections.ttft_rows(day))

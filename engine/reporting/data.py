@@ -27,14 +27,15 @@ from engine.store.historydb import ACCURACY
 Usage = dict[str, dict[int, tuple[int, float]]]  # model -> minute -> (tokens, cost)
 #: The ``minutes`` columns :meth:`Cell.add_row` takes, in order.
 ROW = ("calls, successes, failures, slow, fallbacks, tokens_in, tokens_out, cost, errors, lat_zero, lat_total, "
-       "lat_min, lat_max, latency, requests")
+       "lat_min, lat_max, latency, requests, ttft_zero, ttft_total, ttft_min, ttft_max, ttft")
 
 
 class Cell:
     """Merged aggregates of any set of ``minutes`` rows (a histogram kept as bucket counts)."""
 
     __slots__ = ("calls", "successes", "failures", "slow", "fallbacks", "tokens_in", "tokens_out", "cost",
-                 "errors", "zero", "total", "lo", "hi", "buckets", "requests")
+                 "errors", "zero", "total", "lo", "hi", "buckets", "requests", "ttft_zero", "ttft_total", "ttft_lo",
+                 "ttft_hi", "ttft_buckets")
 
     def __init__(self) -> None:
         self.calls = self.successes = self.failures = self.slow = self.fallbacks = self.requests = 0
@@ -43,6 +44,10 @@ class Cell:
         self.lo, self.hi = math.inf, -math.inf
         self.errors: dict[str, int] = {}
         self.buckets: dict[str, int] = {}  # bucket key (as JSON has it) -> count
+        # time to first token of the streamed calls, the same kind of histogram
+        self.ttft_zero, self.ttft_total = 0, 0.0
+        self.ttft_lo, self.ttft_hi = math.inf, -math.inf
+        self.ttft_buckets: dict[str, int] = {}
 
     def add_row(self, row: tuple[Any, ...]) -> None:
         """Add a row of :data:`ROW` columns (see :mod:`engine.store.historydb`)."""
@@ -69,16 +74,29 @@ class Cell:
             buckets[k] = buckets.get(k, 0) + n
         if len(row) > 14:
             self.requests += row[14]
+        if len(row) > 15 and (row[15] or row[19] != "{}"):  # streamed calls in this row
+            self.ttft_zero += row[15]
+            self.ttft_total += row[16]
+            if row[17] is not None and row[17] < self.ttft_lo:
+                self.ttft_lo = row[17]
+            if row[18] is not None and row[18] > self.ttft_hi:
+                self.ttft_hi = row[18]
+            ttft = self.ttft_buckets
+            for k, n in json.loads(row[19]).items():
+                ttft[k] = ttft.get(k, 0) + n
 
     def merge(self, other: Cell) -> None:
         for name in ("calls", "successes", "failures", "slow", "fallbacks", "tokens_in", "tokens_out", "cost",
-                     "zero", "total", "requests"):
+                     "zero", "total", "requests", "ttft_zero", "ttft_total"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.lo, self.hi = min(self.lo, other.lo), max(self.hi, other.hi)
+        self.ttft_lo, self.ttft_hi = min(self.ttft_lo, other.ttft_lo), max(self.ttft_hi, other.ttft_hi)
         for name, n in other.errors.items():
             self.errors[name] = self.errors.get(name, 0) + n
         for k, n in other.buckets.items():
             self.buckets[k] = self.buckets.get(k, 0) + n
+        for k, n in other.ttft_buckets.items():
+            self.ttft_buckets[k] = self.ttft_buckets.get(k, 0) + n
 
     @property
     def errored(self) -> int:
@@ -89,6 +107,19 @@ class Cell:
             "relative_accuracy": ACCURACY, "count": self.zero + sum(self.buckets.values()),
             "total": self.total, "min": self.lo if self.calls else None, "max": self.hi if self.calls else None,
             "zero": self.zero, "buckets": self.buckets})
+
+    @property
+    def streamed(self) -> int:
+        """Calls with a time to first token (streamed)."""
+        return self.ttft_zero + sum(self.ttft_buckets.values())
+
+    def ttft_histogram(self) -> LatencyHistogram:
+        """Time to first token of the streamed calls (empty without any)."""
+        n = self.streamed
+        return LatencyHistogram.from_dict({
+            "relative_accuracy": ACCURACY, "count": n, "total": self.ttft_total,
+            "min": self.ttft_lo if n else None, "max": self.ttft_hi if n else None,
+            "zero": self.ttft_zero, "buckets": self.ttft_buckets})
 
 
 def merged(cells: Iterable[Cell]) -> Cell:

@@ -130,6 +130,19 @@ class Recommendation:
 
 
 @dataclass(frozen=True, slots=True)
+class TtftRow:
+    """Time to first token of the streamed calls asked of one tier, or of one model in that tier."""
+
+    scope: str  # "tier" (all its models) or "model"
+    name: str  # the tier or the model
+    tier: str  # the tier asked for
+    streamed: str  # streamed calls
+    share: str  # of all the tier's or model's calls
+    p50: str
+    p95: str
+
+
+@dataclass(frozen=True, slots=True)
 class HourRow:
     hour: str  # "14:00"
     cells: tuple[str, ...]  # per tier: "1,234 (5 errors)"
@@ -205,3 +218,6 @@ class Report:
     hour_columns: tuple[str, ...]  # the tiers of HourRow.cells
     hours: tuple[HourRow, ...]
     footnotes: tuple[str, ...]
+    #: Streamed calls' time to first token, per tier then per model; empty on a day without streamed calls
+    #: (the templates then leave the section out).
+    ttft: tuple[TtftRow, ...] = ()

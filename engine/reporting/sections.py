@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING, Any
 
 from engine.reporting import charts as chart_mod
 from engine.reporting import fmt, rules
-from engine.reporting.data import DayHistory, merged
-from engine.reporting.model import BudgetRow, Chart, FallbackRow, HourRow, TierRanking
+from engine.reporting.data import Cell, DayHistory, merged
+from engine.reporting.model import BudgetRow, Chart, FallbackRow, HourRow, TierRanking, TtftRow
 from engine.store.historydb import fallback_reason
 
 if TYPE_CHECKING:
@@ -123,3 +123,25 @@ def hour_rows(day: Day) -> tuple[tuple[str, ...], tuple[HourRow, ...]]:
             f" ({fmt.plural(c.errored, 'error')})" if c.errored else "") for c in here)
         rows.append(HourRow(label, cells, fmt.count(total.calls), fmt.ms(total.histogram().quantile(0.95))))
     return tiers, tuple(rows)
+
+
+def ttft_rows(day: Day) -> tuple[TtftRow, ...]:
+    """TTFT p50/p95 of every tier asked for with streamed calls, each followed by its models that had some.
+
+    A day without streamed calls has none (an empty tuple)."""
+    cells: dict[tuple[str, str], list[Cell]] = {}
+    for (tier, model, _), cell in day.hist.cells.items():
+        cells.setdefault((tier, model), []).append(cell)
+    pairs = {key: c for key, c in ((k, merged(v)) for k, v in cells.items()) if c.streamed}
+    rows = []
+    for tier in day.tiers:
+        total = day.by_tier.get(tier)
+        if total is None or not total.streamed:
+            continue
+        models = sorted(m for t, m in pairs if t == tier)
+        for scope, name, cell in [("tier", tier, total)] + [("model", m, pairs[(tier, m)]) for m in models]:
+            p50, p95 = cell.ttft_histogram().quantiles((0.5, 0.95))
+            rows.append(TtftRow(scope, name, tier, fmt.count(cell.streamed),
+                                fmt.pct(cell.streamed / cell.calls) if cell.calls else fmt.DASH,
+                                fmt.ms(p50), fmt.ms(p95)))
+    return tuple(rows)

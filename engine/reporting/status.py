@@ -91,7 +91,8 @@ def read_status(conn: sqlite3.Connection, policy: PolicySet, instance: str | Non
     models = []
     for model in list(policy.models) + sorted(set(cells) - set(policy.models)):
         spec = policy.models.get(model)
-        names = metrics(cells.get(model, Cell()), policy.error_classes)
+        cell = cells.get(model, Cell())
+        names = metrics(cell, policy.error_classes)
         breaker = dict(breakers.get(model) or {"state": "closed", "open_until": None})
         budgets = _budgets(policy, model, ledgers, now)
         names.update(model=model, tier=spec.tier if spec else "?", provider=spec.provider if spec else "",
@@ -106,7 +107,9 @@ def read_status(conn: sqlite3.Connection, policy: PolicySet, instance: str | Non
                         "consecutive_opens": breaker.get("consecutive_opens", 0)},
             "budgets": budgets,
             "window": {k: names[k] for k in ("calls", "success_rate", "error_rate", "p95_ms", "fallbacks",
-                                             "cost_usd")},
+                                             "cost_usd")}
+            | {"streamed": cell.streamed,  # time to first token of the streamed calls, None without any
+               "ttft_p95_ms": cell.ttft_histogram().quantile(0.95) if cell.streamed else None},
         })
     return {"instance": name, "saved_at": now, "written_s_ago": max(0.0, time.time() - flushed_at),
             "window_s": window, "revision": data.get("revision"), "models": models, "recorded": recorded}
@@ -137,12 +140,15 @@ def format_table(status: dict[str, Any], timezone: str = "UTC") -> str:
         head += (f"\nrecorded since {since:%Y-%m-%d %H:%M}: {fmt.count(t['requests'])} requests, {served} served "
                  f"({fmt.count(t['refused'])} refused); {fmt.count(t['attempts'])} attempts, "
                  f"{fmt.pct(t['attempt_availability'], 2)} available")
-    rows = [("MODEL", "TIER", "HEALTH", "BREAKER", "CALLS", "SUCCESS", "P95", "BUDGETS")]
+    streamed = any(m["window"].get("ttft_p95_ms") is not None for m in status["models"])
+    rows = [("MODEL", "TIER", "HEALTH", "BREAKER", "CALLS", "SUCCESS", "P95", *(("TTFT P95",) if streamed else ()),
+             "BUDGETS")]
     for m in status["models"]:
         w = m["window"]
+        ttft = (fmt.ms(w.get("ttft_p95_ms")),) if streamed else ()  # a dash for a model that streamed nothing
         rows.append((m["model"], m["tier"], m["health"], _breaker(m["breaker"], now, tz), fmt.count(w["calls"]),
                      fmt.pct(w["success_rate"]) if w["calls"] else fmt.DASH,
-                     fmt.ms(w["p95_ms"]) if w["calls"] else fmt.DASH,
+                     fmt.ms(w["p95_ms"]) if w["calls"] else fmt.DASH, *ttft,
                      ", ".join(_budget(b) for b in m["budgets"]) or fmt.DASH))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r[:-1], widths, strict=True)) + "  " + r[-1] for r in rows]

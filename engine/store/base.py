@@ -65,7 +65,7 @@ class Store(Protocol):
 
     def record_call(self, at: float, tier: str, model: str, latency_ms: float, error: str | None,
                     failed: bool, slow: bool, tokens_in: int, tokens_out: int, cost: float,
-                    fallback: bool, request: bool = False) -> None: ...
+                    fallback: bool, request: bool = False, ttft_ms: float | None = None) -> None: ...
 
     def attach(self, snapshot: Callable[[], dict[str, Any]]) -> None: ...
 
@@ -90,7 +90,7 @@ class MemoryStore:
 
     def record_call(self, at: float, tier: str, model: str, latency_ms: float, error: str | None,
                     failed: bool, slow: bool, tokens_in: int, tokens_out: int, cost: float,
-                    fallback: bool, request: bool = False) -> None:
+                    fallback: bool, request: bool = False, ttft_ms: float | None = None) -> None:
         pass
 
     def attach(self, snapshot: Callable[[], dict[str, Any]]) -> None:

@@ -9,7 +9,10 @@ at once migrate it once):
   ``errors`` (JSON ``{class: count}``) and a
   :class:`~engine.histogram.LatencyHistogram` at 1% accuracy: ``lat_zero``,
   ``lat_total``, ``lat_min``, ``lat_max`` and ``latency`` (JSON
-  ``{bucket key: count}``);
+  ``{bucket key: count}``), and the same histogram of the streamed calls'
+  time to first token: ``ttft_zero``, ``ttft_total``, ``ttft_min``,
+  ``ttft_max`` (NULL while no streamed call) and ``ttft`` (its count is the
+  number of streamed calls, schema 3 on);
 * ``events`` — the event log: wall time, kind (the event's class name),
   subject (model, budget, rule target or revision), the engine-clock time it
   carried, the writing instance and the event's fields as JSON;
@@ -61,6 +64,13 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ),
     (  # 1 -> 2: requests (first attempts) beside attempts; rows written before count none
         "ALTER TABLE minutes ADD COLUMN requests INTEGER NOT NULL DEFAULT 0",
+    ),
+    (  # 2 -> 3: time to first token of streamed calls; rows written before have none
+        "ALTER TABLE minutes ADD COLUMN ttft_zero INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE minutes ADD COLUMN ttft_total REAL NOT NULL DEFAULT 0",
+        "ALTER TABLE minutes ADD COLUMN ttft_min REAL",
+        "ALTER TABLE minutes ADD COLUMN ttft_max REAL",
+        "ALTER TABLE minutes ADD COLUMN ttft TEXT NOT NULL DEFAULT '{}'",
     ),
 )
 
@@ -276,7 +286,7 @@ def migrate(conn: sqlite3.Connection, migrations: tuple[tuple[str, ...], ...] = 
 # A cell being filled on the decision path is a plain list, updated in place
 # (the cheapest mutable record in CPython); these are its fields.
 (CALLS, OK, FAILED, SLOW, FALLBACKS, TOKENS_IN, TOKENS_OUT, COST, ERRORS, ZERO, TOTAL, LO, HI, BUCKETS,
- REQUESTS) = range(15)
+ REQUESTS, TTFT_ZERO, TTFT_TOTAL, TTFT_LO, TTFT_HI, TTFT_BUCKETS) = range(20)
 _GAMMA = (1.0 + ACCURACY) / (1.0 - ACCURACY)
 #: Latency bucket keys exactly as LatencyHistogram(ACCURACY) computes them.
 INV_LOG_GAMMA = 1.0 / math.log(_GAMMA)
@@ -285,26 +295,29 @@ KEY_MAX = math.ceil(math.log(MAX_MS) * INV_LOG_GAMMA)
 
 
 def new_cell() -> list[Any]:
-    return [0, 0, 0, 0, 0, 0, 0, 0.0, {}, 0, 0.0, math.inf, -math.inf, {}, 0]
+    return [0, 0, 0, 0, 0, 0, 0, 0.0, {}, 0, 0.0, math.inf, -math.inf, {}, 0, 0, 0.0, math.inf, -math.inf, {}]
 
 
 def add_cell(into: list[Any], other: list[Any]) -> None:
     """Merge cell ``other`` into ``into``."""
-    for i in (CALLS, OK, FAILED, SLOW, FALLBACKS, TOKENS_IN, TOKENS_OUT, COST, ZERO, TOTAL, REQUESTS):
+    for i in (CALLS, OK, FAILED, SLOW, FALLBACKS, TOKENS_IN, TOKENS_OUT, COST, ZERO, TOTAL, REQUESTS, TTFT_ZERO,
+              TTFT_TOTAL):
         into[i] += other[i]
     into[LO], into[HI] = min(into[LO], other[LO]), max(into[HI], other[HI])
-    for field_ in (ERRORS, BUCKETS):
+    into[TTFT_LO], into[TTFT_HI] = min(into[TTFT_LO], other[TTFT_LO]), max(into[TTFT_HI], other[TTFT_HI])
+    for field_ in (ERRORS, BUCKETS, TTFT_BUCKETS):
         target = into[field_]
         for k, n in other[field_].items():
             target[k] = target.get(k, 0) + n
 
 
-def decode_latency(zero: int, total: float, lo: float, hi: float, buckets: str) -> LatencyHistogram:
-    """The histogram of a ``minutes`` row's ``lat_*`` and ``latency`` columns."""
+def decode_latency(zero: int, total: float, lo: float | None, hi: float | None, buckets: str) -> LatencyHistogram:
+    """The histogram of a ``minutes`` row's ``lat_*`` and ``latency`` columns (or its ``ttft*`` ones)."""
     counts = json.loads(buckets)
+    count = zero + sum(counts.values())
     return LatencyHistogram.from_dict({
-        "relative_accuracy": ACCURACY, "zero": zero, "total": total, "min": lo, "max": hi, "buckets": counts,
-        "count": zero + sum(counts.values())})
+        "relative_accuracy": ACCURACY, "zero": zero, "total": total, "min": lo if count else None,
+        "max": hi if count else None, "buckets": counts, "count": count})
 
 
 def _merge_json(column: str) -> str:
@@ -315,9 +328,10 @@ def _merge_json(column: str) -> str:
 
 
 _COLUMNS = ("minute", "tier", "model", "calls", "successes", "failures", "slow", "fallbacks", "tokens_in",
-            "tokens_out", "cost", "errors", "lat_zero", "lat_total", "lat_min", "lat_max", "latency", "requests")
+            "tokens_out", "cost", "errors", "lat_zero", "lat_total", "lat_min", "lat_max", "latency", "requests",
+            "ttft_zero", "ttft_total", "ttft_min", "ttft_max", "ttft")
 _SUMMED = ("calls", "successes", "failures", "slow", "fallbacks", "tokens_in", "tokens_out", "cost", "lat_zero",
-           "lat_total", "requests")
+           "lat_total", "requests", "ttft_zero", "ttft_total")
 #: One statement for a whole batch: every SQLite call releases the GIL and must win it back, which under a
 #: busy engine thread costs milliseconds, so a flush makes a handful of calls however much it writes.
 UPSERT_MINUTES = (
@@ -326,13 +340,19 @@ UPSERT_MINUTES = (
     + " FROM json_each(?) WHERE true ON CONFLICT (minute, tier, model) DO UPDATE SET "
     + ", ".join(f"{c} = {c} + excluded.{c}" for c in _SUMMED)
     + ", lat_min = min(lat_min, excluded.lat_min), lat_max = max(lat_max, excluded.lat_max), "
-    + _merge_json("errors") + ", " + _merge_json("latency"))
+    # min/max of SQL NULL are NULL: a side without streamed calls leaves the other's bounds
+    + "ttft_min = coalesce(min(ttft_min, excluded.ttft_min), ttft_min, excluded.ttft_min), "
+    + "ttft_max = coalesce(max(ttft_max, excluded.ttft_max), ttft_max, excluded.ttft_max), "
+    + _merge_json("errors") + ", " + _merge_json("latency") + ", " + _merge_json("ttft"))
 
 
 def batch(cells: Mapping[tuple[int, str, str], list[Any]]) -> str:
     """``cells`` as the JSON parameter of :data:`UPSERT_MINUTES`."""
     return json.dumps([[*key, *c[:ERRORS], c[ERRORS], c[ZERO], c[TOTAL], c[LO], c[HI],
-                        {str(k): n for k, n in c[BUCKETS].items()}, c[REQUESTS]] for key, c in cells.items()],
+                        {str(k): n for k, n in c[BUCKETS].items()}, c[REQUESTS], c[TTFT_ZERO], c[TTFT_TOTAL],
+                        c[TTFT_LO] if c[TTFT_LO] != math.inf else None,
+                        c[TTFT_HI] if c[TTFT_HI] != -math.inf else None,
+                        {str(k): n for k, n in c[TTFT_BUCKETS].items()}] for key, c in cells.items()],
                       separators=(",", ":"))
 
 

@@ -63,6 +63,11 @@ from engine.store.historydb import (
     TOKENS_IN,
     TOKENS_OUT,
     TOTAL,
+    TTFT_BUCKETS,
+    TTFT_HI,
+    TTFT_LO,
+    TTFT_TOTAL,
+    TTFT_ZERO,
     UPSERT_FALLBACKS,
     UPSERT_MINUTES,
     UPSERT_STATE,
@@ -142,8 +147,10 @@ class SQLiteStore:
     # -- the decision path: memory only ------------------------------------------
     def record_call(self, at: float, tier: str, model: str, latency_ms: float, error: str | None,
                     failed: bool, slow: bool, tokens_in: int, tokens_out: int, cost: float,
-                    fallback: bool, request: bool = False) -> None:
-        """Add one call to its minute's cell: memory only, O(1), a few hundred nanoseconds."""
+                    fallback: bool, request: bool = False, ttft_ms: float | None = None) -> None:
+        """Add one call to its minute's cell: memory only, O(1), a few hundred nanoseconds.
+
+        ``ttft_ms``: a streamed call's time to first token, kept in the cell's own histogram."""
         key = (at // 60.0, tier, model)
         with self._cells_lock:
             c = self._cells.get(key)
@@ -178,6 +185,19 @@ class SQLiteStore:
                 buckets[k] = buckets.get(k, 0) + 1
             else:
                 c[ZERO] += 1
+            if ttft_ms is not None:
+                c[TTFT_TOTAL] += ttft_ms
+                if ttft_ms < c[TTFT_LO]:
+                    c[TTFT_LO] = ttft_ms
+                if ttft_ms > c[TTFT_HI]:
+                    c[TTFT_HI] = ttft_ms
+                if ttft_ms > 0.0:
+                    k = _ceil(_log(ttft_ms) * INV_LOG_GAMMA)
+                    k = KEY_MIN if k < KEY_MIN else KEY_MAX if k > KEY_MAX else k
+                    buckets = c[TTFT_BUCKETS]
+                    buckets[k] = buckets.get(k, 0) + 1
+                else:
+                    c[TTFT_ZERO] += 1
 
     def append_event(self, event: Event) -> None:
         # with the wall offset in force now: a clock stepped back later does not move this event

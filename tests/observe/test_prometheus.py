@@ -61,6 +61,28 @@ def test_calls_tokens_cost_and_durations_by_tier_model_and_outcome(eng: PolicyEn
     assert _get(s, "llm_policy_call_duration_seconds_sum", **base) == pytest.approx(32.48)
 
 
+def test_time_to_first_token_of_streamed_calls_is_a_histogram_by_tier_and_model(eng: PolicyEngine,
+                                                                                 clock: FakeClock) -> None:
+    registry, _ = registry_for(eng)
+    assert not any(name.startswith("llm_policy_time_to_first_token") for name, _ in _samples(registry))
+    for ttft in (40.0, 180.0, 900.0):
+        eng.record(eng.decide("L2"), Outcome(2000.0, 10, 20, ttft_ms=ttft))
+    eng.record(eng.decide("L2"), Outcome(50.0, 10, 20))  # not streamed: counts in the durations only
+    eng.record(eng.decide("L1"), Outcome(50.0, 10, 20))
+    clock.advance(3600)  # past the rolling window: the histogram still counts every streamed call
+    s = _samples(registry)
+    base = {"tier": "L2", "model": "gpt-4.1-mini"}
+    name = "llm_policy_time_to_first_token_seconds"
+    assert _get(s, f"{name}_bucket", le="0.05", **base) == 1
+    assert _get(s, f"{name}_bucket", le="0.2", **base) == 2
+    assert _get(s, f"{name}_bucket", le="1.0", **base) == 3
+    assert _get(s, f"{name}_bucket", le="+Inf", **base) == 3
+    assert _get(s, f"{name}_count", **base) == 3
+    assert _get(s, f"{name}_sum", **base) == pytest.approx(1.12)
+    assert _get(s, "llm_policy_call_duration_seconds_count", **base) == 4
+    assert not any(n.startswith(name) and dict(labels).get("tier") == "L1" for n, labels in s)
+
+
 def test_breakers_fallbacks_in_flight_and_budgets(eng: PolicyEngine, clock: FakeClock) -> None:
     registry, _ = registry_for(eng)
     for _ in range(10):
@@ -123,6 +145,7 @@ def test_fallback_reasons_drop_their_episode_numbers() -> None:
 def test_every_grafana_query_uses_a_metric_the_exporter_exports(eng: PolicyEngine) -> None:
     registry, _ = registry_for(eng)
     eng.record(eng.decide("L2"), Outcome(100.0, 1, 1))
+    eng.record(eng.decide("L2"), Outcome(100.0, 1, 1, ttft_ms=20.0))  # a streamed call: TTFT series exist
     text = exposition(registry)[0].decode()
     exported = {line.split()[2] for line in text.splitlines() if line.startswith("# TYPE")}
     names = set()

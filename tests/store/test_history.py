@@ -177,6 +177,68 @@ def test_calls_are_buffered_until_a_flush_then_aggregated_per_minute(store: SQLi
     assert hist.quantiles((0.5, 1.0)) == [pytest.approx(100.0, rel=0.01), 300.0]
 
 
+TTFT = "ttft_zero, ttft_total, ttft_min, ttft_max, ttft"
+
+
+def test_streamed_calls_time_to_first_token_is_its_own_histogram_per_minute(store: SQLiteStore, db: Path) -> None:
+    store.record_call(T0 + 1, "L2", "m", 900.0, None, False, False, 1, 1, 0.0, False, ttft_ms=120.0)
+    store.record_call(T0 + 2, "L2", "m", 800.0, None, False, False, 1, 1, 0.0, False, ttft_ms=0.0)
+    store.record_call(T0 + 3, "L2", "m", 700.0, None, False, False, 1, 1, 0.0, False)  # not streamed
+    store.record_call(T0 + 61, "L2", "m", 100.0, None, False, False, 1, 1, 0.0, False)
+    store.flush()
+    store.record_call(T0 + 4, "L2", "m", 600.0, None, False, False, 1, 1, 0.0, False, ttft_ms=300.0)
+    store.flush()  # merged into the stored row
+    store.record_call(T0 + 5, "L2", "m", 600.0, None, False, False, 1, 1, 0.0, False)
+    store.flush()  # a row without streamed calls leaves the stored bounds
+    first, second = rows(db, f"SELECT {TTFT} FROM minutes ORDER BY minute")  # noqa: S608
+    hist = decode_latency(*first)  # type: ignore[arg-type]
+    assert (hist.count, hist.min, hist.max, hist.total) == (3, 0.0, 300.0, 420.0)
+    assert hist.quantiles((0.5, 1.0)) == [pytest.approx(120.0, rel=0.01), 300.0]
+    assert second == (0, 0.0, None, None, "{}")  # no streamed call that minute
+    assert decode_latency(*second).count == 0  # type: ignore[arg-type]
+    assert rows(db, "SELECT sum(calls) FROM minutes") == [(6,)]
+
+
+def test_a_version_2_history_migrates_and_keeps_its_rows(db: Path) -> None:
+    db.parent.mkdir(parents=True)
+    legacy = sqlite3.connect(db, isolation_level=None)  # as schema 2 left it: no ttft columns
+    migrate(legacy, MIGRATIONS[:2])
+    legacy.execute(f"INSERT INTO minutes (minute, tier, model, calls, successes, failures, slow, fallbacks, "  # noqa: S608
+                   f"tokens_in, tokens_out, cost, errors, {LATENCY}, requests) "
+                   f"VALUES (?, 'L1', 'm', 1, 1, 0, 0, 0, 1, 1, 0.0, '{{}}', 0, 5.0, 5.0, 5.0, '{{\"162\":1}}', 1)",
+                   (int(T0 // 60),))
+    legacy.close()
+    assert len(MIGRATIONS) == 3
+    with pytest.raises(StorageError, match=r"version 2 .* older"):
+        open_readonly(db)
+    s = SQLiteStore(uri(db, flush_s=3600))
+    try:
+        assert rows(db, "PRAGMA user_version") == [(3,)]
+        assert rows(db, f"SELECT calls, {TTFT} FROM minutes") == [(1, 0, 0.0, None, None, "{}")]  # noqa: S608
+        s.record_call(T0, "L1", "m", 5.0, None, False, False, 1, 1, 0.0, False, ttft_ms=2.0)
+        s.flush()
+        (calls, *ttft), = rows(db, f"SELECT calls, {TTFT} FROM minutes")  # noqa: S608
+        assert calls == 2
+        assert decode_latency(*ttft).to_dict()["count"] == 1  # type: ignore[arg-type]
+        assert ttft[2:4] == [2.0, 2.0]
+    finally:
+        s.close()
+
+
+def test_a_streamed_outcome_reaches_the_history_with_its_ttft(db: Path) -> None:
+    eng = PolicyEngine.from_path(POLICIES, clock=FakeClock(), store=uri(db, flush_s=3600))
+    try:
+        d = eng.decide("L2")
+        eng.record(d, Outcome(900.0, 10, 5, ttft_ms=250.0))
+        eng.record(eng.decide("L2"), Outcome(400.0, 10, 5))
+    finally:
+        eng.close()
+    (calls, *ttft), = rows(db, f"SELECT calls, {TTFT} FROM minutes WHERE model = ?", d.model)  # noqa: S608
+    assert calls == 2
+    hist = decode_latency(*ttft)  # type: ignore[arg-type]
+    assert (hist.count, hist.min, hist.max) == (1, 250.0, 250.0)
+
+
 def test_later_flushes_merge_into_the_same_minute(store: SQLiteStore, db: Path) -> None:
     for latency in (10.0, 20.0):
         store.record_call(T0, "L1", "m", latency, None, False, False, 1, 1, 0.25, False)
