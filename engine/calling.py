@@ -45,6 +45,7 @@ Time is the engine's clock; every wait goes through ``sleep`` (``time.sleep``,
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import logging
 import math
@@ -111,12 +112,28 @@ def _wants_attempt(fn: Callable[..., Any]) -> bool:
             return True
         required = code.co_argcount - len(getattr(fn, "__defaults__", None) or ())
         return bool(required - (1 if inspect.ismethod(fn) else 0) >= 2)
+    if code is None and not hasattr(fn, "__wrapped__") and not isinstance(fn, type):
+        # an instance of a class with a Python ``__call__``: judged once per class, not once per call
+        call = type(fn).__dict__.get("__call__") or next(
+            (k.__dict__["__call__"] for k in type(fn).__mro__ if "__call__" in k.__dict__), None)
+        if getattr(call, "__code__", None) is not None:
+            return _instance_wants_attempt(type(fn))  # type: ignore[arg-type]
     try:
         params = list(inspect.signature(fn).parameters.values())
     except (TypeError, ValueError):
         return False
     required = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty]
     return len(required) >= 2 or any(p.kind == p.VAR_POSITIONAL for p in params)
+
+
+@functools.lru_cache(maxsize=256)
+def _instance_wants_attempt(cls: type) -> bool:
+    """:func:`_wants_attempt` of instances of ``cls`` (its ``__call__`` less ``self``)."""
+    call = next(k.__dict__["__call__"] for k in cls.__mro__ if "__call__" in k.__dict__)
+    code = call.__code__
+    if code.co_flags & inspect.CO_VARARGS:
+        return True
+    return bool(code.co_argcount - len(call.__defaults__ or ()) - 1 >= 2)
 
 
 class RandomSource(Protocol):

@@ -157,3 +157,28 @@ def test_acall_ttft_timeout_on_a_stream_falls_back_before_any_content(policy_dir
     assert time.monotonic() - t0 < 0.5
     assert [c["choices"][0]["delta"].get("content") for c in got] == ["", "hi"]
     assert eng.state(MINI)["metrics"]["errors_timeout"] == 2 and eng.state(MINI)["in_flight"] == 0
+
+
+def test_callable_objects_get_the_attempt_only_when_their_call_takes_it(policy_dir: Path) -> None:
+    eng = PolicyEngine.from_path(policy_dir, clock=FakeClock())
+
+    class ModelOnly:
+        def __call__(self, model: str) -> str:
+            return f"one:{model}"
+
+    class WithAttempt:
+        def __call__(self, model: str, attempt: Attempt) -> str:
+            return f"two:{model}:{attempt.model}"
+
+    class OptionalAttempt:
+        def __call__(self, model: str, attempt: Attempt | None = None) -> str:
+            return f"opt:{attempt is None}"
+
+    class Inherited(WithAttempt):
+        pass
+
+    for _ in range(2):  # the second time from what was learnt of the class
+        assert eng.call("L2", ModelOnly()) == f"one:{MINI}"
+        assert eng.call("L2", WithAttempt()) == f"two:{MINI}:{MINI}"
+        assert eng.call("L2", OptionalAttempt()) == "opt:True"
+        assert eng.call("L2", Inherited()) == f"two:{MINI}:{MINI}"
