@@ -260,6 +260,10 @@ class PolicyEngine:
             k: m for k, m in old_metrics.items() if same_window and k[0] in policy.tiers and k[1] in models}
         for (tier, name), m in self._metrics.items():
             models[name].metrics[tier] = m
+        # per model and per tier: the series summed, and its last summary with their versions
+        self._series: dict[tuple[int, str], list[RollingMetrics]] = {}
+        self._series_of = -1  # len(self._metrics) when _series was built; metrics are only added between reloads
+        self._summaries: dict[tuple[int, str], tuple[tuple[Any, ...], dict[str, Any]]] = {}
         self._classes = policy.error_classes
         self._take_out = {n: c.take_out_s for n, c in policy.error_classes.items() if c.take_out_s}
         old_ttft: Mapping[tuple[str, str], RollingMetrics] = getattr(self, "_ttft", {})
@@ -792,7 +796,7 @@ class PolicyEngine:
 
     def _model_names(self, name: str, now: float) -> dict[str, Any]:
         st = self._models[name]
-        names = self._summary(now, lambda key: key[1] == name)
+        names = self._summary(now, (1, name))
         wall = now + self._wall_shift
         state = st.breaker.state(now)
         names.update(model=name, tier=st.spec.tier, provider=st.spec.provider, in_flight=st.in_flight,
@@ -802,9 +806,27 @@ class PolicyEngine:
                      price_out=st.spec.price.output_per_1m)
         return names
 
-    def _summary(self, now: float, which: Callable[[tuple[str, str]], bool]) -> dict[str, Any]:
-        totals = [m.live(now) for key, m in self._metrics.items() if which(key)]
-        return summarize(totals, self.policy.error_classes)
+    def _summary(self, now: float, target: tuple[int, str]) -> dict[str, Any]:
+        """The rolling metrics of a tier (``(0, tier)``) or a model (``(1, model)``), summed: a new dict.
+
+        Summarised again only when a call joined or left one of its series since
+        the last time (their versions); otherwise a copy of that summary, which
+        is what summing the same calls again would give.
+        """
+        if self._series_of != len(self._metrics):
+            series: dict[tuple[int, str], list[RollingMetrics]] = {}
+            for (tier, model), m in self._metrics.items():  # in insertion order, as the sums always were
+                series.setdefault((0, tier), []).append(m)
+                series.setdefault((1, model), []).append(m)
+            self._series, self._series_of = series, len(self._metrics)
+        ms = self._series.get(target, ())
+        version = tuple([m.advance(now) for m in ms])
+        cached = self._summaries.get(target)
+        if cached is not None and cached[0] == version:
+            return dict(cached[1])
+        names = summarize([m.live(now) for m in ms], self.policy.error_classes)
+        self._summaries[target] = (version, names)
+        return dict(names)
 
     def _all_model_names(self, now: float) -> dict[str, dict[str, Any]]:
         return {name: self._model_names(name, now) for name in self._models}
@@ -812,7 +834,7 @@ class PolicyEngine:
     def _all_tier_names(self, now: float) -> dict[str, dict[str, Any]]:
         out = {}
         for tier, spec in self.policy.tiers.items():
-            names = self._summary(now, lambda key, tier=tier: key[0] == tier)  # type: ignore[misc]
+            names = self._summary(now, (0, tier))
             names.update(tier=tier, models=len(spec.candidates), open_breakers=sum(
                 1 for m in spec.candidates if self._models[m].breaker.state(now) in ("open", "forced_open")))
             out[tier] = names

@@ -88,7 +88,6 @@ class RollingMetrics:
         self.total_calls = 0  # since creation, never reset by the window
         self.total_errors = 0
         self.retired = _Bucket()  # every bucket that left the window, summed: with the live ones, since creation
-        self.retired = _Bucket()  # every bucket that left the window, summed: with ``total``, since creation
 
     def record(self, now: float, latency_ms: float, error: str | None, failed: bool, slow: bool,
                tokens_in: int, tokens_out: int, cost: float, fallback: bool, request: bool = False) -> None:
@@ -136,6 +135,20 @@ class RollingMetrics:
         self._current = buckets[index % len(buckets)]
         self._current.clear(index)
         self._head = index
+
+    def advance(self, now: float) -> tuple[int, int]:
+        """Move the window to ``now`` without reading it; returns its version.
+
+        The version is ``(total_calls, retired.calls)``: calls only join the
+        window when recorded and only leave it in whole buckets that join
+        ``retired``, so two equal versions of one instance mean the same calls
+        in the window and an equal :meth:`live` sum (moving the newest bucket
+        into the running total changes no sum).
+        """
+        index = int(now // self.width)
+        if index > self._head:
+            self._rotate(index)
+        return self.total_calls, self.retired.calls
 
     def live(self, now: float) -> _Bucket:
         """The sum of the buckets inside the window at ``now`` (a new bucket)."""
