@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from engine import NoModelAvailable, Outcome, PolicyEngine
+from engine.events import AnomalyDetected, AnomalyResolved, Event
 from engine.metrics import RollingMetrics, summarize
+from engine.monitor import Monitor, holds
 from engine.testing import FakeClock
 from tests.conftest import POLICIES
 
@@ -66,3 +68,71 @@ def test_an_unchanged_version_means_an_unchanged_window(events: list[tuple[float
         if last is not None and last[0] == version:
             assert snap == last[1]
         last = (version, snap)
+
+
+class _EveryTime(Monitor):
+    """The evaluation before targets were skipped: every rule over the fresh names of every target."""
+
+    __slots__ = ()
+
+    def evaluate(self, now: float, targets: Any, version: Any, names: Any) -> list[Event]:
+        self.next_at = now + self.spec.evaluate_every_s
+        events: list[Event] = []
+        found: dict[str, dict[str, Any]] = {"model": {}, "tier": {}}
+        for scope in ("model", "tier"):
+            if self.spec.anomalies and (scope == "model" or any(r.scope == "tier" for r in self.spec.anomalies)):
+                for target in targets[scope]:
+                    found[scope][target] = names(scope, target, version(scope, target)[1])
+        for rule in self.spec.anomalies:
+            for target, current in found[rule.scope].items():
+                key = (rule.name, target)
+                if holds(rule.when, current):
+                    start = self.since.setdefault(key, now)
+                    if key not in self.active and now - start >= rule.for_s:
+                        self.active.add(key)
+                        events.append(AnomalyDetected(now, rule.name, rule.scope, target, rule.severity,
+                                                      rule.when.source, dict(current)))
+                else:
+                    self.since.pop(key, None)
+                    if key in self.active:
+                        self.active.discard(key)
+                        events.append(AnomalyResolved(now, rule.name, rule.scope, target, rule.severity,
+                                                      dict(current)))
+        return events
+
+
+def _seen(events: list[Event]) -> list[tuple[Any, ...]]:
+    return [(e, dict(e.metrics)) if isinstance(e, (AnomalyDetected, AnomalyResolved)) else (e,) for e in events]
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(steps=st.lists(st.tuples(
+    st.sampled_from(["L1", "L2", "L2", "L4"]),
+    st.sampled_from([None, "server_error", "server_error", "rate_limit"]),
+    st.sampled_from([50.0, 800.0, 9_000.0]),
+    st.sampled_from([0.5, 1.0, 2.0, 2.0, 7.0, 10.0, 31.0]),
+), min_size=100, max_size=300))
+def test_skipping_unchanged_targets_gives_the_same_events(steps: list[tuple[str, str | None, float, float]]) -> None:
+    engines = []
+    for reference in (False, True):
+        clock = FakeClock()
+        eng = PolicyEngine.from_path(POLICIES, clock=clock)
+        if reference:
+            old = eng._monitor
+            eng._monitor = _EveryTime(old.spec, 0.0)
+            eng._monitor.next_at = old.next_at
+        seen: list[Event] = []
+        eng.subscribe(seen.append)
+        engines.append((eng, clock, seen))
+    for tier, error, latency, step in steps:
+        for eng, clock, _ in engines:
+            try:
+                d = eng.decide(tier, estimated_tokens=50)
+            except NoModelAvailable:
+                pass
+            else:
+                eng.record(d, Outcome(latency_ms=latency, input_tokens=40, output_tokens=10, error=error))
+            clock.advance(step)
+            eng.tick()
+    (_, _, fast), (_, _, every) = engines
+    assert _seen(fast) == _seen(every)
