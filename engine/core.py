@@ -37,7 +37,7 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Hashable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 from engine.breaker import REFUSED, CircuitBreaker
@@ -54,7 +54,7 @@ from engine.events import (
     utc_iso,
 )
 from engine.locks import YieldingLock
-from engine.metrics import RollingMetrics, summarize
+from engine.metrics import RollingMetrics, summarize, summarize_live
 from engine.monitor import Monitor, health
 from engine.outcome import Decision, Outcome, token_problem
 from engine.policy.loader import check, load_policies
@@ -260,6 +260,13 @@ class PolicyEngine:
             k: m for k, m in old_metrics.items() if same_window and k[0] in policy.tiers and k[1] in models}
         for (tier, name), m in self._metrics.items():
             models[name].metrics[tier] = m
+        # per model and per tier: the series summed, and its last summary with their versions
+        self._series: dict[tuple[int, str], list[RollingMetrics]] = {}
+        self._series_of = -1  # len(self._metrics) when _series was built; metrics are only added between reloads
+        self._summaries: dict[tuple[int, str], tuple[tuple[Any, ...], dict[str, Any]]] = {}
+        rule_names = frozenset().union(*(r.when.names for r in policy.monitoring.anomalies if r.when))
+        # whether any anomaly rule reads in_flight, budget_used, breaker_open, open_breakers
+        self._rule_reads = tuple(n in rule_names for n in ("in_flight", "budget_used", "breaker_open", "open_breakers"))
         self._classes = policy.error_classes
         self._take_out = {n: c.take_out_s for n, c in policy.error_classes.items() if c.take_out_s}
         old_ttft: Mapping[tuple[str, str], RollingMetrics] = getattr(self, "_ttft", {})
@@ -786,13 +793,15 @@ class PolicyEngine:
             p.model.in_flight -= 1
         if not self._monitor.due(now):
             return
-        found = self._monitor.evaluate(now, lambda: self._all_model_names(now), lambda: self._all_tier_names(now))
+        found = self._monitor.evaluate(now, {"model": self._models, "tier": self.policy.tiers},
+                                       lambda scope, target: self._monitor_version(scope, target, now),
+                                       lambda scope, target, reads: self._monitor_names(scope, target, reads, now))
         self._take_events(events)  # transitions the rules' reads applied happened before their verdicts
         events.extend(found)
 
     def _model_names(self, name: str, now: float) -> dict[str, Any]:
         st = self._models[name]
-        names = self._summary(now, lambda key: key[1] == name)
+        names = self._summary(now, (1, name))
         wall = now + self._wall_shift
         state = st.breaker.state(now)
         names.update(model=name, tier=st.spec.tier, provider=st.spec.provider, in_flight=st.in_flight,
@@ -802,9 +811,71 @@ class PolicyEngine:
                      price_out=st.spec.price.output_per_1m)
         return names
 
-    def _summary(self, now: float, which: Callable[[tuple[str, str]], bool]) -> dict[str, Any]:
-        totals = [m.live(now) for key, m in self._metrics.items() if which(key)]
-        return summarize(totals, self.policy.error_classes)
+    def _monitor_version(self, scope: str, target: str, now: float) -> tuple[Hashable, tuple[Any, ...]]:
+        """What a model's or tier's rules read, and the values its names take besides the window.
+
+        Returns ``(key, reads)``: ``key`` is equal only while every name the
+        policy's rules of that scope use is (the window's version, and the
+        in-flight count, budget use, breaker state the rules mention);
+        ``reads`` are those values, which :meth:`_monitor_names` takes. Reads
+        breakers and budgets as :meth:`_model_names` and :meth:`_all_tier_names`
+        do, in the same order (a read may apply a due transition).
+        """
+        used = self._rule_reads
+        if scope == "model":
+            st = self._models[target]
+            series = tuple([m.advance(now) for m in self._series_for((1, target))])
+            wall = now + self._wall_shift
+            state = st.breaker.state(now)
+            reads = (st.in_flight, max((led.used_fraction(wall) for led in st.ledgers), default=0.0),
+                     1 if state in ("open", "forced_open") else 0)
+            flight, budget, breaker = used[0], used[1], used[2]
+            return (series, reads[0] if flight else None, reads[1] if budget else None,
+                    reads[2] if breaker else None), reads
+        spec = self.policy.tiers[target]
+        series = tuple([m.advance(now) for m in self._series_for((0, target))])
+        tier_reads = (sum(1 for m in spec.candidates if self._models[m].breaker.state(now) in ("open", "forced_open")),)
+        return (series, tier_reads[0] if used[3] else None), tier_reads
+
+    def _monitor_names(self, scope: str, target: str, reads: tuple[Any, ...], now: float) -> dict[str, Any]:
+        """:meth:`_model_names` or a tier's names from :meth:`_all_tier_names`, with ``reads``."""
+        if scope == "model":
+            st = self._models[target]
+            names = self._summary(now, (1, target))
+            names.update(model=target, tier=st.spec.tier, provider=st.spec.provider, in_flight=reads[0],
+                         budget_used=reads[1], breaker_open=reads[2],
+                         context_window=st.spec.context_window, price_in=st.spec.price.input_per_1m,
+                         price_out=st.spec.price.output_per_1m)
+            return names
+        names = self._summary(now, (0, target))
+        names.update(tier=target, models=len(self.policy.tiers[target].candidates), open_breakers=reads[0])
+        return names
+
+    def _series_for(self, target: tuple[int, str]) -> list[RollingMetrics]:
+        """The rolling metrics of a tier (``(0, tier)``) or a model (``(1, model)``), in insertion order."""
+        if self._series_of != len(self._metrics):
+            series: dict[tuple[int, str], list[RollingMetrics]] = {}
+            for (tier, model), m in self._metrics.items():  # in insertion order, as the sums always were
+                series.setdefault((0, tier), []).append(m)
+                series.setdefault((1, model), []).append(m)
+            self._series, self._series_of = series, len(self._metrics)
+        return self._series.get(target, [])
+
+    def _summary(self, now: float, target: tuple[int, str]) -> dict[str, Any]:
+        """The rolling metrics of a tier (``(0, tier)``) or a model (``(1, model)``), summed: a new dict.
+
+        Summarised again only when a call joined or left one of its series since
+        the last time (their versions); otherwise a copy of that summary, which
+        is what summing the same calls again would give.
+        """
+        ms = self._series_for(target)
+        version = tuple([m.advance(now) for m in ms])
+        cached = self._summaries.get(target)
+        if cached is not None and cached[0] == version:
+            return dict(cached[1])
+        names = summarize_live(ms, now, self.policy.error_classes)
+        self._summaries[target] = (version, names)
+        return dict(names)
 
     def _all_model_names(self, now: float) -> dict[str, dict[str, Any]]:
         return {name: self._model_names(name, now) for name in self._models}
@@ -812,7 +883,7 @@ class PolicyEngine:
     def _all_tier_names(self, now: float) -> dict[str, dict[str, Any]]:
         out = {}
         for tier, spec in self.policy.tiers.items():
-            names = self._summary(now, lambda key, tier=tier: key[0] == tier)  # type: ignore[misc]
+            names = self._summary(now, (0, tier))
             names.update(tier=tier, models=len(spec.candidates), open_breakers=sum(
                 1 for m in spec.candidates if self._models[m].breaker.state(now) in ("open", "forced_open")))
             out[tier] = names

@@ -150,6 +150,10 @@ class LatencyHistogram:
         self._min = min(self._min, other._min)
         self._max = max(self._max, other._max)
 
+    def set_total(self, total_ms: float) -> None:
+        """Replace the sum of the values (after merges whose totals the caller summed in its own order)."""
+        self._total = total_ms
+
     def subtract(self, other: LatencyHistogram) -> None:
         """Remove every value of ``other``, which must have been merged or added here.
 

@@ -88,7 +88,6 @@ class RollingMetrics:
         self.total_calls = 0  # since creation, never reset by the window
         self.total_errors = 0
         self.retired = _Bucket()  # every bucket that left the window, summed: with the live ones, since creation
-        self.retired = _Bucket()  # every bucket that left the window, summed: with ``total``, since creation
 
     def record(self, now: float, latency_ms: float, error: str | None, failed: bool, slow: bool,
                tokens_in: int, tokens_out: int, cost: float, fallback: bool, request: bool = False) -> None:
@@ -124,8 +123,15 @@ class RollingMetrics:
         done, buckets = self._done, self.buckets
         if self._head >= 0 and self._current.calls:
             done.add(self._current)
-        oldest = index - len(buckets) + 1
-        for bucket in buckets:
+        n = len(buckets)
+        oldest = index - n + 1
+        # every live bucket's index is in (head - n, head], so only the slots of head + 1 .. index can
+        # hold one that left; they are visited in slot order, as a walk over all of them would
+        step = index - self._head
+        slots: Iterable[int] = ((index % n,) if step == 1 else range(n) if step >= n
+                                else sorted([i % n for i in range(self._head + 1, index + 1)]))
+        for slot in slots:
+            bucket = buckets[slot]
             if 0 <= bucket.index < oldest:
                 if bucket.calls:
                     done.subtract(bucket)
@@ -136,6 +142,20 @@ class RollingMetrics:
         self._current = buckets[index % len(buckets)]
         self._current.clear(index)
         self._head = index
+
+    def advance(self, now: float) -> tuple[int, int]:
+        """Move the window to ``now`` without reading it; returns its version.
+
+        The version is ``(total_calls, retired.calls)``: calls only join the
+        window when recorded and only leave it in whole buckets that join
+        ``retired``, so two equal versions of one instance mean the same calls
+        in the window and an equal :meth:`live` sum (moving the newest bucket
+        into the running total changes no sum).
+        """
+        index = int(now // self.width)
+        if index > self._head:
+            self._rotate(index)
+        return self.total_calls, self.retired.calls
 
     def live(self, now: float) -> _Bucket:
         """The sum of the buckets inside the window at ``now`` (a new bucket)."""
@@ -178,6 +198,45 @@ def summarize(buckets: Iterable[_Bucket], error_classes: Iterable[str] = ()) -> 
         for name, n in b.errors.items():
             errors[name] = errors.get(name, 0) + n
         hist.merge(b.latency)
+    return _names(hist, calls, successes, failures, slow, tokens_in, tokens_out, fallbacks, requests, cost, errors)
+
+
+def summarize_live(windows: Iterable[RollingMetrics], now: float, error_classes: Iterable[str] = ()) -> dict[str, Any]:
+    """``summarize([w.live(now) for w in windows], error_classes)``, without building the live sums.
+
+    Each window's running total and newest bucket are added in the order
+    :meth:`RollingMetrics.live` adds them, and the float sums (cost, latency
+    total) are taken per window first, so the result is the same to the bit.
+    """
+    hist = LatencyHistogram()
+    calls = successes = failures = slow = tokens_in = tokens_out = fallbacks = requests = 0
+    cost = latency_total = 0.0
+    errors: dict[str, int] = dict.fromkeys(error_classes, 0)
+    for w in windows:
+        w.advance(now)
+        done, b = w._done, w._current
+        calls += done.calls + b.calls
+        successes += done.successes + b.successes
+        failures += done.failures + b.failures
+        slow += done.slow + b.slow
+        tokens_in += done.tokens_in + b.tokens_in
+        tokens_out += done.tokens_out + b.tokens_out
+        fallbacks += done.fallbacks + b.fallbacks
+        requests += done.requests + b.requests
+        cost += done.cost + b.cost
+        for name, n in done.errors.items():
+            errors[name] = errors.get(name, 0) + n
+        for name, n in b.errors.items():
+            errors[name] = errors.get(name, 0) + n
+        latency_total += done.latency.total + b.latency.total
+        hist.merge(done.latency)
+        hist.merge(b.latency)
+    hist.set_total(latency_total)
+    return _names(hist, calls, successes, failures, slow, tokens_in, tokens_out, fallbacks, requests, cost, errors)
+
+
+def _names(hist: LatencyHistogram, calls: int, successes: int, failures: int, slow: int, tokens_in: int,
+           tokens_out: int, fallbacks: int, requests: int, cost: float, errors: dict[str, int]) -> dict[str, Any]:
     n_errors = sum(errors.values())
     p50, p95, p99 = hist.quantiles((0.5, 0.95, 0.99))
     out: dict[str, Any] = {

@@ -10,7 +10,7 @@ no longer holds emits :class:`AnomalyResolved`. An expression that raises
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from typing import Any
 
 from engine.events import AnomalyDetected, AnomalyResolved, Event
@@ -39,13 +39,15 @@ def health(spec: HealthSpec, names: Mapping[str, Any]) -> str:
 
 
 class Monitor:
-    __slots__ = ("spec", "next_at", "since", "active")
+    __slots__ = ("spec", "next_at", "since", "active", "_seen")
 
     def __init__(self, spec: MonitoringSpec, now: float) -> None:
         self.spec = spec
         self.next_at = now + spec.evaluate_every_s
         self.since: dict[tuple[str, str], float] = {}
         self.active: set[tuple[str, str]] = set()
+        # (scope, target) -> the version and names of its last evaluation
+        self._seen: dict[tuple[str, str], tuple[Hashable, Mapping[str, Any]]] = {}
 
     def carry_over(self, old: Monitor, now: float, models: set[str], tiers: set[str]) -> list[Event]:
         """Take over ``old``'s pending and active anomalies whose rule and target still exist.
@@ -74,28 +76,61 @@ class Monitor:
     def evaluate(
         self,
         now: float,
-        model_names: Callable[[], Mapping[str, Mapping[str, Any]]],
-        tier_names: Callable[[], Mapping[str, Mapping[str, Any]]],
+        targets: Mapping[str, Iterable[str]],
+        version: Callable[[str, str], tuple[Hashable, Any]],
+        names: Callable[[str, str, Any], Mapping[str, Any]],
     ) -> list[Event]:
-        """Run every rule over every target; returns the events it caused."""
+        """Run every rule over every target; returns the events it caused.
+
+        ``targets``: the models (``"model"``) and tiers (``"tier"``);
+        ``version(scope, target)``: ``(key, reads)``, where ``key`` is equal
+        only while every name this scope's rules use is;
+        ``names(scope, target, reads)``: the target's names. A target whose
+        key is the one this monitor last saw gives every rule the verdict it
+        gave then, so its rules run again only where one is waiting out its
+        ``for``: the others held and are active, or did not hold, and cause no
+        event now as they caused none then. An event carries the names of now.
+        """
         self.next_at = now + self.spec.evaluate_every_s
         events: list[Event] = []
-        targets = {"model": model_names() if self.spec.anomalies else {}, "tier": {}}
-        if any(r.scope == "tier" for r in self.spec.anomalies):
-            targets["tier"] = tier_names()
-        for rule in self.spec.anomalies:
-            for target, names in targets[rule.scope].items():
-                key = (rule.name, target)
-                if holds(rule.when, names):
-                    start = self.since.setdefault(key, now)
-                    if key not in self.active and now - start >= rule.for_s:
-                        self.active.add(key)
-                        events.append(AnomalyDetected(now, rule.name, rule.scope, target, rule.severity,
-                                                      rule.when.source, dict(names)))
+        anomalies = self.spec.anomalies
+        seen = self._seen
+        scopes: dict[str, dict[str, tuple[Mapping[str, Any], Any, bool]]] = {"model": {}, "tier": {}}
+        for scope in ("model", "tier"):
+            wanted = anomalies if scope == "model" else any(r.scope == "tier" for r in anomalies)
+            if not wanted:
+                continue
+            out = scopes[scope]
+            for target in targets[scope]:
+                key, reads = version(scope, target)
+                last = seen.get((scope, target))
+                if last is not None and last[0] == key:
+                    out[target] = (last[1], reads, False)
                 else:
-                    self.since.pop(key, None)
-                    if key in self.active:
-                        self.active.discard(key)
-                        events.append(AnomalyResolved(now, rule.name, rule.scope, target, rule.severity,
-                                                      dict(names)))
+                    current = names(scope, target, reads)
+                    seen[(scope, target)] = (key, current)
+                    out[target] = (current, reads, True)
+        since, active = self.since, self.active
+        for rule in anomalies:
+            scope = rule.scope
+            for target, (current, reads, fresh) in scopes[scope].items():
+                key = (rule.name, target)
+                if not fresh and (key not in since or key in active):
+                    continue  # the same verdict as last time, which caused no event
+                if holds(rule.when, current):
+                    start = since.setdefault(key, now)
+                    if key not in active and now - start >= rule.for_s:
+                        active.add(key)
+                        if not fresh:
+                            current = names(scope, target, reads)
+                        events.append(AnomalyDetected(now, rule.name, scope, target, rule.severity,
+                                                      rule.when.source, dict(current)))
+                else:
+                    since.pop(key, None)
+                    if key in active:
+                        active.discard(key)
+                        if not fresh:
+                            current = names(scope, target, reads)
+                        events.append(AnomalyResolved(now, rule.name, scope, target, rule.severity,
+                                                      dict(current)))
         return events
