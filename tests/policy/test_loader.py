@@ -230,3 +230,28 @@ def test_a_policy_file_that_cannot_be_read_is_a_located_problem(policy_dir: Path
     if make is not _directory:  # named on its own, the same (a directory named so is searched)
         _, alone = check(policy_dir / "budgets.yaml")
         assert [p.format() for p in alone] == [p.format() for p in problems]
+
+
+def test_a_policy_file_without_read_permission_is_a_located_problem(policy_dir: Path) -> None:
+    """The same through the real CLI, in a process that obeys file modes (root drops the capabilities
+    that override them with ``setpriv``), so it runs as root too."""
+    import shutil
+    import subprocess
+    import sys
+
+    prefix: list[str] = []
+    if os.geteuid() == 0:
+        setpriv = shutil.which("setpriv")
+        if setpriv is None:
+            pytest.skip("running as root without setpriv")
+        prefix = [setpriv, "--bounding-set", "-dac_override,-dac_read_search", "--"]
+    budgets = policy_dir / "budgets.yaml"
+    got = _no_permission(budgets)
+    try:
+        done = subprocess.run([*prefix, sys.executable, "-m", "engine", "validate", str(policy_dir)],
+                              capture_output=True, text=True, timeout=120, check=False)
+    finally:
+        budgets.chmod(0o644)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert done.stdout.splitlines() == [
+        f"{budgets}:1:1: file-unreadable: expected a readable policy file, got {got}"]
