@@ -89,18 +89,19 @@ class LatencyHistogram:
         self._max = -_INF
 
     def add(self, ms: float) -> None:
-        """Record one latency; ``ms`` must be finite and >= 0."""
-        if not 0.0 < ms < _INF:  # zero or a bad value: the general path
-            self.add_at(self.key(ms), ms)
-            return
-        # key() and add_at() written out: this runs once per recorded call
-        key = _ceil(_log(ms) * self._inv_log_gamma)
-        if key < self._key_min:
-            key = self._key_min
-        elif key > self._key_max:
-            key = self._key_max
-        buckets = self._buckets
-        buckets[key] = buckets.get(key, 0) + 1
+        """Record one latency; ``ms`` must be finite and >= 0 (ValueError otherwise)."""
+        if 0.0 < ms < _INF:  # the bucket written out: this runs once per recorded call
+            key = _ceil(_log(ms) * self._inv_log_gamma)
+            if key < self._key_min:
+                key = self._key_min
+            elif key > self._key_max:
+                key = self._key_max
+            buckets = self._buckets
+            buckets[key] = buckets.get(key, 0) + 1
+        elif ms == 0.0:
+            self._zero += 1
+        else:
+            raise ValueError(f"expected a finite latency >= 0 ms, got {ms!r}")
         self._count += 1
         self._total += ms
         if ms < self._min:
@@ -109,31 +110,13 @@ class LatencyHistogram:
             self._max = ms
 
     def key(self, ms: float) -> int | None:
-        """The bucket of ``ms`` (``None`` for zero); raises ValueError for a bad value.
-
-        With :meth:`add_at`, lets a caller that feeds several histograms of the
-        same accuracy compute the logarithm once.
-        """
+        """The bucket of ``ms`` (``None`` for zero); raises ValueError for a bad value."""
         if not 0.0 <= ms < _INF:
             raise ValueError(f"expected a finite latency >= 0 ms, got {ms!r}")
         if ms == 0.0:
             return None
         key = math.ceil(math.log(ms) * self._inv_log_gamma)
         return self._key_min if key < self._key_min else self._key_max if key > self._key_max else key
-
-    def add_at(self, key: int | None, ms: float) -> None:
-        """Record ``ms`` whose bucket :meth:`key` computed."""
-        if key is None:
-            self._zero += 1
-        else:
-            buckets = self._buckets
-            buckets[key] = buckets.get(key, 0) + 1
-        self._count += 1
-        self._total += ms
-        if ms < self._min:
-            self._min = ms
-        if ms > self._max:
-            self._max = ms
 
     def merge(self, other: LatencyHistogram) -> None:
         """Add every value of ``other`` (same accuracy required) to this histogram."""

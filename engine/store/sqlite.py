@@ -102,6 +102,22 @@ Cells = dict[tuple[Any, str, str], list[Any]]
 _log, _ceil = math.log, math.ceil
 
 
+
+def _hist_add(c: list[Any], ms: float, total: int, lo: int, hi: int, buckets: int, zero: int) -> None:
+    """Add ``ms`` to the histogram held in ``c`` at those positions (the layout of the minute rows)."""
+    c[total] += ms
+    if ms < c[lo]:
+        c[lo] = ms
+    if ms > c[hi]:
+        c[hi] = ms
+    if ms > 0.0:
+        k = _ceil(_log(ms) * INV_LOG_GAMMA)
+        k = KEY_MIN if k < KEY_MIN else KEY_MAX if k > KEY_MAX else k
+        counts = c[buckets]
+        counts[k] = counts.get(k, 0) + 1
+    else:
+        c[zero] += 1
+
 class SQLiteStore:
     """Persistent history; see the module docstring."""
 
@@ -185,19 +201,8 @@ class SQLiteStore:
                 buckets[k] = buckets.get(k, 0) + 1
             else:
                 c[ZERO] += 1
-            if ttft_ms is not None:
-                c[TTFT_TOTAL] += ttft_ms
-                if ttft_ms < c[TTFT_LO]:
-                    c[TTFT_LO] = ttft_ms
-                if ttft_ms > c[TTFT_HI]:
-                    c[TTFT_HI] = ttft_ms
-                if ttft_ms > 0.0:
-                    k = _ceil(_log(ttft_ms) * INV_LOG_GAMMA)
-                    k = KEY_MIN if k < KEY_MIN else KEY_MAX if k > KEY_MAX else k
-                    buckets = c[TTFT_BUCKETS]
-                    buckets[k] = buckets.get(k, 0) + 1
-                else:
-                    c[TTFT_ZERO] += 1
+            if ttft_ms is not None:  # streamed calls only: the latency's histogram update, generalised
+                _hist_add(c, ttft_ms, TTFT_TOTAL, TTFT_LO, TTFT_HI, TTFT_BUCKETS, TTFT_ZERO)
 
     def append_event(self, event: Event) -> None:
         # with the wall offset in force now: a clock stepped back later does not move this event
