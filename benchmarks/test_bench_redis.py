@@ -14,7 +14,9 @@ call on this machine); its row runs only where ``litellm`` is installed.
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -32,6 +34,28 @@ ROUNDS, WARMUP = 5_000, 500
 def redis_engine(redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch) -> Iterator[PolicyEngine]:  # noqa: F811
     monkeypatch.setitem(engine.store.base.BACKENDS, "redis", "engine.store.redis.store:RedisStore")
     eng = PolicyEngine.from_path(ROOT / "policies", store=redis_server.uri())
+    yield eng
+    eng.close()
+
+
+LEASE = "  lease: {size: 0.01, ttl_s: 30, sync_ms: 100}\n"
+
+
+def leased_policies(directory: Path) -> Path:
+    """The shipped policy set with every budget leased (``defaults.lease``)."""
+    shutil.copytree(ROOT / "policies", directory, ignore=shutil.ignore_patterns("tests"))
+    budgets = directory / "budgets.yaml"
+    text = budgets.read_text()
+    assert "defaults:\n" in text
+    budgets.write_text(text.replace("defaults:\n", "defaults:\n" + LEASE, 1))
+    return directory
+
+
+@pytest.fixture
+def leased_engine(redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch,  # noqa: F811
+                  tmp_path: Path) -> Iterator[PolicyEngine]:
+    monkeypatch.setitem(engine.store.base.BACKENDS, "redis", "engine.store.redis.store:RedisStore")
+    eng = PolicyEngine.from_path(leased_policies(tmp_path / "policies"), store=redis_server.uri())
     yield eng
     eng.close()
 
@@ -56,6 +80,17 @@ def test_memory_decide_record_l2(benchmark: Any) -> None:
     _measure(benchmark, eng, lambda: eng.record(eng.decide("L2"), OK), "memory L2")
 
 
+def test_memory_decide_record_l4_reserved(benchmark: Any) -> None:
+    eng = PolicyEngine.from_path(ROOT / "policies")
+
+    def pair() -> None:
+        d = eng.decide("L4", estimated_tokens=15)
+        eng.record(d, OK)
+        assert d.model == "gpt-5"
+
+    _measure(benchmark, eng, pair, "memory L4 reserved")
+
+
 def test_redis_decide_record_l2(benchmark: Any, redis_engine: PolicyEngine) -> None:
     """gpt-4.1-mini: its breaker and one budget (the global monthly one), no reservation."""
     eng = redis_engine
@@ -76,6 +111,24 @@ def test_redis_decide_record_l4_reserved(benchmark: Any, redis_engine: PolicyEng
         assert d.model == "gpt-5"
 
     _measure(benchmark, eng, pair, "redis L4 reserved")
+
+
+def test_redis_leased_decide_record_l2(benchmark: Any, leased_engine: PolicyEngine) -> None:
+    """As test_redis_decide_record_l2 with the budget leased: decided against the slice in the process."""
+    eng = leased_engine
+    _measure(benchmark, eng, lambda: eng.record(eng.decide("L2"), OK), "redis leased L2")
+
+
+def test_redis_leased_decide_record_l4_reserved(benchmark: Any, leased_engine: PolicyEngine) -> None:
+    """As test_redis_decide_record_l4_reserved with both budgets leased."""
+    eng = leased_engine
+
+    def pair() -> None:
+        d = eng.decide("L4", estimated_tokens=15)
+        eng.record(d, OK)
+        assert d.model == "gpt-5"
+
+    _measure(benchmark, eng, pair, "redis leased L4 reserved")
 
 
 # LiteLLM's Router, the peer the issue names, runs in its own interpreter: see

@@ -787,6 +787,9 @@ class PolicyEngine:
 
     def _tick(self, now: float, events: list[Event]) -> None:
         """Expire decisions never recorded; run the anomaly rules if due, adding their events (lock held)."""
+        tick = getattr(self.store, "tick", None)
+        if tick is not None:  # a shared store's due work (leased budgets report their usage)
+            tick(now + self._wall_shift)
         stale = [p for p in self._pending.values() if now - p.at > DECISION_TTL_S]
         for p in stale:
             del self._pending[p.decision.id]

@@ -26,6 +26,7 @@ from engine.policy.model import (
     ErrorMatch,
     Expression,
     HealthSpec,
+    LeaseSpec,
     ModelSpec,
     MonitoringSpec,
     PolicySet,
@@ -347,8 +348,22 @@ class Compiler:
                          f"expected warn_at < exhaust_at, got {warn} >= {exhaust}", key=not at)
             zone = self.zone(e, ("timezone",), v["timezone"]) if "timezone" in e.value else tz
             out.append(BudgetSpec(name, scope, target, v["period"], v.get("tokens"), v.get("cost_usd"),
-                                  warn, exhaust, v.get("rolling_s"), zone, v.get("reservation_ttl_s", 300.0)))
+                                  warn, exhaust, v.get("rolling_s"), zone, v.get("reservation_ttl_s", 300.0),
+                                  self.lease(e, defaults.get("lease"), e.value.get("lease"))))
         return tuple(out)
+
+    def lease(self, e: _Entry, default: Any, own: Any) -> LeaseSpec | None:
+        """A budget's lease: its own fields over the defaults' (``false`` on either side: exact mode)."""
+        if own is False or (own is None and not default):
+            return None
+        fields = {**(default or {}), **(own or {})}
+        spec = LeaseSpec(**fields)
+        if spec.sync_ms / 1000.0 >= spec.ttl_s:
+            at = ("lease", "sync_ms") if own and "sync_ms" in own else ("lease",) if own else ()
+            self.add(e.doc, e.path + at, "invalid-value",
+                     f"expected lease sync_ms below ttl_s (a slice must be renewed before it expires), "
+                     f"got sync_ms {spec.sync_ms:g} and ttl_s {spec.ttl_s:g}", key=not at)
+        return spec
 
     def monitoring(self, classes: Mapping[str, Any]) -> MonitoringSpec:
         health = HealthSpec()

@@ -97,6 +97,22 @@ class ModelSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class LeaseSpec:
+    """How a budget shared through Redis is leased (see :mod:`engine.store.redis.lease`).
+
+    Each process holds a slice of ``size`` (a fraction of each limit) taken
+    from the budget's headroom with one round trip, decides against it
+    locally, reports its usage and renews every ``sync_ms`` while it spends,
+    and gives back what it did not use on close; a slice not renewed for
+    ``ttl_s`` returns to the budget by itself (a process that died).
+    """
+
+    size: float = 0.01
+    ttl_s: float = 30.0
+    sync_ms: float = 100.0
+
+
+@dataclass(frozen=True, slots=True)
 class BudgetSpec:
     """A token and/or cost budget over a period.
 
@@ -115,6 +131,7 @@ class BudgetSpec:
     rolling_s: float | None = None
     timezone: str = "UTC"
     reservation_ttl_s: float = 300.0
+    lease: LeaseSpec | None = None  # shared (Redis) budgets: leased slices instead of a round trip per call
 
 
 @dataclass(frozen=True, slots=True)

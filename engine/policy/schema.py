@@ -207,6 +207,8 @@ def _problems(doc: Document, err: ValidationError) -> Iterator[Problem]:
                           f"expected version {err.validator_value}, got {_got(_shown(err.instance, kind))}")
     elif (shape := _moved_key(doc, err, path)) is not None:
         yield doc.problem(path, "wrong-type", shape, key=True)
+    elif err.validator == "not" and _any(err.validator_value) == {"const": True}:
+        yield doc.problem(path, "invalid-value", f"expected a mapping of settings or false, got {_got(instance)}")
     elif path and (unit := _rate_unit(err, str(path[-1]))) is not None:
         yield doc.problem(path, "rate-unit", unit)
     else:

@@ -274,6 +274,27 @@ def test_time_window_forgets_old_calls(store: Store) -> None:
     assert events == [] and b.state(T0 + 10.0) == "closed"
 
 
+@pytest.mark.parametrize("window", ["count", "time"])
+def test_many_successes_then_failures_keep_their_order_in_the_window(store: Store, window: str) -> None:
+    """Successes may travel in batches (a shared store); the window still holds the calls in order."""
+    events: list[Event] = []
+    b = store.make_breaker("m", replace(BREAKER, window=window, window_s=100.0, window_buckets=10), events)
+    for i in range(25):
+        call(b, T0 + i * 0.01, False)
+        if i in (7, 12):  # a read sends what is batched: 8, then 5 (3 fall out of a count window), then 12
+            assert b.snapshot(T0 + i * 0.01)["calls"] == min(i + 1, 10 if window == "count" else 99)
+    for _ in range(4):
+        call(b, T0 + 1.0, True)
+    if window == "count":  # the last 10: 6 successes, 4 failures (40%)
+        assert events == [] and b.snapshot(T0 + 1.0)["calls"] == 10
+        call(b, T0 + 1.0, True)  # 5 of 10
+        assert events == [opened(T0 + 1.0, T0 + 11.0, fr=50.0)]
+        assert events[0].metrics == {"calls": 10, "failures": 5, "slow_calls": 0, "consecutive_opens": 1}
+    else:  # all 29 in the window: 4 failures (13.8%)
+        assert events == [] and b.snapshot(T0 + 1.0)["calls"] == 29
+        assert b.snapshot(T0 + 1.0)["failures"] == 4
+
+
 def test_export_and_restore_round_trip_without_events(store: Store) -> None:
     events: list[Event] = []
     b = tripped(store, events)

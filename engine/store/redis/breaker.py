@@ -10,13 +10,18 @@ What each call costs and how exact it is:
 =====================  ==============================================================
 ``try_acquire``        closed, disabled, metrics-only, forced-open, or open before
                        ``open_until``: from the cached state if at most ``cache_ms``
-                       old (no round trip), so another process's open (or close) is
+                       old (no round trip; from half that age on, a pipelined
+                       refresh, read by the next round trip), so another process's open (or close) is
                        seen within ``cache_ms``; otherwise, and always when half-open
                        or due to half-open, one round trip: probe permits are exact
                        across processes
 ``on_result``          a success (an ordinary call, not slow) while the cached
-                       window holds no failure and no slow call: pipelined, no
-                       wait (it cannot cause a transition). Any other result (a
+                       window holds no failure and no slow call: batched, sent
+                       as one ``ok`` command with the next refresh (within
+                       ``cache_ms`` while the process decides; before any other
+                       operation of the breaker; at ``close``; at once with
+                       ``cache_ms=0``), pipelined: it cannot cause a transition.
+                       Any other result (a
                        failure, a slow call, a probe, or any result once the window
                        holds a failure): one round trip, so a trip is decided and
                        reported by the ``record`` that causes it
@@ -71,6 +76,7 @@ class RedisBreaker(BreakerSync):
     def try_acquire(self, now: float) -> int:
         """A ticket (CALL, or >= 2 for a probe) if the model may be called, else REFUSED."""
         with self._link.lock:
+            self._refresh(now)
             v = self._cached(now)
             if v is not None:
                 s = v.state
@@ -111,8 +117,12 @@ class RedisBreaker(BreakerSync):
             code = "-1" if failed is None else "1" if failed else "0"
             args = (ticket, code, "1" if slow else "0")
             if ticket < 2 and not failed and not slow and self._quiet(now):
-                if self._send(now, "result", args):  # cannot cause a transition: no need to wait
-                    return
+                # cannot cause a transition: batched, sent within cache_ms (at once with cache_ms=0)
+                self._ok += 1
+                self._ok_now = now
+                if self._cache_s <= 0.0 and not self._send_ok():
+                    self._fallback(now).on_result(now, failed, latency_ms, ticket=CALL)
+                return
             elif self._sync(now, "result", *args) is not None:
                 return
             self._fallback(now).on_result(now, failed, latency_ms, ticket=CALL)
@@ -244,10 +254,17 @@ class RedisBreaker(BreakerSync):
                 self._take(reply, now, sent, False)
         return [Cmd("breaker", self._keys, self._args(now, op, *args), handle)]
 
+    def flush_results(self) -> None:
+        """Send the batched successes now (``close``; pipelined, read by the store's flush)."""
+        with self._link.lock:
+            if self._ok and self._local is None:
+                self._send_ok()
+
     def recovered(self) -> None:
         """The server is back: decide on it again (from a fresh state)."""
         self._local = self._seeded = None
         self._view = None
+        self._ok, self._refreshing = 0, 0.0
 
     forked = recovered
 

@@ -58,6 +58,9 @@ class BreakerSync:
         self._seeded: str | None = None
         self._pending: tuple[str, tuple[Any, ...]] | None = None  # a force/restore to replay
         self._last_now = 0.0
+        self._ok = 0  # ordinary successes not sent yet (sent within cache_ms, or before any other operation)
+        self._ok_now = 0.0  # the engine time of the last of them
+        self._refreshing = 0.0  # time.monotonic() a pipelined refresh was sent at, unanswered (0: none)
         self._set_spec(spec)
 
     def _set_spec(self, spec: BreakerSpec) -> None:
@@ -108,8 +111,43 @@ class BreakerSync:
             return False
         return v.state in ("disabled", "metrics_only") or (v.state == "closed" and not v.failures and not v.slow)
 
+    def _send_ok(self) -> bool:
+        """Send the batched successes (pipelined): before any other operation, in the order they happened."""
+        n, self._ok = self._ok, 0
+        now = self._ok_now
+        self._last_now = max(self._last_now, now)
+        sent = time.monotonic()
+        self._refreshing = sent
+
+        def handle(reply: Any) -> None:
+            if self._refreshing == sent:
+                self._refreshing = 0.0
+            if reply is not None:
+                self._take(reply, now, sent, True)
+        try:
+            self._link.send("breaker", self._keys, self._args(now, "ok", n), handle)
+        except Unavailable:  # the successes are lost with the outage; they could not trip the breaker
+            return False
+        return True
+
+    def _refresh(self, now: float) -> None:
+        """Keep the cached state fresh without waiting: from half of ``cache_ms`` on, one pipelined
+        ``ok`` (carrying the batched successes) whose reply the next round trip reads; once the cache
+        is stale, read it (it has most likely arrived)."""
+        v = self._view
+        if v is None or self._local is not None:
+            return
+        age = time.monotonic() - v.at
+        if age * 2.0 > self._cache_s and not self._refreshing:
+            self._ok_now = max(self._ok_now, now)
+            self._send_ok()
+        if age > self._cache_s and self._refreshing:
+            self._link.flush()
+
     def _sync(self, now: float, op: str, *extra: Any, events: bool = True) -> list[bytes] | None:
         """Run ``op`` and wait: the reply's fields, or None when the server is unreachable."""
+        if self._ok:
+            self._send_ok()
         self._last_now = now
         sent = time.monotonic()
         try:
@@ -124,6 +162,8 @@ class BreakerSync:
         return head
 
     def _send(self, now: float, op: str, extra: tuple[Any, ...]) -> bool:
+        if self._ok:
+            self._send_ok()
         self._last_now = now
         sent = time.monotonic()
 

@@ -172,7 +172,7 @@ class LedgerSync:
         return handle
 
     def _take(self, reply: bytes, now: float, sent: float, opno: int, seq: int) -> View:
-        head, events = split(reply, 14)
+        head, events = split(reply, 16)
         view = View(head, now, sent, self._key_bounds)
         if seq:
             self._unacked.pop(seq, None)

@@ -5,7 +5,7 @@ the budget, so two policy sets on one namespace would share usage and undo
 each other's limits and windows. The *fingerprint* is a SHA-256 (16 hex
 digits) over what the shared state depends on: every budget's definition
 (name, scope and target, period, time zone, rolling length, limits,
-thresholds, reservation TTL) and every model's breaker settings. The server
+thresholds, reservation TTL, lease) and every model's breaker settings. The server
 keeps the fingerprint in force in ``{prefix}:policy`` (with the revision,
 ``host:pid`` and time of the process that set it).
 
@@ -51,7 +51,9 @@ __all__ = ["PolicyGuard", "fingerprint"]
 
 def fingerprint(policy: PolicySet) -> str:
     """16 hex digits over the definitions processes share on a namespace."""
-    shared = {"budgets": sorted((dataclasses.asdict(b) for b in policy.budgets), key=lambda b: str(b["name"])),
+    budgets = [{k: v for k, v in dataclasses.asdict(b).items() if k != "lease" or v is not None}
+               for b in policy.budgets]  # exact-mode budgets hash as before leases existed
+    shared = {"budgets": sorted(budgets, key=lambda b: str(b["name"])),
               "breakers": {name: dataclasses.asdict(m.breaker) for name, m in sorted(policy.models.items())}}
     text = json.dumps(shared, sort_keys=True, separators=(",", ":"), default=repr)
     return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -106,8 +106,16 @@ end
 #: ARGV: epoch, op, now, rolling, start|width, end|bucket, token limit (0: none),
 #: cost limit (0: none), warn_at, exhaust_at, ttl, seq (0: none), rid (settle: fields separated by
 #: spaces), tokens, cost, quiet (1: no warning, 2: no exhausted, 4: no reset event, 8: a replayed
-#: settlement, booked in the period it names even if that is an earlier one), grace_s, name, period label.
-#: ops: peek, eval, reserve (checked), hold (admitted by the client), settle.
+#: settlement, booked in the period it names even if that is an earlier one), grace_s, name, period label,
+#: and for a lease: the tokens and cost wanted, the lease's TTL.
+#: ops: peek, eval, reserve (checked), hold (admitted by the client), settle, lease.
+#:
+#: ``lease`` (see :mod:`engine.store.redis.lease`): the client's usage since its last report is
+#: settled and taken off its slice (reservation ``rid``; once: ``seq``), then the slice is topped up to
+#: what was wanted (or cut down to it: 0 gives it back) from the headroom, ``exhaust_at`` x limit minus
+#: settled and reserved (other slices included), by at most half the headroom (rounded up), so slices
+#: shrink as the budget runs out; once the budget is exhausted no slice is left. The reply's last two
+#: fields are the slice's tokens and cost as it now is.
 #:
 #: A fixed budget's period never goes back: an operation naming a period before the latest one the
 #: server has seen (a client whose clock was stepped back) works on the latest one, except a replayed
@@ -306,7 +314,17 @@ if not dup then
       redis.call('HSET', B, 't' .. k, f17((bt or 0) + tokens), 'c' .. k, f17((bc or 0) + cost))
     end
   end
-  if current and (op == 'settle' or op == 'eval') then
+  if op == 'lease' then
+    tok, cst, touched, dirty = tok + tokens, cst + cost, true, true
+    if rolling then
+      local v = redis.call('HMGET', B, 't' .. k, 'c' .. k)
+      local bt, bc = amount(v[1], true), amount(v[2], false)
+      if v[1] and bt == nil then bad(B, 't' .. k, v[1]) end
+      if v[2] and bc == nil then bad(B, 'c' .. k, v[2]) end
+      redis.call('HSET', B, 't' .. k, f17((bt or 0) + tokens), 'c' .. k, f17((bc or 0) + cost))
+    end
+  end
+  if current and (op == 'settle' or op == 'eval' or op == 'lease') then
     local sp = frac(tok, cst)
     if sp >= warn_at and not w then
       w, dirty = true, true
@@ -320,6 +338,40 @@ if not dup then
   if op == 'eval' then
     redis.call('HSET', base, 'name', ARGV[18], 'period', ARGV[19], 'tl', ARGV[7], 'cl', ARGV[8])
   end
+end
+local gt, gc = '', ''
+if op == 'lease' then  -- the slice: what it had, less the usage reported (unless a duplicate), topped up
+  local a, b = 0, 0
+  local held = redis.call('HGET', R, rid)
+  if held then
+    local x, y = string.match(held, '^(%S+) (%S+)$')
+    x, y = amount(x, true), amount(y, false)
+    if x == nil or y == nil then bad(R, rid, held); recount = true
+    else a, b, rt, rc = x, y, rt - x, rc - y end
+    redis.call('HDEL', R, rid)
+    redis.call('ZREM', X, rid)
+    if recount then recounted() end
+  end
+  if not dup then a, b = math.max(a - tokens, 0), math.max(b - cost, 0) end
+  local wt, wc, lttl = tonumber(ARGV[20]), tonumber(ARGV[21]), tonumber(ARGV[22])
+  if frac(tok, cst) >= exh_at then
+    a, b = 0, 0  -- exhausted: no slice survives
+  else
+    if tl > 0 then
+      local room = math.floor(tl * exh_at - tok - rt - a)
+      if wt <= a then a = wt elseif room > 0 then a = a + math.min(wt - a, math.ceil(room / 2)) end
+    end
+    if cl > 0 then
+      local room = cl * exh_at - cst - rc - b
+      if wc <= b then b = wc elseif room > 0 then b = b + math.min(wc - b, room / 2) end
+    end
+  end
+  if a > 0 or b > 0 then
+    redis.call('HSET', R, rid, f17(a) .. ' ' .. f17(b))
+    redis.call('ZADD', X, now + lttl, rid)
+    rt, rc, touched = rt + a, rc + b, true
+  end
+  gt, gc, dirty = f17(a), f17(b), true
 end
 if dirty then
   redis.call('HSET', D, 'tok', f17(tok), 'cost', f17(cst), 'rt', f17(rt), 'rc', f17(rc),
@@ -345,7 +397,7 @@ if rolling and frac(tok + rt, cst + rc) >= exh_at then
   end
 end
 return reply({'OK', f17(tok), f17(cst), f17(rt), f17(rc), w and 1 or 0, e and 1 or 0, touched and 1 or 0,
-              nres, nx[2] or '', resets, found, dup and 1 or 0, rolling and f17(k) or pkey}, evs)
+              nres, nx[2] or '', resets, found, dup and 1 or 0, rolling and f17(k) or pkey, gt, gc}, evs)
 """
 
 #: KEYS: epoch, the namespace's policy hash. ARGV: epoch, mode (claim: set if none is there; replace),

@@ -16,6 +16,7 @@ __all__ = ["BREAKER"]
 #: probes needed, failure_rate, slow_call_rate, open_for_s, backoff, max_open_for_s,
 #: half_open_permits, half_open_max_wait_s, model name, then the op's own arguments:
 #: acquire | sync | release TICKET | result TICKET FAILED(1/0/-1) SLOW(1/0)
+#: | ok N (N ordinary successes, neither failed nor slow, batched by the client; 0: as sync)
 #: | force TARGET | restore STATE OPEN_UNTIL OPEN_FOR CONSECUTIVE | adopt (restore if closed)
 #:
 #: Every loop is bounded by the policy's sizes (permits, buckets), whatever is stored. A stored
@@ -172,6 +173,34 @@ local function wrecord(t, failed, slow)
   if failed then wx = wx + 1 end
   if slow then ws = ws + 1 end
 end
+local function wrecord_ok(t, k)  -- k successes at once (a count window keeps at most its size)
+  dirty = true
+  wcheck()
+  if kind == 'count' then
+    if k >= size then wreset(); k = size end
+    local over = wc + k - size
+    if over > 0 then
+      local old = redis.call('LRANGE', W, 0, over - 1)
+      redis.call('LTRIM', W, over, -1)
+      for i = 1, #old do
+        local x = valid(old[i], 0, 3, true)
+        if x == nil then wbad = true; x = 0 end
+        wx, ws = wx - x % 2, ws - math.floor(x / 2)
+      end
+      if wx < 0 or ws < 0 then wbad = true end
+      wc = wc - over
+    end
+    local zeros = {}
+    for i = 1, k do zeros[i] = 0 end
+    chunked('RPUSH', W, zeros)
+  else
+    local ep_ = advance(t)
+    if ep_ <= we - nb then return end
+    local r = redis.pcall('HINCRBY', W, 'c' .. ep_, k)
+    if type(r) == 'table' then wbad = true end
+  end
+  wc = wc + k
+end
 local function clear_episode()
   for i = 1, pm do tk[i], dl[i] = 0, INF end
   us, fl, pc, pf, ps, nd, dirty = 0, 0, 0, 0, 0, INF, true
@@ -318,6 +347,13 @@ elseif op == 'result' then
   if not done and failed ~= nil then
     wrecord(now, failed, slow)
     if state == 'closed' then check_trip() end
+  end
+elseif op == 'ok' then
+  local k = valid(ARGV[18], 0, BIG, true) or 0
+  if st ~= 'closed' then tick() end
+  if k > 0 and st ~= 'disabled' and st ~= 'half_open' then  -- as 'result' for an ordinary call
+    wrecord_ok(now, k)
+    if st == 'closed' then check_trip() end
   end
 elseif op == 'force' then
   local target, old = ARGV[18], st

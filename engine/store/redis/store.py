@@ -39,6 +39,12 @@ Keys (``P`` = ``{namespace}:{policy_set}``)::
 ``{kind}`` is ``daily@Europe/Berlin``, ``hourly@UTC``, ``monthly@…`` or
 ``rolling@3600.0``: a budget whose period kind changes starts afresh.
 
+A budget whose policy has ``lease:`` is a
+:class:`~engine.store.redis.lease.LeasedLedger`: decided against a slice leased
+by this process, one pipelined command per ``sync_ms`` instead of a round trip
+per call (see :mod:`engine.store.redis.lease`); the others are exact
+(:mod:`engine.store.redis.budget`).
+
 History is not kept here (``keeps_history`` is False: that is the SQLite
 store's job); like :class:`~engine.store.base.MemoryStore` the store keeps the
 newest events of this process in memory. Call :meth:`RedisStore.close` (or
@@ -60,6 +66,7 @@ from engine.store.base import MemoryStore
 from engine.store.redis.breaker import RedisBreaker
 from engine.store.redis.budget import RedisLedger, budget_key
 from engine.store.redis.fingerprint import PolicyGuard
+from engine.store.redis.lease import LeasedLedger
 from engine.store.redis.link import Cmd, Link, Misconfigured, StorageDegraded, StorageRecovered
 from engine.store.redis.lua import LEDGER, POLICY
 from engine.store.redis.lua_breaker import BREAKER
@@ -192,9 +199,28 @@ class RedisStore(MemoryStore):
         with self.link.lock:
             self.link.sinks[id(events)] = events
             key = budget_key(self.prefix, spec)
-            ledger = RedisLedger(self.link, self.prefix, spec, events, self._cache_s, self._ledgers.get(key))
+            prev = self._ledgers.get(key)
+            if isinstance(prev, LeasedLedger) and spec.lease is None:
+                prev.release()  # back to the exact mode: the slice goes back, the usage is reported
+            kind = LeasedLedger if spec.lease is not None else RedisLedger
+            ledger = kind(self.link, self.prefix, spec, events, self._cache_s, prev)
             self._ledgers[key] = ledger
             return ledger
+
+    def flush(self) -> None:
+        """Send what waits in batches (breaker successes; leased budgets' usage is reported by ``tick``
+        and ``close``) and read every reply."""
+        with self.link.lock:
+            for breaker in self._breakers.values():
+                breaker.flush_results()
+            self.link.flush()
+
+    def tick(self, now: float) -> None:
+        """Due work at engine wall time ``now`` (``PolicyEngine.tick``): leased budgets report their usage."""
+        with self.link.lock:
+            for ledger in self._ledgers.values():
+                if isinstance(ledger, LeasedLedger):
+                    ledger.tick(now)
 
     def bind_policy(self, policy: PolicySet) -> None:
         """The engine's policy set, at start and after each reload: one policy set per namespace.
@@ -217,7 +243,10 @@ class RedisStore(MemoryStore):
             if self._closed:
                 return
             self._closed = True
-            self.link.flush()
+            for ledger in self._ledgers.values():
+                if isinstance(ledger, LeasedLedger):
+                    ledger.release()
+            self.flush()
             if self.link.disrupted:
                 self.link.recover(wait_replies=True)
             left = sum(led.unconfirmed() for led in self._ledgers.values())

@@ -1,0 +1,418 @@
+"""Leased budgets on a real redis-server: slices, reports, exactness, events, expiry, close, outages.
+
+Engines on one namespace stand for processes (each store is one client with
+its own slices). Time is a :class:`~engine.testing.FakeClock`; the breaker's
+cache age is real time, which only decides when a refresh is sent.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import engine.store.base
+from engine import NoModelAvailable, Outcome, PolicyEngine
+from engine.events import BudgetExhausted, BudgetWarning, Event
+from engine.policy.loader import load_policies
+from engine.store.redis.fingerprint import fingerprint
+from engine.store.redis.lease import LeasedLedger
+from engine.testing import FakeClock
+from tests.redis_server import RedisServer, fresh_redis, redis_server  # noqa: F401 - fixtures
+
+T0 = 1_767_225_600.0 + 3600.0  # 2026-01-01T01:00:00Z
+MODELS = """kind: models
+version: 1
+models:
+  alpha: {tier: L1, provider: openai, context_window: 100000, price: {input_per_1m: 1000.0, output_per_1m: 1000.0}}
+  beta: {tier: L1, provider: google, context_window: 100000, price: {input_per_1m: 1.0, output_per_1m: 2.0}}
+"""
+ROUTING = """kind: routing
+version: 1
+tiers:
+  L1: {candidates: [alpha, beta]}
+tier_order: [L1]
+"""
+BUDGETS = """kind: budgets
+version: 1
+timezone: UTC
+defaults: {LEASE}
+budgets:
+  alpha-daily: {applies_to: {model: alpha}, period: daily, tokens: TOKENS}
+"""
+
+
+def write_policies(directory: Path, tokens: int = 100_000, lease: str = "{size: 0.01, ttl_s: 30, sync_ms: 100}"
+                   ) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "models.yaml").write_text(MODELS)
+    (directory / "routing.yaml").write_text(ROUTING)
+    (directory / "budgets.yaml").write_text(
+        BUDGETS.replace("TOKENS", str(tokens)).replace("{LEASE}", f"{{lease: {lease}}}" if lease else "{}"))
+    return directory
+
+
+@pytest.fixture(autouse=True)
+def redis_backend(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(engine.store.base.BACKENDS, "redis", "engine.store.redis.store:RedisStore")
+
+
+class Fleet:
+    """Engines (standing for processes) on one namespace, with one fake clock each and their events."""
+
+    def __init__(self, policies: Path, uri: str) -> None:
+        self.policies, self.uri = policies, uri
+        self.engines: list[PolicyEngine] = []
+        self.clocks: list[FakeClock] = []
+        self.events: list[Event] = []
+
+    def engine(self) -> PolicyEngine:
+        clock = FakeClock(T0)
+        eng = PolicyEngine.from_path(self.policies, clock=clock, store=self.uri)
+        eng.subscribe(self.events.append)
+        self.engines.append(eng)
+        self.clocks.append(clock)
+        return eng
+
+    def advance(self, seconds: float) -> None:
+        for clock in self.clocks:
+            clock.advance(seconds)
+
+    def close(self) -> None:
+        for eng in self.engines:
+            eng.close()
+
+
+@pytest.fixture
+def fleet(redis_server: RedisServer, tmp_path: Path) -> Iterator[Fleet]:  # noqa: F811
+    made = Fleet(write_policies(tmp_path / "p", tokens=10_000_000), redis_server.uri())
+    try:
+        yield made
+    finally:
+        made.close()
+
+
+def pair(eng: PolicyEngine, tokens: int = 100, estimate: int | None = None) -> str:
+    d = eng.decide("L1", estimated_tokens=estimate)
+    eng.record(d, Outcome(latency_ms=5.0, input_tokens=tokens // 2, output_tokens=tokens - tokens // 2))
+    return d.model
+
+
+def server_usage(server: RedisServer, uri: str, budget: str = "alpha-daily") -> dict[str, float]:
+    """The budget's current-period hash as the server holds it."""
+    ns = uri.split("namespace=")[1].split("&")[0]
+    client = server.client()
+    meta = f"{ns}:default:b:{budget}:daily@UTC"
+    cur = client.hget(meta, "cur")
+    assert cur is not None
+    raw = client.hgetall(f"{meta}:{cur.decode()}")
+    return {k.decode(): float(v) for k, v in raw.items()}
+
+
+# -- policy -------------------------------------------------------------------------
+
+
+def test_lease_is_a_budget_policy_merged_over_the_defaults(tmp_path: Path) -> None:
+    d = write_policies(tmp_path / "p", lease="{size: 0.02, ttl_s: 10}")
+    text = (d / "budgets.yaml").read_text()
+    (d / "budgets.yaml").write_text(
+        text + "  exact: {applies_to: {model: beta}, period: daily, tokens: 5, lease: false}\n"
+        "  own: {applies_to: {model: beta}, period: hourly, tokens: 5, lease: {sync_ms: 250}}\n")
+    budgets = {b.name: b for b in load_policies(d).budgets}
+    assert budgets["alpha-daily"].lease is not None
+    assert (budgets["alpha-daily"].lease.size, budgets["alpha-daily"].lease.ttl_s,
+            budgets["alpha-daily"].lease.sync_ms) == (0.02, 10, 100.0)
+    assert budgets["exact"].lease is None
+    own = budgets["own"].lease
+    assert own is not None and (own.size, own.ttl_s, own.sync_ms) == (0.02, 10, 250)
+
+
+def test_exact_budgets_keep_their_fingerprint(tmp_path: Path) -> None:
+    """A fleet upgrading process by process agrees on the fingerprint of budgets without leases."""
+    policy = load_policies(write_policies(tmp_path / "p", lease=""))
+    budgets = sorted((dataclasses.asdict(b) for b in policy.budgets), key=lambda b: str(b["name"]))
+    for b in budgets:
+        del b["lease"]
+    shared = {"budgets": budgets,
+              "breakers": {name: dataclasses.asdict(m.breaker) for name, m in sorted(policy.models.items())}}
+    before = hashlib.sha256(json.dumps(shared, sort_keys=True, separators=(",", ":"), default=repr).encode())
+    assert fingerprint(policy) == before.hexdigest()[:16]
+    leased = load_policies(write_policies(tmp_path / "q"))
+    assert fingerprint(leased) != fingerprint(policy)  # the lease is a shared definition
+
+
+# -- one process ----------------------------------------------------------------------
+
+
+def test_a_process_at_steady_state_sends_a_command_per_sync_not_per_call(fleet: Fleet) -> None:
+    eng = fleet.engine()
+    for _ in range(200):  # warm: a slice, a refreshed breaker
+        pair(eng)
+        fleet.advance(0.001)
+    store: Any = eng.store
+    before = store.stats()
+    for _ in range(5000):  # 5 s of engine time at 1,000 pairs/s: 50 reports of sync_ms 100
+        assert pair(eng) == "alpha"
+        fleet.advance(0.001)
+    after = store.stats()
+    commands = after["commands"] - before["commands"]
+    waits = after["round_trips"] - before["round_trips"]
+    assert commands / 5000 <= 0.05, commands
+    assert waits / 5000 <= 0.05, waits
+    assert isinstance(eng._ledgers["alpha-daily"], LeasedLedger)
+
+
+def test_usage_on_the_server_is_exact_after_close(fleet: Fleet, redis_server: RedisServer) -> None:  # noqa: F811
+    a, b = fleet.engine(), fleet.engine()
+    for i in range(300):
+        pair(a if i % 3 else b, tokens=7 + i % 5, estimate=10)
+        fleet.advance(0.01)
+    recorded = sum(7 + i % 5 for i in range(300))
+    fleet.close()
+    usage = server_usage(redis_server, fleet.uri)
+    assert usage["tok"] == recorded
+    assert usage["rt"] == 0  # every slice given back, every reservation settled
+
+
+def test_a_report_reaches_the_server_within_sync_ms(fleet: Fleet, redis_server: RedisServer) -> None:  # noqa: F811
+    a = fleet.engine()
+    pair(a, tokens=40)
+    fleet.advance(0.05)
+    pair(a, tokens=60)  # before sync_ms: still local
+    assert server_usage(redis_server, fleet.uri)["tok"] < 100
+    fleet.advance(0.06)  # sync_ms passed since the first report
+    pair(a, tokens=1)
+    a.store.flush()  # type: ignore[attr-defined]  # read the report's reply (the next call would)
+    assert server_usage(redis_server, fleet.uri)["tok"] >= 100
+
+
+def test_tick_reports_usage_of_a_process_that_stopped_deciding(fleet: Fleet,
+                                                               redis_server: RedisServer) -> None:  # noqa: F811
+    a = fleet.engine()
+    pair(a, tokens=40)
+    fleet.advance(0.01)
+    pair(a, tokens=60)
+    fleet.advance(0.2)
+    a.tick()
+    a.store.flush()  # type: ignore[attr-defined]
+    assert server_usage(redis_server, fleet.uri)["tok"] == 100
+
+
+# -- several processes ------------------------------------------------------------------
+
+
+def test_exhaustion_across_processes_events_once_and_overspend_within_the_bound(
+        redis_server: RedisServer, tmp_path: Path) -> None:  # noqa: F811
+    fleet = Fleet(write_policies(tmp_path / "p", tokens=10_000, lease="{size: 0.05, ttl_s: 30, sync_ms: 100}"),
+                  redis_server.uri())
+    engines = [fleet.engine() for _ in range(4)]
+    served: Counter[str] = Counter()
+    try:
+        for i in range(2000):
+            served[pair(engines[i % 4], tokens=50)] += 1
+            fleet.advance(0.005)
+        fleet.close()
+        usage = server_usage(redis_server, fleet.uri)
+        spent = 50 * served["alpha"]
+        assert usage["tok"] == spent  # what the server holds is what was recorded on alpha
+        # no call in flight at a time (sequential): a call is admitted while its slice has room, so the
+        # budget ends at most one call per process past its limit
+        assert 10_000 <= spent <= 10_000 + 4 * 50
+        assert served["beta"] > 0  # and then the tier fell back
+        warnings = [e for e in fleet.events if isinstance(e, BudgetWarning)]
+        exhausted = [e for e in fleet.events if isinstance(e, BudgetExhausted)]
+        assert len(warnings) == 1 and len(exhausted) == 1
+    finally:
+        fleet.close()
+
+
+def test_a_slice_of_a_process_that_died_returns_after_ttl(
+        redis_server: RedisServer, tmp_path: Path) -> None:  # noqa: F811
+    fleet = Fleet(write_policies(tmp_path / "p", tokens=1000, lease="{size: 0.5, ttl_s: 5, sync_ms: 100}"),
+                  redis_server.uri())
+    try:
+        dead, alive = fleet.engine(), fleet.engine()
+        assert pair(dead, tokens=10) == "alpha"  # holds a slice of 500
+        dead.store.link.close()  # type: ignore[attr-defined]  # gone without close(): nothing given back
+        fleet.engines.remove(dead)
+        for _ in range(20):  # the other one gets half the rest (245) and then half of what is left...
+            pair(alive, tokens=20)
+            fleet.advance(0.01)
+        held = alive._ledgers["alpha-daily"]
+        assert isinstance(held, LeasedLedger)
+        assert server_usage(redis_server, fleet.uri)["rt"] >= 500  # the dead slice still counts
+        fleet.advance(6.0)  # past its ttl
+        for _ in range(20):
+            pair(alive, tokens=20)
+            fleet.advance(0.01)
+        alive.store.flush()  # type: ignore[attr-defined]
+        assert server_usage(redis_server, fleet.uri)["rt"] < 500
+    finally:
+        fleet.close()
+
+
+def test_without_headroom_a_process_refuses_and_asks_again_only_after_sync_ms(
+        redis_server: RedisServer, tmp_path: Path) -> None:  # noqa: F811
+    fleet = Fleet(write_policies(tmp_path / "p", tokens=100, lease="{size: 0.5, ttl_s: 30, sync_ms: 100}"),
+                  redis_server.uri())
+    try:
+        a = fleet.engine()
+        while pair(a, tokens=30) == "alpha":
+            fleet.advance(0.001)
+        store: Any = a.store
+        before = store.stats()["round_trips"]
+        for _ in range(50):
+            with pytest.raises(NoModelAvailable):
+                a.decide("L1", model="alpha")
+        assert store.stats()["round_trips"] - before <= 1
+        with pytest.raises(NoModelAvailable) as info:
+            a.decide("L1", model="alpha")
+        assert "budget alpha-daily exhausted" in str(info.value)
+    finally:
+        fleet.close()
+
+
+def test_reload_between_exact_and_leased_keeps_usage_exact(
+        redis_server: RedisServer, tmp_path: Path) -> None:  # noqa: F811
+    policies = write_policies(tmp_path / "p", lease="")
+    fleet = Fleet(policies, redis_server.uri())
+    try:
+        a = fleet.engine()
+        for _ in range(10):
+            pair(a, tokens=10)
+        write_policies(policies)  # leased
+        a.reload()
+        assert isinstance(a._ledgers["alpha-daily"], LeasedLedger)
+        for _ in range(10):
+            pair(a, tokens=10)
+        write_policies(policies, lease="")  # exact again: the slice is given back, usage reported
+        a.reload()
+        assert not isinstance(a._ledgers["alpha-daily"], LeasedLedger)
+        for _ in range(10):
+            pair(a, tokens=10)
+        a.store.flush()  # type: ignore[attr-defined]
+        usage = server_usage(redis_server, fleet.uri)
+        assert usage["tok"] == 300 and usage["rt"] == 0
+    finally:
+        fleet.close()
+
+
+def test_usage_at_the_end_of_a_period_is_booked_in_it(fleet: Fleet, redis_server: RedisServer) -> None:  # noqa: F811
+    a = fleet.engine()
+    fleet.advance(22 * 3600 + 3599.95)  # 23:59:59.95
+    pair(a, tokens=10)
+    pair(a, tokens=20)  # unreported at midnight
+    fleet.advance(0.1)
+    pair(a, tokens=5)  # the next day
+    fleet.close()
+    client = redis_server.client()
+    ns = fleet.uri.split("namespace=")[1].split("&")[0]
+    meta = f"{ns}:default:b:alpha-daily:daily@UTC"
+    day1, day2 = repr(T0 - 3600.0), repr(T0 - 3600.0 + 86400.0)
+    assert float(client.hget(f"{meta}:{day1}", "tok")) == 30
+    assert float(client.hget(f"{meta}:{day2}", "tok")) == 5
+
+
+@pytest.mark.parametrize("fault", ["restart", "disconnect"])
+def test_an_outage_mid_run_loses_no_leased_usage(fresh_redis: RedisServer, tmp_path: Path,  # noqa: F811
+                                                 fault: str) -> None:
+    """A restart loses the server's data (everything this client settled is pushed again); a dropped
+    connection does not (what was not confirmed is replayed once)."""
+    import time
+
+    fleet = Fleet(write_policies(tmp_path / "p", tokens=10_000_000), fresh_redis.uri(retry_ms=20, max_retry_ms=50))
+    try:
+        a = fleet.engine()
+        total = 0
+        for i in range(300):
+            total += 10 + i % 3
+            assert pair(a, tokens=10 + i % 3) == "alpha"
+            fleet.advance(0.002)
+        store: Any = a.store
+        if fault == "restart":
+            fresh_redis.kill()
+        else:
+            fresh_redis.client().client_kill_filter(_type="normal", skipme=True)
+        for i in range(300):  # decided locally meanwhile (a dropped connection is seen at the next call)
+            total += 10 + i % 3
+            assert pair(a, tokens=10 + i % 3) == "alpha"
+            fleet.advance(0.002)
+        if fault == "restart":
+            fresh_redis.start()  # empty: it lost everything
+        deadline = time.monotonic() + 10.0
+        while store.link.disrupted and time.monotonic() < deadline:  # the recovery thread reconnects
+            pair(a, tokens=0)
+            time.sleep(0.01)
+        assert not store.link.disrupted
+        for i in range(300):
+            total += 10 + i % 3
+            assert pair(a, tokens=10 + i % 3) == "alpha"
+            fleet.advance(0.002)
+        fleet.close()
+        seen = Counter(type(e).__name__ for e in fleet.events)
+        assert seen["StorageDegraded"] >= 1 and seen["StorageRecovered"] >= 1, seen
+        usage = server_usage(fresh_redis, fleet.uri)
+        assert usage["tok"] == total
+        assert usage["rt"] == 0
+    finally:
+        fleet.close()
+
+
+def test_usage_made_while_a_renewal_is_in_flight_stays_backed_by_the_slice(
+        redis_server: RedisServer, tmp_path: Path) -> None:  # noqa: F811
+    """A renewal takes the reported usage off the slice and tops it up; it never drops the slice the
+    process goes on spending from until the reply is read, so the budget ends within the calls in flight."""
+    fleet = Fleet(write_policies(tmp_path / "p", tokens=10_000, lease="{size: 0.2, ttl_s: 30, sync_ms: 100}"),
+                  redis_server.uri())
+    try:
+        engines = [fleet.engine() for _ in range(3)]
+        served: Counter[str] = Counter()
+        for i in range(3000):
+            served[pair(engines[i % 3], tokens=50)] += 1
+            fleet.advance(0.0004)  # ~80 calls per engine between two reports
+        fleet.close()
+        spent = server_usage(redis_server, fleet.uri)["tok"]
+        assert spent == 50 * served["alpha"]
+        assert 10_000 <= spent <= 10_000 + 3 * 50
+    finally:
+        fleet.close()
+
+
+class _Monotonic:
+    """Stands in for the ``time`` module of the breaker's cache: a monotonic clock the test moves."""
+
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def monotonic(self) -> float:
+        return self.t
+
+
+def test_an_open_breaker_is_seen_within_cache_ms_without_a_round_trip_per_decision(
+        fleet: Fleet, monkeypatch: pytest.MonkeyPatch) -> None:
+    import engine.store.redis.breaker_sync as breaker_sync
+
+    fake = _Monotonic()
+    monkeypatch.setattr(breaker_sync, "time", fake)
+    a, b = fleet.engine(), fleet.engine()
+    assert pair(a) == "alpha" and pair(b) == "alpha"
+    a.record(a.decide("L1", model="beta"), Outcome(latency_ms=5.0))  # A knows both breakers
+    b.force("alpha", "open")  # another process opens the breaker
+    store: Any = a.store
+    before = store.stats()
+    for _ in range(9):  # up to 90 ms: A decides from its cached state, never waiting
+        fake.t += 0.010
+        assert pair(a) == "alpha"
+    mid = store.stats()
+    assert mid["round_trips"] == before["round_trips"]
+    assert mid["commands"] - before["commands"] <= 2  # the refresh (with the batched successes)
+    fake.t += 0.015  # 105 ms: the refresh's reply, long in, is read
+    assert pair(a) == "beta"
+    # alpha's refresh reply read; beta, idle for 105 ms, refreshed before it is used
+    assert store.stats()["round_trips"] - mid["round_trips"] <= 2
