@@ -359,10 +359,17 @@ class Compiler:
         fields = {**(default or {}), **(own or {})}
         spec = LeaseSpec(**fields)
         if spec.sync_ms / 1000.0 >= spec.ttl_s:
-            at = ("lease", "sync_ms") if own and "sync_ms" in own else ("lease",) if own else ()
-            self.add(e.doc, e.path + at, "invalid-value",
-                     f"expected lease sync_ms below ttl_s (a slice must be renewed before it expires), "
-                     f"got sync_ms {spec.sync_ms:g} and ttl_s {spec.ttl_s:g}", key=not at)
+            where: tuple[Document, Path]
+            if own and ("sync_ms" in own or "ttl_s" in own):  # the budget's own lease: there
+                where = (e.doc, e.path + ("lease", "sync_ms" if "sync_ms" in own else "ttl_s"))
+            else:  # the defaults' (once, however many budgets take it)
+                d = self.settings[("budgets", "defaults")]
+                where = (d.doc, d.path + ("lease", "sync_ms" if "sync_ms" in default else "ttl_s"))
+            problem = where[0].problem(where[1], "invalid-value",
+                                       f"expected lease sync_ms below ttl_s (a slice must be renewed before it "
+                                       f"expires), got sync_ms {spec.sync_ms:g} and ttl_s {spec.ttl_s:g}")
+            if problem not in self.problems:
+                self.problems.append(problem)
         return spec
 
     def monitoring(self, classes: Mapping[str, Any]) -> MonitoringSpec:
