@@ -72,6 +72,7 @@ class LeasedLedger(RedisLedger):
         self._gt, self._gc = 0, 0.0  # the slice as the server granted it
         self._slice_end = -_INF  # the slice is void from here (engine time): renewed before the server drops it
         self._slice_key = ""  # the period the slice belongs to
+        self._period_end = _INF  # when that period ends (a rolling budget's slice has none)
         self._ut, self._uc = 0, 0.0  # settled here, not reported yet
         self._st, self._sc = 0, 0.0  # reported by the renewal in flight
         self._res: dict[int, tuple[int, float]] = {}  # reservations of calls in flight, against the slice
@@ -85,8 +86,8 @@ class LeasedLedger(RedisLedger):
             # flight is answered to the old ledger first)
             if prev._flying:
                 link.flush()
-            for name in ("_gt", "_gc", "_slice_end", "_slice_key", "_ut", "_uc", "_st", "_sc", "_res", "_rt",
-                         "_rc", "_last_now", "_due", "_dry_until"):
+            for name in ("_gt", "_gc", "_slice_end", "_slice_key", "_period_end", "_ut", "_uc", "_st", "_sc",
+                         "_res", "_rt", "_rc", "_last_now", "_due", "_dry_until"):
                 setattr(self, name, getattr(prev, name))
             prev._ut, prev._uc, prev._gt, prev._gc = 0, 0.0, 0, 0.0
 
@@ -94,7 +95,7 @@ class LeasedLedger(RedisLedger):
 
     def _room(self, now: float) -> bool:
         """True while the slice has room for one more call at ``now``."""
-        if now >= self._slice_end or (not self._rolling and self._slice_key != self._period_key(now)):
+        if now >= self._slice_end:  # expired, or its period ended
             return False
         used_t = self._st + self._ut + self._rt
         used_c = self._sc + self._uc + self._rc
@@ -130,6 +131,8 @@ class LeasedLedger(RedisLedger):
         tokens, cost = self._ut, self._uc
         field = f"L:{self._link.client}"
         op = Op(now, field, tokens, cost, self._link.next_seq() if tokens or cost else 0, self._period_key(now))
+        if tokens or cost:
+            self._remember(now, tokens, cost)
         if op.seq:
             self._unacked[op.seq] = op
         self._ut, self._uc = 0, 0.0
@@ -175,7 +178,8 @@ class LeasedLedger(RedisLedger):
         self._gt = int(float(head[14])) if head[14] else 0
         self._gc = float(head[15]) if head[15] else 0.0
         self._slice_key = op.key
-        self._slice_end = now + self.lease.ttl_s - self._sync_s
+        self._period_end = _INF if self._rolling else self._bounds_at(float(op.key))[1]
+        self._slice_end = min(now + self.lease.ttl_s - self._sync_s, self._period_end)
         if self._gt <= 0 and self._gc <= 0.0:
             self._dry_until = now + self._sync_s
 
@@ -251,16 +255,15 @@ class LeasedLedger(RedisLedger):
             if self._local is not None:
                 found = super().settle(now, reservation_id, tokens, cost)
                 return found or res is not None
-            self._remember(now, tokens, cost)
-            self._roll(now)
+            if now >= self._period_end:
+                self._roll(now)
             self._ut, self._uc = self._ut + tokens, self._uc + cost
             self._tend(now)
             return res is not None
 
     def _roll(self, now: float) -> None:
         """If the slice's period has ended, book its unreported usage in it (pipelined, applied once)."""
-        if (not self._rolling and self._slice_key and (self._ut or self._uc)
-                and self._period_key(now) != self._slice_key):
+        if now >= self._period_end and (self._ut or self._uc) and self._slice_key:
             self._close_period()
 
     def _close_period(self) -> None:
@@ -268,6 +271,8 @@ class LeasedLedger(RedisLedger):
         at = float(self._slice_key)
         op = Op(at, "", self._ut, self._uc, self._link.next_seq(), self._slice_key)
         self._unacked[op.seq] = op
+        self._remember(at, op.tokens, op.cost)
+        self._period_end = _INF
         self._ut, self._uc, self._gt, self._gc, self._slice_end = 0, 0.0, 0, 0.0, -_INF
         if not self._send("settle", at, op, quiet=8 | 4, key=op.key):
             self._fallback(at)
@@ -360,6 +365,7 @@ class LeasedLedger(RedisLedger):
                 agg.tokens += self._ut
                 agg.cost += self._uc
                 agg.count += 1
+                self._remember(now, self._ut, self._uc)
             v = self._view
             if v is not None:  # decide locally on what the fleet had, this process's usage included
                 v.tok, v.cost = v.tok + self._st + self._ut, v.cost + self._sc + self._uc
