@@ -416,3 +416,56 @@ def test_an_open_breaker_is_seen_within_cache_ms_without_a_round_trip_per_decisi
     assert pair(a) == "beta"
     # alpha's refresh reply read; beta, idle for 105 ms, refreshed before it is used
     assert store.stats()["round_trips"] - mid["round_trips"] <= 2
+
+
+# -- real processes ---------------------------------------------------------------------------
+
+
+def _leased_worker(policies: str, uri: str, calls: int, start: Any, out: Any) -> None:
+    engine.store.base.BACKENDS["redis"] = "engine.store.redis.store:RedisStore"
+    eng = PolicyEngine.from_path(policies, store=uri)
+    seen: Counter[str] = Counter()
+    eng.subscribe(lambda e: seen.update([type(e).__name__]))
+    admitted, errors = 0, []
+    start.wait(30)
+    for _ in range(calls):
+        try:
+            d = eng.decide("L1", estimated_tokens=10)
+            eng.record(d, Outcome(latency_ms=1.0, input_tokens=4, output_tokens=6))
+            admitted += d.model == "alpha"
+        except Exception as exc:
+            errors.append(repr(exc))
+    commands = eng.store.stats()["commands"]  # type: ignore[attr-defined]
+    eng.close()
+    out.put({"admitted": admitted, "errors": errors[:5], "events": dict(seen), "commands": commands})
+
+
+def test_four_leasing_processes_stay_within_the_bound_with_one_event_each(
+        redis_server: RedisServer, tmp_path: Path) -> None:  # noqa: F811
+    import multiprocessing
+
+    spawn = multiprocessing.get_context("spawn")
+    limit, per_call, workers, calls = 20_000, 10, 4, 2_000
+    policies = str(write_policies(tmp_path / "p", tokens=limit, lease="{size: 0.05, ttl_s: 30, sync_ms: 20}"))
+    uri = redis_server.uri()
+    start, out = spawn.Event(), spawn.Queue()
+    procs = [spawn.Process(target=_leased_worker, args=(policies, uri, calls, start, out)) for _ in range(workers)]
+    for p in procs:
+        p.start()
+    try:
+        start.set()
+        results = [out.get(timeout=120) for _ in procs]
+        for p in procs:
+            p.join(30)
+            assert p.exitcode == 0
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.kill()
+    assert [r["errors"] for r in results] == [[]] * workers
+    settled = server_usage(redis_server, uri)["tok"]
+    assert settled == per_call * sum(r["admitted"] for r in results)  # nothing lost, nothing twice
+    assert limit <= settled <= limit + workers * per_call  # one call in flight per process
+    assert sum(r["events"].get("BudgetWarning", 0) for r in results) == 1
+    assert sum(r["events"].get("BudgetExhausted", 0) for r in results) == 1
+    assert sum(r["commands"] for r in results) < workers * calls * 0.2  # not a command per call
