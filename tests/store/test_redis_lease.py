@@ -469,3 +469,27 @@ def test_four_leasing_processes_stay_within_the_bound_with_one_event_each(
     assert sum(r["events"].get("BudgetWarning", 0) for r in results) == 1
     assert sum(r["events"].get("BudgetExhausted", 0) for r in results) == 1
     assert sum(r["commands"] for r in results) < workers * calls * 0.2  # not a command per call
+
+
+def test_a_leased_rolling_budget_frees_up_as_its_window_slides(
+        redis_server: RedisServer, tmp_path: Path) -> None:  # noqa: F811
+    d = write_policies(tmp_path / "p", lease="{size: 0.1, ttl_s: 30, sync_ms: 100}")
+    (d / "budgets.yaml").write_text((d / "budgets.yaml").read_text().replace(
+        "alpha-daily: {applies_to: {model: alpha}, period: daily, tokens: 100000}",
+        "alpha-rolling: {applies_to: {model: alpha}, period: rolling, rolling_s: 3600, tokens: 1000}"))
+    fleet = Fleet(d, redis_server.uri())
+    try:
+        a, b = fleet.engine(), fleet.engine()
+        served: Counter[str] = Counter()
+        for i in range(100):
+            served[pair(a if i % 2 else b, tokens=50)] += 1
+            fleet.advance(1.0)
+        assert 20 <= served["alpha"] <= 22  # 1,000 tokens, within one call in flight per process
+        assert served["beta"] >= 78
+        with pytest.raises(NoModelAvailable) as info:
+            a.decide("L1", model="alpha")
+        assert "budget alpha-rolling exhausted" in str(info.value)
+        fleet.advance(3600.0)  # the window has slid past every call
+        assert pair(a, tokens=50) == "alpha" and pair(b, tokens=50) == "alpha"
+    finally:
+        fleet.close()
