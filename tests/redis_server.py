@@ -172,18 +172,21 @@ class RedisCluster:
                 self.stop()
                 if attempt == 2:
                     raise
-        create = subprocess.run(
-            [CLI, "--cluster", "create", *(f"127.0.0.1:{n.port}" for n in self.nodes), "--cluster-replicas", "0",
-             "--cluster-yes"], capture_output=True, text=True, timeout=CLUSTER_TIMEOUT_S, check=False)
-        if create.returncode != 0:
+        try:
+            create = subprocess.run(
+                [CLI, "--cluster", "create", *(f"127.0.0.1:{n.port}" for n in self.nodes), "--cluster-replicas",
+                 "0", "--cluster-yes"], capture_output=True, text=True, timeout=CLUSTER_TIMEOUT_S, check=False)
+            if create.returncode != 0:
+                raise RuntimeError(f"redis-cli --cluster create failed: {create.stdout[-2000:]}"
+                                   f"{create.stderr[-2000:]}")
+            deadline = time.monotonic() + CLUSTER_TIMEOUT_S
+            while not self._ready():
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"the cluster did not reach cluster_state:ok in {CLUSTER_TIMEOUT_S} s")
+                time.sleep(0.05)
+        except BaseException:
             self.stop()
-            raise RuntimeError(f"redis-cli --cluster create failed: {create.stdout[-2000:]}{create.stderr[-2000:]}")
-        deadline = time.monotonic() + CLUSTER_TIMEOUT_S
-        while not self._ready():
-            if time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"the cluster did not reach cluster_state:ok in {CLUSTER_TIMEOUT_S} s")
-            time.sleep(0.05)
+            raise
         self.started_s = time.monotonic() - began
         return self
 
