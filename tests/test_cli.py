@@ -204,7 +204,8 @@ def test_a_storage_uri_failing_its_schema_is_shown_without_the_password(policy_d
     assert out.returncode == 1
     assert SECRET not in out.stdout + out.stderr
     assert out.stdout.splitlines() == [
-        f"{policy_dir / 'storage.yaml'}:3:6: invalid-format: expected a string matching ^(memory|sqlite|redis)://, "
+        f"{policy_dir / 'storage.yaml'}:3:6: invalid-format: expected a string matching "
+        "^(memory|sqlite|redis|redis\\+cluster)://, "
         "got 'rediss://***@cache:6380/0'"]
     out = run("validate", "--format", "json", str(policy_dir))
     assert out.returncode == 1

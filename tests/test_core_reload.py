@@ -343,7 +343,7 @@ def test_a_rejected_storage_uri_never_shows_its_password(eng: PolicyEngine, poli
     for shown in (str(status), repr(status), str(event), repr(event), event.describe()):
         assert "hunter2" not in shown
     assert status["last_error"] == [f"{policy_dir / 'storage.yaml'}:3:6: invalid-format: expected a string matching "
-                                    "^(memory|sqlite|redis)://, got 'rediss://***@cache:6380/0'"]
+                                    "^(memory|sqlite|redis|redis\\+cluster)://, got 'rediss://***@cache:6380/0'"]
 
 
 # -- reloads called from listeners, and reloads racing a record ------------------------------------------

@@ -184,7 +184,7 @@ def main_status(argv: Sequence[str] | None = None) -> int:
     return run_status(parser.parse_args(argv), parser)
 
 
-# -- ``policy-engine status --store redis://…``: the shared state as the server holds it
+# -- ``policy-engine status --store redis://…`` (or redis+cluster://…): the shared state as the server holds it
 
 def _shared_text(status: dict[str, Any], when: Any) -> str:
     def n(value: Any, spec: str = ",") -> str:
@@ -194,7 +194,8 @@ def _shared_text(status: dict[str, Any], when: Any) -> str:
         found = entry.get("corrupt") or {}
         return "".join(f"; corrupt {field or 'key'}={raw!r}" for field, raw in found.items())
 
-    lines = [f"store {status['store']} ({status['prefix']}), epoch {status['epoch'] or '-'}"]
+    node = f", node {status['node']} (slot {status['slot']})" if status.get("node") else ""
+    lines = [f"store {status['store']} ({status['prefix']}){node}, epoch {status['epoch'] or '-'}"]
     policy = status.get("policy") or {}
     if policy.get("fingerprint"):
         lines.append(f"policy set {policy['fingerprint']} (revision {(policy.get('revision') or '-')[:12]}, "
@@ -227,11 +228,12 @@ def main_shared_status(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="policy-engine status",
                                 description="Show the shared breakers and budgets held by a store.",
                                 epilog="exit status: 0 shown, 1 the store could not be read, 2 usage error")
-    p.add_argument("--store", required=True, metavar="URI", help="redis://host:port/db?namespace=...&policy_set=...")
+    p.add_argument("--store", required=True, metavar="URI",
+                   help="redis://host:port/db?namespace=...&policy_set=... or redis+cluster://host:port,.../?...")
     p.add_argument("--format", choices=("text", "json"), default="text")
     args = p.parse_args(argv)
-    if not args.store.lower().startswith("redis://"):
-        p.error(f"expected a redis:// store, got {redact_uri(args.store)!r}")
+    if not args.store.lower().startswith(("redis://", "redis+cluster://")):
+        p.error(f"expected a redis:// or redis+cluster:// store, got {redact_uri(args.store)!r}")
     from engine.store.redis.status import read_status, when
 
     try:

@@ -25,7 +25,8 @@ def serve_parser() -> argparse.ArgumentParser:
         "a SQLite history or a Redis shared store.",
         epilog="exit status: 0 stopped, 1 the store or policies could not be read, 2 usage error")
     p.add_argument("--store", metavar="URI",
-                   help="sqlite:///PATH or redis://HOST:PORT/DB?... (default: the newest history under ./memory)")
+                   help="sqlite:///PATH, redis://HOST:PORT/DB?... or redis+cluster://HOST:PORT,.../?... "
+                   "(default: the newest history under ./memory)")
     p.add_argument("--policies", default="policies", metavar="DIR",
                    help="policy directory, for a SQLite history (default: ./policies)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
@@ -54,10 +55,10 @@ def main_serve(argv: Sequence[str] | None = None) -> int:
                 raise StorageError(f"no history database at {path}")
             source = SQLiteSource(path, load_policies(args.policies))
             source.status()  # fail now, not on the first request
-        elif store.lower().startswith("redis://"):
+        elif store.lower().startswith(("redis://", "redis+cluster://")):
             source = RedisSource(store)
         else:
-            parser.error(f"--store: expected a sqlite:// or redis:// URI, got {redact_uri(store)!r}")
+            parser.error(f"--store: expected a sqlite://, redis:// or redis+cluster:// URI, got {redact_uri(store)!r}")
         server = ObserveServer(source, args.host, args.port)
     except PolicyError as exc:
         for problem in exc.problems:

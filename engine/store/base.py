@@ -117,6 +117,7 @@ BACKENDS: dict[str, str] = {
     "memory": "engine.store.base:MemoryStore",
     "sqlite": "engine.store.sqlite:SQLiteStore",
     "redis": "engine.store.redis.store:RedisStore",
+    "redis+cluster": "engine.store.redis.store:RedisStore",
 }
 
 

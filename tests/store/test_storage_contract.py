@@ -35,7 +35,7 @@ from engine.events import (
 from engine.policy.model import BreakerSpec, BudgetSpec
 from engine.store.base import Store, open_store
 from engine.testing import FakeClock
-from tests.redis_server import redis_server  # noqa: F401 - a fixture
+from tests.redis_server import redis_cluster, redis_server  # noqa: F401 - fixtures
 
 ROOT = Path(__file__).resolve().parents[2]
 StoreFactory = Callable[[pytest.FixtureRequest], Store]
@@ -52,6 +52,14 @@ def redis_store(request: pytest.FixtureRequest) -> Store:
     return open_store(server.uri())
 
 
+def redis_cluster_store(request: pytest.FixtureRequest) -> Store:
+    """A store on a three-master Redis Cluster (its keys on the master serving their slot)."""
+    cluster = request.getfixturevalue("redis_cluster")
+    request.getfixturevalue("monkeypatch").setitem(engine.store.base.BACKENDS, "redis+cluster",
+                                                   "engine.store.redis.store:RedisStore")
+    return open_store(cluster.uri())
+
+
 def sqlite_store(request: pytest.FixtureRequest) -> Store:
     tmp_path = request.getfixturevalue("tmp_path")
     return open_store(f"sqlite:///{tmp_path}/history.db?flush_s=0.05")
@@ -61,6 +69,7 @@ STORES: list[Any] = [
     pytest.param(memory_store, id="memory"),
     pytest.param(sqlite_store, id="sqlite"),
     pytest.param(redis_store, id="redis"),
+    pytest.param(redis_cluster_store, id="redis-cluster"),
 ]
 
 

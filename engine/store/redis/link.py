@@ -50,6 +50,20 @@ the one it knew learns that the server lost its data (restarted without
 persistence, or flushed): it then re-pushes everything it contributed to the
 current periods, not only what it could not send. Every script checks the
 epoch first, so a flush is noticed at the next call.
+
+**Redis Cluster.** With a :class:`Route` (``redis+cluster://``: see
+:mod:`engine.store.redis.cluster`) the connection goes to the master serving
+the store's slot. A redirect (``MOVED``) or a migrating slot (``ASK``,
+``TRYAGAIN``, a script refused by its slot guard) drops the connection as a
+failure does, and the recovery replays what was not confirmed on the owner,
+but it is no outage: no :class:`StorageDegraded` (nor, after it,
+:class:`StorageRecovered`) unless the slot stays unusable for longer than
+``degrade_window_s``. After ``MOVED`` the recovery reconnects at once (to the
+node it names, once the slot map confirms it); while the slot migrates or the
+cluster is down it retries :data:`HOP_RETRY_S` apart, doubling up to
+``retry_s``. ``redirects`` counts them by kind. The handshake reads
+``{prefix}:epoch:absent`` (never written) so it fails while the slot
+migrates, instead of recovering onto a node that would refuse every script.
 """
 
 from __future__ import annotations
@@ -66,11 +80,12 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from engine.events import Event, StorageCorrupt, StorageDegraded, StorageRecovered
+from engine.store.redis.cluster import MOVED, redirect_kind
 
 log = logging.getLogger("engine.redis")
 
-__all__ = ["ACK", "BATCH", "FINAL_MAX", "MAX_PENDING", "Cmd", "Link", "Misconfigured", "Recoverer", "StorageDegraded",
-           "StorageRecovered", "Unavailable", "corrupt", "misconfiguration"]
+__all__ = ["ACK", "BATCH", "FINAL_MAX", "HOP_RETRY_S", "MAX_PENDING", "Cmd", "Link", "Misconfigured", "Recoverer",
+           "Route", "StorageDegraded", "StorageRecovered", "Unavailable", "corrupt", "misconfiguration"]
 
 #: Replies allowed to wait unread before a send reads them all.
 MAX_PENDING = 256
@@ -82,6 +97,8 @@ FINAL_MAX = 64
 ACK = "\x00ack"
 #: Run once when a store opens: proves the user may run SCRIPT LOAD and EVALSHA on the store's keys.
 PROBE = "return 1"
+#: First wait before retrying a cluster slot that migrates (or a cluster that is down); doubles up to retry_s.
+HOP_RETRY_S = 0.02
 
 
 def corrupt(label: str, ev: list[bytes], action: Callable[[str, str], str]) -> StorageCorrupt:
@@ -119,6 +136,10 @@ def misconfiguration(exc: BaseException) -> str | None:
         return "permission denied (the user may not run a command the store needs)"
     if "DB index" in text or "Invalid Database" in text:
         return "the database index was refused"
+    if "cluster support disabled" in text:
+        return "the server is not a Redis Cluster node (cluster support disabled): use a redis:// store URI"
+    if redirect_kind(exc) == MOVED:  # a cluster store's link takes MOVED as a redirect before asking here
+        return "the server is a Redis Cluster node: use a redis+cluster:// store URI"
     return None
 
 
@@ -156,11 +177,22 @@ class Recoverer(Protocol):
     def forked(self) -> None: ...
 
 
+class Route(Protocol):
+    """Where a cluster store's slot lives (:class:`engine.store.redis.cluster.Router`).
+
+    ``failed`` hears of every failure of the connection (with the link's lock
+    held) and returns its redirect kind, or None for any other failure.
+    """
+
+    def failed(self, exc: BaseException) -> str | None: ...
+
+
 class Link:
     """A single shared connection with pipelining, a fail-fast mode and a recovery thread."""
 
     def __init__(self, connect: Callable[[], Any], scripts: dict[str, str], prefix: str, label: str, *,
-                 retry_s: float, max_retry_s: float, degrade_after: int = 3, degrade_window_s: float = 10.0) -> None:
+                 retry_s: float, max_retry_s: float, degrade_after: int = 3, degrade_window_s: float = 10.0,
+                 route: Route | None = None) -> None:
         self.lock = threading.RLock()
         self.label = label
         self.prefix = prefix
@@ -172,6 +204,11 @@ class Link:
         self.round_trips = 0
         self.commands = 0
         self.epoch: str | None = None  # the server's epoch as this client knows it
+        self.redirects: dict[str, int] = {}  # cluster redirects by kind (engine.store.redis.cluster)
+        self.guard_key = f"{self.epoch_key}:absent" if route is not None else None
+        self._route = route
+        self._hop_wait = HOP_RETRY_S  # the next spaced wait after a redirect
+        self._last_kind: str | None = None
         self._connect = connect
         self._sources = scripts
         self._sha = {name: hashlib.sha1(src.encode()).hexdigest() for name, src in scripts.items()}  # noqa: S324
@@ -344,9 +381,14 @@ class Link:
             if self._down_since is None:
                 self._down_since = now
                 self._replayed = 0
-            reason = misconfiguration(exc)
+                self._hop_wait, self._last_kind = HOP_RETRY_S, None
+            kind = self._route.failed(exc) if self._route is not None else None
+            reason = misconfiguration(exc) if kind is None else None
             timeouts = self._timeouts
-            if reason is None and _is_timeout(exc):
+            if kind is not None:  # a redirect is no outage, unless the slot stays unusable this long
+                self.redirects[kind] = self.redirects.get(kind, 0) + 1
+                pattern = now - self._down_since > self._degrade_window_s
+            elif reason is None and _is_timeout(exc):
                 timeouts.append(now)
                 while timeouts and now - timeouts[0] > self._degrade_window_s:
                     timeouts.popleft()
@@ -357,7 +399,17 @@ class Link:
             if first:
                 self._degraded = True
                 self._backoff = self._retry_s
-            if at_once or not self._degraded:
+            if kind is not None and not self._degraded:
+                if kind == MOVED and self._last_kind != MOVED:  # to the new owner at once
+                    wait = 0.0
+                else:  # a migrating slot, a cluster down or redirects in a loop: spaced
+                    wait = self._hop_wait
+                    self._hop_wait = min(self._hop_wait * 2.0, max(self._retry_s, HOP_RETRY_S))
+                self._last_kind = kind
+                log.log(logging.INFO if kind == MOVED else logging.DEBUG,
+                        "redis store %s: %s (%s: %s); retrying on the slot's owner in %.3f s", self.label, kind,
+                        type(exc).__name__, exc, wait)
+            elif at_once or not self._degraded:
                 wait = 0.0
             else:
                 wait = self._backoff * (0.9 + 0.2 * secrets.randbelow(1000) / 1000.0)  # spread the clients
@@ -510,6 +562,7 @@ class Link:
         """The connection is the link's again (lock held)."""
         self._data_lost = False
         self._timeouts.clear()
+        self._hop_wait, self._last_kind = HOP_RETRY_S, None
         if self._down_since is None:
             return
         down = time.monotonic() - self._down_since
@@ -535,7 +588,8 @@ class Link:
         names = list(self._sources)
         fresh = secrets.token_hex(8)
         sha = hashlib.sha1(PROBE.encode()).hexdigest()  # noqa: S324
-        commands: list[tuple[Any, ...]] = [("SCRIPT", "LOAD", self._sources[n]) for n in names]
+        commands: list[tuple[Any, ...]] = [("EXISTS", self.guard_key)] if self.guard_key else []  # fails mid-migration
+        commands += [("SCRIPT", "LOAD", self._sources[n]) for n in names]
         commands += [("SCRIPT", "LOAD", PROBE), ("EVALSHA", sha, 1, self.epoch_key),
                      ("SET", self.epoch_key, fresh, "NX"), ("GET", self.epoch_key), ("HGETALL", self.policy_key)]
         conn.send_packed_command(conn.pack_commands(commands), check_health=False)

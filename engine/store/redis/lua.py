@@ -16,7 +16,13 @@ and :class:`~engine.budget.BudgetLedger` (Lua numbers are doubles too).
 
 from __future__ import annotations
 
-__all__ = ["COMMON", "LEDGER", "POLICY", "split"]
+__all__ = ["COMMON", "LEDGER", "POLICY", "SLOT_GUARD", "split"]
+
+#: Put before every script of a ``redis+cluster://`` store: a read of ``{prefix}:epoch:absent``, a key
+#: that never exists. While the slot migrates, a script's read of a key the node lacks (a new period, a
+#: key already moved) fails the script at that command and keeps the writes made before it; this read
+#: fails every script before its first write instead (see :mod:`engine.store.redis.cluster`).
+SLOT_GUARD = "redis.call('EXISTS', KEYS[1] .. ':absent')\n"
 
 
 def split(reply: bytes, fields: int) -> tuple[list[bytes], list[list[bytes]]]:

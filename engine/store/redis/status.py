@@ -1,4 +1,4 @@
-"""``policy-engine status --store redis://…``: the shared state as the server holds it.
+"""``policy-engine status --store redis://…`` (or ``redis+cluster://…``): the shared state as the server holds it.
 
 Prints the fingerprint of the policy set whose shared definitions are in
 force (see :mod:`engine.store.redis.fingerprint`), every breaker (state,
@@ -24,30 +24,72 @@ __all__ = ["read_status", "when"]
 
 
 def read_status(uri: str) -> dict[str, Any]:
-    """The shared breakers and budgets under ``uri``'s namespace; raises StorageError."""
-    from engine.store.redis.link import misconfiguration
-    from engine.store.redis.store import parse_uri, redact
+    """The shared breakers and budgets under ``uri``'s namespace; raises StorageError.
+
+    On a Redis Cluster (``redis+cluster://``) they are read from the master
+    serving the policy set's slot (asked of the seed nodes); a redirect while
+    reading (the slot just moved or is migrating) makes a few new attempts.
+    """
+    from engine.store.redis.store import key_prefix, parse_uri, redact
 
     opts = parse_uri(uri)
-    prefix = f"{opts['namespace']}:{opts['policy_set']}"
+    prefix = key_prefix(opts)
     try:
         import redis
         from redis.backoff import NoBackoff
+        from redis.connection import Connection
         from redis.retry import Retry
     except ImportError as exc:
         raise StorageError("status of a redis:// store needs: pip install 'llm-policy-engine[redis]'") from exc
-    client = redis.Redis(host=opts["host"], port=opts["port"], db=opts["db"], username=opts["username"],
-                         password=opts["password"], socket_timeout=max(opts["timeout_ms"], 1000.0) / 1000.0,
-                         socket_connect_timeout=max(opts["timeout_ms"], 1000.0) / 1000.0, decode_responses=True,
-                         retry=Retry(NoBackoff(), 0))
-    try:
-        return _read(client, prefix, opts)
-    except redis.RedisError as exc:
-        reason = misconfiguration(exc)
-        why = f"misconfigured: {reason}: {exc}" if reason else str(exc)
-        raise StorageError(f"cannot read {redact(uri)!r}: {why}") from exc
-    finally:
-        client.close()
+    timeout = max(opts["timeout_ms"], 1000.0) / 1000.0
+
+    def client(host: str, port: int) -> Any:
+        return redis.Redis(host=host, port=port, db=opts["db"], username=opts["username"],
+                           password=opts["password"], socket_timeout=timeout, socket_connect_timeout=timeout,
+                           decode_responses=True, retry=Retry(NoBackoff(), 0))
+
+    if not opts["cluster"]:
+        node = client(opts["host"], opts["port"])
+        try:
+            return _read(node, prefix, {"store": f"redis://{opts['host']}:{opts['port']}/{opts['db']}"})
+        except redis.RedisError as exc:
+            raise _unreadable(uri, exc, redact) from exc
+        finally:
+            node.close()
+    from engine.store.redis.cluster import MIGRATING, Router, slot_of
+
+    router = Router(opts["nodes"], slot_of(prefix), lambda host, port: Connection(  # type: ignore[no-untyped-call]
+        host=host, port=port, username=opts["username"], password=opts["password"], socket_timeout=timeout,
+        socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 0)))
+    seeds = ",".join(f"{h}:{p}" for h, p in opts["nodes"])
+    for attempt in range(_ATTEMPTS):
+        try:
+            host, port = router.locate()
+            node = client(host, port)
+            try:
+                return _read(node, prefix, {"store": f"redis+cluster://{seeds}", "node": f"{host}:{port}",
+                                            "slot": router.slot})
+            finally:
+                node.close()
+        except (redis.RedisError, OSError) as exc:
+            kind = router.failed(exc)
+            if kind is None or attempt == _ATTEMPTS - 1:
+                raise _unreadable(uri, exc, redact) from exc
+            if kind == MIGRATING:
+                time.sleep(0.05 * (attempt + 1))  # let the migration finish
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+#: Reads of a cluster store's status before a redirect is reported as an error.
+_ATTEMPTS = 5
+
+
+def _unreadable(uri: str, exc: BaseException, redact: Any) -> StorageError:
+    from engine.store.redis.link import misconfiguration
+
+    reason = misconfiguration(exc)
+    why = f"misconfigured: {reason}: {exc}" if reason else str(exc)
+    return StorageError(f"cannot read {redact(uri)!r}: {why}")
 
 
 _STATES = ("closed", "open", "half_open", "forced_open", "disabled", "metrics_only")
@@ -80,7 +122,7 @@ class _Fields:
         return None if value is None else int(value)
 
 
-def _read(client: Any, prefix: str, opts: dict[str, Any]) -> dict[str, Any]:
+def _read(client: Any, prefix: str, where: dict[str, Any]) -> dict[str, Any]:
     breakers: dict[str, Any] = {}
     for key in sorted(client.scan_iter(match=f"{prefix}:k:*", count=500)):
         if key.endswith(":w"):
@@ -126,7 +168,7 @@ def _read(client: Any, prefix: str, opts: dict[str, Any]) -> dict[str, Any]:
             "warned": d.h.get("w") == "1", "exhausted": d.h.get("e") == "1",
             "corrupt": {**meta.corrupt, **d.corrupt}}
     policy = client.hgetall(f"{prefix}:policy") if client.type(f"{prefix}:policy") == "hash" else {}
-    return {"store": f"redis://{opts['host']}:{opts['port']}/{opts['db']}", "prefix": prefix,
+    return {**where, "prefix": prefix,
             "epoch": client.get(f"{prefix}:epoch"), "server_time": time.time(),
             "policy": {"fingerprint": policy.get("fp"), "revision": policy.get("revision"), "by": policy.get("by"),
                        "at": _Fields(policy).number("at", None, 0.0, _T_MAX)},

@@ -1,8 +1,10 @@
 """The Redis store: breakers and budgets shared by every executor process.
 
 ``RedisStore("redis://[user:password@]host:port/db?options")`` plugs in
-behind :mod:`engine.store.base`; the ``redis`` client is an optional extra
-(``pip install 'llm-policy-engine[redis]'``). Options:
+behind :mod:`engine.store.base`; so does a Redis Cluster,
+``RedisStore("redis+cluster://[user:password@]host:port[,host:port...]/?options")``
+(see *Redis Cluster* below). The ``redis`` client is an optional extra
+(``pip install 'llm-policy-engine[redis]'``). Options (the same for both):
 
 ================  ===================  =============================================
 ``namespace``     ``llm-policy-engine``  the application: first part of every key
@@ -15,28 +17,32 @@ behind :mod:`engine.store.base`; the ``redis`` client is an optional extra
 ``max_retry_ms``  ``2000``             the longest such wait
 ``degrade_after`` ``3``                timeouts within ``degrade_window_ms`` that
                                        make an outage (any other error does at once)
-``degrade_window_ms`` ``10000``        see ``degrade_after``
+``degrade_window_ms`` ``10000``        see ``degrade_after``; on a cluster also how long
+                                       the store's slot may stay unusable (migrating,
+                                       cluster down) before that is an outage
 ``on_conflict``   ``refuse``           another policy set's definitions on the
                                        namespace: ``refuse`` (StorageError) or
                                        ``replace`` them (see bind_policy)
 ================  ===================  =============================================
 
-Keys (``P`` = ``{namespace}:{policy_set}``)::
+Keys (``P`` = ``namespace:policy_set`` on one server; on a cluster the same in
+braces, ``{namespace:policy_set}``, one hash tag)::
 
     P:epoch                     random id of the server's data (see engine.store.redis.link)
+    P:epoch:absent              never written: a cluster store's scripts read it first (slot guard)
     P:policy                    fingerprint of the shared definitions in force, with the revision,
                                 host:pid and time of the process that set it
                                 (see engine.store.redis.fingerprint)
-    P:ack:{client}              last settlement applied from one client (expires after a day)
-    P:k:{model}                 breaker hash: state, open_until, open_for, consecutive opens,
+    P:ack:<client>              last settlement applied from one client (expires after a day)
+    P:k:<model>                 breaker hash: state, open_until, open_for, consecutive opens,
                                 probe slots, window totals
-    P:k:{model}:w               breaker window: a list (count) or bucket hash (time)
-    P:b:{budget}:{kind}         budget meta hash: current period start, limits
-    P:b:{budget}:{kind}:{start} usage in the period starting at {start} (+ ':r' reservations,
+    P:k:<model>:w               breaker window: a list (count) or bucket hash (time)
+    P:b:<budget>:<kind>         budget meta hash: current period start, limits
+    P:b:<budget>:<kind>:<start> usage in the period starting at <start> (+ ':r' reservations,
                                 ':x' their expiry); expires an hour after the period ends
-    P:b:{budget}:{kind}:roll    a rolling budget (+ ':k' buckets, ':r', ':x')
+    P:b:<budget>:<kind>:roll    a rolling budget (+ ':k' buckets, ':r', ':x')
 
-``{kind}`` is ``daily@Europe/Berlin``, ``hourly@UTC``, ``monthly@…`` or
+``<kind>`` is ``daily@Europe/Berlin``, ``hourly@UTC``, ``monthly@…`` or
 ``rolling@3600.0``: a budget whose period kind changes starts afresh.
 
 A budget whose policy has ``lease:`` is a
@@ -44,6 +50,34 @@ A budget whose policy has ``lease:`` is a
 by this process, one pipelined command per ``sync_ms`` instead of a round trip
 per call (see :mod:`engine.store.redis.lease`); the others are exact
 (:mod:`engine.store.redis.budget`).
+
+**Redis Cluster** (``redis+cluster://``; database 0 only). The seed nodes
+are any masters (or replicas) of the cluster; the store asks them for the
+slot map (``CLUSTER SLOTS``) and talks to the one master serving its slot.
+Because ``P`` is a hash tag, every key of a policy set (epoch, policy, acks,
+breakers, budgets) hashes to one slot, so each script (which touches several
+of them atomically) runs on one node. The trade-off: *one policy set lives on
+one master*; its load does not spread across the cluster, but different
+applications and policy sets (other namespaces or ``policy_set`` values)
+land on different slots and so spread across the masters — the design of
+BullMQ's ``{queue}`` prefix. A ``redis://`` store keeps its keys without
+braces, as before, so existing deployments keep their data.
+
+When the slot is resharded to another master, the old master answers
+``MOVED``: the store reconnects to the new one at once (asking it for the
+slot map) and replays what was not confirmed; the ack key moved with the
+slot, so each settlement is applied exactly once. While the slot migrates
+(``ASK``, ``TRYAGAIN``; scripts refused by their slot guard) the store
+decides on local state and retries the master it knows, 20 ms apart doubling
+up to ``retry_ms``; while the cluster is down (``CLUSTERDOWN``) likewise,
+asking for the slot map again each time. None of this is an
+outage (no ``StorageDegraded``) unless the slot stays unusable for longer
+than ``degrade_window_ms``. ``ASK`` is not followed to the importing node
+(no ``ASKING``): a migration is waited out. A failed master is an outage
+until its replica takes over (the store then finds it in the slot map);
+replication is asynchronous, so the last writes the failed master confirmed
+may be missing on its replica, as on a single server restarted from its last
+snapshot. ``stats()`` gives the node in use and the redirects by kind.
 
 History is not kept here (``keeps_history`` is False: that is the SQLite
 store's job); like :class:`~engine.store.base.MemoryStore` the store keeps the
@@ -65,14 +99,15 @@ from engine.policy.model import BreakerSpec, BudgetSpec, PolicySet
 from engine.store.base import MemoryStore
 from engine.store.redis.breaker import RedisBreaker
 from engine.store.redis.budget import RedisLedger, budget_key
+from engine.store.redis.cluster import Router, slot_of
 from engine.store.redis.fingerprint import PolicyGuard
 from engine.store.redis.lease import LeasedLedger
 from engine.store.redis.link import Cmd, Link, Misconfigured, StorageDegraded, StorageRecovered
-from engine.store.redis.lua import LEDGER, POLICY
+from engine.store.redis.lua import LEDGER, POLICY, SLOT_GUARD
 from engine.store.redis.lua_breaker import BREAKER
 from engine.text import redact_uri
 
-__all__ = ["DEFAULTS", "RedisStore", "StorageDegraded", "StorageRecovered", "parse_uri", "redact"]
+__all__ = ["DEFAULTS", "RedisStore", "StorageDegraded", "StorageRecovered", "key_prefix", "parse_uri", "redact"]
 
 DEFAULTS: dict[str, Any] = {"namespace": "llm-policy-engine", "policy_set": "default", "timeout_ms": 100.0,
                             "cache_ms": 100.0, "retry_ms": 500.0, "max_retry_ms": 2000.0, "degrade_after": 3,
@@ -88,20 +123,39 @@ def redact(uri: str) -> str:
 
 
 def parse_uri(uri: str) -> dict[str, Any]:
-    """Host, port, db, credentials and the options of a ``redis://`` URI; raises StorageError."""
-    parts = urlsplit(uri)
-    if parts.scheme != "redis":
-        raise StorageError(f"expected a redis:// URI, got {redact(uri)!r}")
+    """Host(s), port, db, credentials and the options of a ``redis://`` or ``redis+cluster://`` URI.
+
+    Besides the options: ``host``, ``port`` (the first node's), ``db``,
+    ``username``, ``password``, ``cluster`` (True for ``redis+cluster://``) and
+    ``nodes`` (every ``(host, port)`` given). Raises StorageError, whose message
+    shows the URI only redacted (:func:`redact`).
+    """
     try:
-        port = parts.port or 6379
-        path = parts.path.strip("/")
-        db = int(path) if path else 0
-    except ValueError:
-        raise StorageError(  # not chained: the parser's message may quote the URI
-            f"expected redis://host:port/db with a numeric port and db, got {redact(uri)!r}") from None
-    out: dict[str, Any] = dict(DEFAULTS, host=parts.hostname or "127.0.0.1", port=port, db=db,
-                               username=unquote(parts.username) if parts.username else None,
-                               password=unquote(parts.password) if parts.password else None)
+        parts = urlsplit(uri)
+    except ValueError:  # an unbalanced '[': not chained, the parser's message may quote the URI
+        raise StorageError(f"expected a redis:// or redis+cluster:// URI, got {redact(uri)!r}") from None
+    if parts.scheme not in ("redis", "redis+cluster"):
+        raise StorageError(f"expected a redis:// or redis+cluster:// URI, got {redact(uri)!r}")
+    cluster = parts.scheme == "redis+cluster"
+    if cluster:
+        username, password, nodes = _cluster_nodes(uri, parts.netloc)
+        if parts.path.strip("/") not in ("", "0"):
+            raise StorageError(f"a Redis Cluster has database 0 only: expected redis+cluster://host:port[,host:port"
+                               f"...]/?options with no database or /0, got {redact(uri)!r}")
+        db = 0
+    else:
+        try:
+            port = parts.port or 6379
+            path = parts.path.strip("/")
+            db = int(path) if path else 0
+        except ValueError:
+            raise StorageError(  # not chained: the parser's message may quote the URI
+                f"expected redis://host:port/db with a numeric port and db, got {redact(uri)!r}") from None
+        nodes = [(parts.hostname or "127.0.0.1", port)]
+        username = unquote(parts.username) if parts.username else None
+        password = unquote(parts.password) if parts.password else None
+    out: dict[str, Any] = dict(DEFAULTS, host=nodes[0][0], port=nodes[0][1], db=db, username=username,
+                               password=password, cluster=cluster, nodes=nodes)
     for key, value in parse_qsl(parts.query, keep_blank_values=True):
         if key not in DEFAULTS:
             raise StorageError(f"unknown option {key!r} in {redact(uri)!r}; expected one of {', '.join(DEFAULTS)}")
@@ -129,6 +183,41 @@ def parse_uri(uri: str) -> dict[str, Any]:
     return out
 
 
+_HOST = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+)$")
+
+
+def _cluster_nodes(uri: str, netloc: str) -> tuple[str | None, str | None, list[tuple[str, int]]]:
+    """User, password and seed nodes of a ``redis+cluster://`` URI's authority; raises StorageError."""
+    userinfo, at, hosts = netloc.rpartition("@")
+    user, _, password = userinfo.partition(":") if at else ("", "", "")
+    nodes: list[tuple[str, int]] = []
+    for item in hosts.split(","):
+        host, port = item, "6379"
+        if item.startswith("["):  # [IPv6]:port
+            end = item.find("]") + 1
+            host, rest = item[:end], item[end:]
+            if rest:
+                port = rest[1:] if rest.startswith(":") else ""
+        elif ":" in item:
+            host, _, port = item.rpartition(":")
+        if not _HOST.match(host) or not port.isdigit() or not 0 < int(port) < 65536:
+            # the items are not shown: an unescaped '/' in a password would put part of it here
+            raise StorageError(f"expected redis+cluster://[user:password@]host:port[,host:port...]/?options with "
+                               f"a host and a port from 1 to 65535 for every node, got {redact(uri)!r}")
+        nodes.append((host.strip("[]"), int(port)))
+    return unquote(user) or None, unquote(password) or None, nodes
+
+
+def key_prefix(opts: dict[str, Any]) -> str:
+    """What every key of a store starts with: ``namespace:policy_set``, in a cluster as one hash tag."""
+    prefix = f"{opts['namespace']}:{opts['policy_set']}"
+    return f"{{{prefix}}}" if opts["cluster"] else prefix
+
+
+def _nodes(nodes: list[tuple[str, int]]) -> str:
+    return ",".join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in nodes)
+
+
 class RedisStore(MemoryStore):
     """Shared breakers and budgets on a Redis server; see the module docstring."""
 
@@ -144,19 +233,32 @@ class RedisStore(MemoryStore):
         except ImportError as exc:
             raise StorageError(f"store {redact(uri)!r} needs the redis client: {_INSTALL}") from exc
         self.options = opts
-        self.prefix = f"{opts['namespace']}:{opts['policy_set']}"
-        self.label = f"redis://{opts['host']}:{opts['port']}/{opts['db']} ({self.prefix})"
+        self.prefix = key_prefix(opts)
         timeout = opts["timeout_ms"] / 1000.0
 
-        def connect() -> Any:
+        def make(host: str, port: int) -> Any:
             return Connection(  # type: ignore[no-untyped-call]
-                host=opts["host"], port=opts["port"], db=opts["db"], username=opts["username"],
+                host=host, port=port, db=opts["db"], username=opts["username"],
                 password=opts["password"], socket_timeout=timeout, socket_connect_timeout=timeout,
                 retry=Retry(NoBackoff(), 0), client_name=f"llm-policy-engine:{self.prefix}")
 
-        self.link = Link(connect, {"ledger": LEDGER, "breaker": BREAKER, "policy": POLICY}, self.prefix, self.label,
+        scripts = {"ledger": LEDGER, "breaker": BREAKER, "policy": POLICY}
+        self.router: Router | None = None
+        if opts["cluster"]:
+            self.router = Router(opts["nodes"], slot_of(self.prefix), make)
+            self.label = f"redis+cluster://{_nodes(opts['nodes'])} ({self.prefix})"
+            connect = self.router.connect
+            scripts = {name: SLOT_GUARD + source for name, source in scripts.items()}
+        else:
+            self.label = f"redis://{opts['host']}:{opts['port']}/{opts['db']} ({self.prefix})"
+
+            def connect() -> Any:
+                return make(opts["host"], opts["port"])
+
+        self.link = Link(connect, scripts, self.prefix, self.label,
                          retry_s=opts["retry_ms"] / 1000.0, max_retry_s=opts["max_retry_ms"] / 1000.0,
-                         degrade_after=opts["degrade_after"], degrade_window_s=opts["degrade_window_ms"] / 1000.0)
+                         degrade_after=opts["degrade_after"], degrade_window_s=opts["degrade_window_ms"] / 1000.0,
+                         route=self.router)
         self.link.recoverer = self
         self.link.fallback_log = self.append_event
         self.guard = PolicyGuard(self.link, opts["on_conflict"])
@@ -172,7 +274,8 @@ class RedisStore(MemoryStore):
         try:
             self.link.open()  # a refused password or database fails here; an unreachable server does not
         except Misconfigured as exc:
-            raise StorageError(f"{exc}; check the user, password and database in the store URI") from exc
+            raise StorageError(f"{exc}; check the user, password, database and scheme (redis:// for one server, "
+                               f"redis+cluster:// for a Redis Cluster) in the store URI") from exc
 
     # -- the Store interface -----------------------------------------------------
 
@@ -289,8 +392,10 @@ class RedisStore(MemoryStore):
 
     def stats(self) -> dict[str, Any]:
         """Round trips and commands sent so far, and whether the server is reachable."""
+        node = self.router.owner if self.router is not None else (self.options["host"], self.options["port"])
         return {"round_trips": self.link.round_trips, "commands": self.link.commands,
                 "degraded": self.link.degraded, "disrupted": self.link.disrupted, "prefix": self.prefix,
+                "node": f"{node[0]}:{node[1]}" if node else None, "redirects": dict(self.link.redirects),
                 "backlog": sum(led.backlog() for led in self._ledgers.values()),
                 "unconfirmed": sum(led.unconfirmed() for led in self._ledgers.values())}
 
