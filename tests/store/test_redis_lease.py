@@ -24,7 +24,7 @@ from engine.policy.loader import load_policies
 from engine.store.redis.fingerprint import fingerprint
 from engine.store.redis.lease import LeasedLedger
 from engine.testing import FakeClock
-from tests.redis_server import RedisServer, fresh_redis, redis_server  # noqa: F401 - fixtures
+from tests.redis_server import RedisCluster, RedisServer, fresh_redis, redis_cluster, redis_server  # noqa: F401
 
 T0 = 1_767_225_600.0 + 3600.0  # 2026-01-01T01:00:00Z
 MODELS = """kind: models
@@ -60,7 +60,8 @@ def write_policies(directory: Path, tokens: int = 100_000, lease: str = "{size: 
 
 @pytest.fixture(autouse=True)
 def redis_backend(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(engine.store.base.BACKENDS, "redis", "engine.store.redis.store:RedisStore")
+    for scheme in ("redis", "redis+cluster"):
+        monkeypatch.setitem(engine.store.base.BACKENDS, scheme, "engine.store.redis.store:RedisStore")
 
 
 class Fleet:
@@ -491,5 +492,30 @@ def test_a_leased_rolling_budget_frees_up_as_its_window_slides(
         assert "budget alpha-rolling exhausted" in str(info.value)
         fleet.advance(3600.0)  # the window has slid past every call
         assert pair(a, tokens=50) == "alpha" and pair(b, tokens=50) == "alpha"
+    finally:
+        fleet.close()
+
+
+def test_leased_budgets_on_a_cluster(redis_cluster: RedisCluster, tmp_path: Path) -> None:  # noqa: F811
+    from engine.store.redis.cluster import slot_of
+
+    uri = redis_cluster.uri()
+    fleet = Fleet(write_policies(tmp_path / "p", tokens=5_000, lease="{size: 0.05, ttl_s: 30, sync_ms: 100}"), uri)
+    try:
+        a, b = fleet.engine(), fleet.engine()
+        served: Counter[str] = Counter()
+        for i in range(400):
+            served[pair(a if i % 2 else b, tokens=25)] += 1
+            fleet.advance(0.003)
+        fleet.close()
+        ns = uri.split("namespace=")[1].split("&")[0]
+        prefix = "{" + ns + ":default}"
+        client = redis_cluster.client(redis_cluster.owner(slot_of(prefix)))
+        meta = f"{prefix}:b:alpha-daily:daily@UTC"
+        period = client.hget(meta, "cur").decode()
+        spent = float(client.hget(f"{meta}:{period}", "tok"))
+        assert spent == 25 * served["alpha"]
+        assert 5_000 <= spent <= 5_000 + 2 * 25
+        assert sum(isinstance(e, BudgetExhausted) for e in fleet.events) == 1
     finally:
         fleet.close()
