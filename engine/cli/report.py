@@ -190,6 +190,10 @@ def _shared_text(status: dict[str, Any], when: Any) -> str:
     def n(value: Any, spec: str = ",") -> str:
         return "?" if value is None else format(value, spec)
 
+    def slices(entry: dict[str, Any]) -> str:
+        count = entry.get("slices") or 0
+        return f" ({count} of them leased slices)" if count else ""
+
     def bad(entry: dict[str, Any]) -> str:
         found = entry.get("corrupt") or {}
         return "".join(f"; corrupt {field or 'key'}={raw!r}" for field, raw in found.items())
@@ -219,7 +223,7 @@ def _shared_text(status: dict[str, Any], when: Any) -> str:
                          f"${u['cost_limit']:,.2f}")
         flags = ", exhausted" if u["exhausted"] else ", warned" if u["warned"] else ""
         lines.append(f"  {name:<28} {u['period']}: {'; '.join(parts)} = {u['used_fraction']:.1%}; "
-                     f"{u['reservations']} reservations{flags}{bad(u)}")
+                     f"{u['reservations']} reservations{slices(u)}{flags}{bad(u)}")
     return "\n".join(lines)
 
 

@@ -519,3 +519,27 @@ def test_leased_budgets_on_a_cluster(redis_cluster: RedisCluster, tmp_path: Path
         assert sum(isinstance(e, BudgetExhausted) for e in fleet.events) == 1
     finally:
         fleet.close()
+
+
+def test_status_shows_the_slices_processes_hold(fleet: Fleet) -> None:
+    import json
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+
+    def status(*extra: str) -> subprocess.CompletedProcess[str]:
+        out = subprocess.run([sys.executable, "-m", "engine", "status", "--store", fleet.uri, *extra], cwd=root,
+                             env=env, capture_output=True, text=True, timeout=60, check=False)
+        assert out.returncode == 0, out.stderr
+        return out
+
+    a, b = fleet.engine(), fleet.engine()
+    pair(a)
+    pair(b)
+    assert "2 reservations (2 of them leased slices)" in status().stdout
+    a.close()
+    fleet.engines.remove(a)
+    assert json.loads(status("--format", "json").stdout)["budgets"]["alpha-daily"]["slices"] == 1

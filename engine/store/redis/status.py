@@ -3,7 +3,7 @@
 Prints the fingerprint of the policy set whose shared definitions are in
 force (see :mod:`engine.store.redis.fingerprint`), every breaker (state,
 open until, consecutive opens, probes in flight, window counts) and every
-budget (usage of the current period, reservations, warned/exhausted) under
+budget (usage of the current period, reservations and leased slices, warned/exhausted) under
 the store's namespace and policy set, read without changing anything. A
 value the scripts would treat as corrupt (one that does not parse or is out
 of range) is shown as such (``corrupt``: field -> stored text; the parsed
@@ -164,6 +164,7 @@ def _read(client: Any, prefix: str, where: dict[str, Any]) -> dict[str, Any]:
             "tokens_used": tok, "tokens_reserved": rt, "tokens_limit": int(tl) if tl else None,
             "cost_used": cost, "cost_reserved": rc, "cost_limit": cl or None,
             "reservations": client.hlen(f"{data_key}:r") if client.type(f"{data_key}:r") == "hash" else 0,
+            "slices": _slices(client, f"{data_key}:r"),
             "used_fraction": max(fractions, default=0.0),
             "warned": d.h.get("w") == "1", "exhausted": d.h.get("e") == "1",
             "corrupt": {**meta.corrupt, **d.corrupt}}
@@ -173,6 +174,13 @@ def _read(client: Any, prefix: str, where: dict[str, Any]) -> dict[str, Any]:
             "policy": {"fingerprint": policy.get("fp"), "revision": policy.get("revision"), "by": policy.get("by"),
                        "at": _Fields(policy).number("at", None, 0.0, _T_MAX)},
             "breakers": breakers, "budgets": budgets}
+
+
+def _slices(client: Any, key: str) -> int:
+    """How many of a budget's reservations are processes' leased slices (fields ``L:<client>``)."""
+    if client.type(key) != "hash":
+        return 0
+    return sum(1 for _ in client.hscan_iter(key, match="L:*", count=1000))
 
 
 def when(t: float | None) -> str:
