@@ -543,3 +543,32 @@ def test_status_shows_the_slices_processes_hold(fleet: Fleet) -> None:
     a.close()
     fleet.engines.remove(a)
     assert json.loads(status("--format", "json").stdout)["budgets"]["alpha-daily"]["slices"] == 1
+
+
+# -- periods, reloads, partial grants ---------------------------------------------------------
+
+
+def _period_tok(server: RedisServer, uri: str, start: float) -> float:
+    ns = uri.split("namespace=")[1].split("&")[0]
+    raw = server.client().hget(f"{ns}:default:b:alpha-daily:daily@UTC:{start!r}", "tok")
+    return float(raw) if raw is not None else 0.0
+
+
+def test_a_call_decided_before_midnight_and_recorded_after_is_booked_in_the_new_day(
+        fleet: Fleet, redis_server: RedisServer) -> None:  # noqa: F811
+    """Usage settled after the period ended belongs to the new period, as in the exact mode, even when
+    nothing was left unreported at the boundary (the slice's period end must not carry the new usage back)."""
+    a = fleet.engine()
+    fleet.advance(22 * 3600 + 3599.0)  # 23:59:59
+    pair(a, tokens=10)
+    fleet.advance(0.5)
+    pair(a, tokens=20)  # reported: nothing unreported at midnight
+    fleet.advance(0.2)
+    a.tick()
+    d = a.decide("L1")  # 23:59:59.7
+    fleet.advance(0.5)  # 00:00:00.2, the next day
+    a.record(d, Outcome(latency_ms=5.0, input_tokens=20, output_tokens=20))
+    fleet.close()
+    day1, day2 = T0 - 3600.0, T0 - 3600.0 + 86400.0
+    assert _period_tok(redis_server, fleet.uri, day1) == 30
+    assert _period_tok(redis_server, fleet.uri, day2) == 40
