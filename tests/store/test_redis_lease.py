@@ -572,3 +572,22 @@ def test_a_call_decided_before_midnight_and_recorded_after_is_booked_in_the_new_
     day1, day2 = T0 - 3600.0, T0 - 3600.0 + 86400.0
     assert _period_tok(redis_server, fleet.uri, day1) == 30
     assert _period_tok(redis_server, fleet.uri, day2) == 40
+
+
+def test_a_reservation_made_in_exact_mode_is_dropped_when_settled_after_a_reload_to_leased(
+        redis_server: RedisServer, tmp_path: Path) -> None:  # noqa: F811
+    policies = write_policies(tmp_path / "p", lease="")
+    fleet = Fleet(policies, redis_server.uri())
+    try:
+        a = fleet.engine()
+        d = a.decide("L1", estimated_tokens=5000)  # exact: a reservation of 5,000 on the server
+        write_policies(policies)  # leased
+        a.reload()
+        a.record(d, Outcome(latency_ms=5.0, input_tokens=10, output_tokens=10))
+        fleet.close()
+        usage = server_usage(redis_server, fleet.uri)
+        assert usage["tok"] == 20
+        assert usage["rt"] == 0  # the exact reservation went with its settlement
+    finally:
+        fleet.close()
+

@@ -246,6 +246,10 @@ class LeasedLedger(RedisLedger):
     def settle(self, now: float, reservation_id: int | None, tokens: int, cost: float) -> bool:
         _check_amounts(tokens, cost)
         with self._link.lock:
+            if reservation_id is not None and reservation_id in self._rids:
+                # reserved on the server, not against the slice (in the exact mode before a reload, or
+                # during an outage): settled as the exact mode does, so that reservation goes with it
+                return super().settle(now, reservation_id, tokens, cost)
             res = self._res.pop(reservation_id, None) if reservation_id is not None else None
             if res is not None:
                 self._rt, self._rc = self._rt - res[0], self._rc - res[1]
