@@ -591,3 +591,18 @@ def test_a_reservation_made_in_exact_mode_is_dropped_when_settled_after_a_reload
     finally:
         fleet.close()
 
+
+def test_a_warning_crossed_by_the_report_close_sends_reaches_the_subscribers(
+        redis_server: RedisServer, tmp_path: Path) -> None:  # noqa: F811
+    """The last report's reply is read by close(): the event it carries is the fleet's only one."""
+    fleet = Fleet(write_policies(tmp_path / "p", tokens=1000, lease="{size: 0.5, ttl_s: 30, sync_ms: 100}"),
+                  redis_server.uri())
+    try:
+        a = fleet.engine()
+        assert pair(a, tokens=900) == "alpha"  # 90 %: reported at once (the slice ran out), reply unread
+        a.close()
+        assert server_usage(redis_server, fleet.uri)["tok"] == 900
+        assert sum(isinstance(e, BudgetWarning) for e in fleet.events) == 1
+    finally:
+        fleet.close()
+
