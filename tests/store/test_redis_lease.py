@@ -606,3 +606,23 @@ def test_a_warning_crossed_by_the_report_close_sends_reaches_the_subscribers(
     finally:
         fleet.close()
 
+
+def test_a_limit_lowered_below_the_usage_refuses_at_once_in_leased_mode(
+        redis_server: RedisServer, tmp_path: Path) -> None:  # noqa: F811
+    """A reload that lowers the limit below what is spent exhausts the budget at once, as in the exact
+    mode: the slice leased under the old limit is not spent on."""
+    policies = write_policies(tmp_path / "p", tokens=100_000)  # slices of 1,000
+    fleet = Fleet(policies, redis_server.uri())
+    try:
+        a = fleet.engine()
+        for _ in range(5):
+            assert pair(a, tokens=100) == "alpha"
+            fleet.advance(0.2)  # each reported
+        a.tick()
+        write_policies(policies, tokens=400)  # below the 500 spent
+        a.reload()
+        assert sum(isinstance(e, BudgetExhausted) for e in fleet.events) == 1
+        with pytest.raises(NoModelAvailable):
+            a.decide("L1", model="alpha")
+    finally:
+        fleet.close()

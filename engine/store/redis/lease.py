@@ -347,6 +347,14 @@ class LeasedLedger(RedisLedger):
                 }  # fmt: skip
             return super().snapshot(now)
 
+    def evaluate(self, now: float) -> None:
+        """Re-judge the thresholds now (after a reload): the usage is reported and the slice renewed under
+        the limits in force, so a slice leased under a higher limit is not spent on (one round trip)."""
+        with self._link.lock:
+            if self._local is None:
+                self._report(now, True)
+            super().evaluate(now)
+
     def tick(self, now: float) -> None:
         """Report usage that is due (an engine's ``tick``): a process that stops deciding still reports."""
         with self._link.lock:
