@@ -626,3 +626,28 @@ def test_a_limit_lowered_below_the_usage_refuses_at_once_in_leased_mode(
             a.decide("L1", model="alpha")
     finally:
         fleet.close()
+
+
+def test_a_budget_removed_by_a_reload_gives_its_slice_back_and_is_not_leased_again(
+        redis_server: RedisServer, tmp_path: Path) -> None:  # noqa: F811
+    policies = write_policies(tmp_path / "p", tokens=100_000)
+    fleet = Fleet(policies, redis_server.uri())
+    try:
+        a = fleet.engine()
+        pair(a, tokens=100)
+        pair(a, tokens=50)  # unreported
+        budgets = policies / "budgets.yaml"
+        budgets.write_text(budgets.read_text().replace("alpha-daily: {applies_to: {model: alpha}",
+                                                       "beta-daily: {applies_to: {model: beta}"))
+        assert a.reload() is True
+        assert list(a._ledgers) == ["beta-daily"]
+        for _ in range(5):  # past the slice's ttl_s: a process that goes on deciding (and ticking)
+            fleet.advance(10.0)
+            pair(a, tokens=10)
+            a.tick()
+        a.store.flush()  # type: ignore[attr-defined]
+        usage = server_usage(redis_server, fleet.uri)
+        assert usage["tok"] == 150  # what was settled while the budget existed
+        assert usage["rt"] == 0  # no slice held for a budget no longer in the policy
+    finally:
+        fleet.close()

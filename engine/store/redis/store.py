@@ -338,6 +338,16 @@ class RedisStore(MemoryStore):
         except StorageError:
             self.close()
             raise
+        with self.link.lock:
+            keep = {budget_key(self.prefix, spec) for spec in policy.budgets}
+            for key, ledger in list(self._ledgers.items()):
+                if key not in keep and isinstance(ledger, LeasedLedger):
+                    # a budget the policy no longer has (or of another period kind now): its usage is
+                    # reported and its slice given back; an exact ledger keeps what is unconfirmed for
+                    # replay and never leases again
+                    ledger.release()
+                    self._ledgers[key] = RedisLedger(self.link, self.prefix, ledger.spec, ledger._events,
+                                                     self._cache_s, ledger)
 
     def close(self) -> None:
         """Stop the recovery, read the last replies, try once to push what an outage left unsent, disconnect."""
