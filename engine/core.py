@@ -1046,8 +1046,8 @@ class PolicyEngine:
         What the store's last replies carried (a leased budget's final report
         crossing a threshold) is delivered to the listeners.
         """
+        self.store.close()  # without the lock: a store may take a snapshot of the engine as it closes
         with self._lock:
-            self.store.close()
             self._post([])
         self._deliver()
 
