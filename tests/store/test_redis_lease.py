@@ -651,3 +651,16 @@ def test_a_budget_removed_by_a_reload_gives_its_slice_back_and_is_not_leased_aga
         assert usage["rt"] == 0  # no slice held for a budget no longer in the policy
     finally:
         fleet.close()
+
+
+def test_tick_sends_the_batched_successes_of_a_process_that_stopped_deciding(fleet: Fleet) -> None:
+    """Another process's failures are judged against every success the fleet had: a process that stops
+    deciding still sends its batched successes when it ticks."""
+    a, b = fleet.engine(), fleet.engine()
+    pair(a)  # A's breaker state is cached: the next successes are batched
+    for _ in range(8):
+        pair(a)
+    fleet.advance(1.0)
+    a.tick()
+    a.store.link.flush()  # type: ignore[attr-defined]  # read what the tick sent
+    assert b.state("alpha")["breaker"]["calls"] == 9

@@ -319,8 +319,11 @@ class RedisStore(MemoryStore):
             self.link.flush()
 
     def tick(self, now: float) -> None:
-        """Due work at engine wall time ``now`` (``PolicyEngine.tick``): leased budgets report their usage."""
+        """Due work at engine wall time ``now`` (``PolicyEngine.tick``): leased budgets report their usage,
+        breakers send their batched successes (pipelined), so a process that stops deciding still shares them."""
         with self.link.lock:
+            for breaker in self._breakers.values():
+                breaker.flush_results()
             for ledger in self._ledgers.values():
                 if isinstance(ledger, LeasedLedger):
                     ledger.tick(now)
