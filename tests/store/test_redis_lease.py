@@ -664,3 +664,33 @@ def test_tick_sends_the_batched_successes_of_a_process_that_stopped_deciding(fle
     a.tick()
     a.store.link.flush()  # type: ignore[attr-defined]  # read what the tick sent
     assert b.state("alpha")["breaker"]["calls"] == 9
+
+
+
+def test_a_slice_with_cost_but_no_tokens_refuses_and_asks_again_only_after_sync_ms(
+        redis_server: RedisServer, tmp_path: Path) -> None:  # noqa: F811
+    """A budget with tokens and cost: when the token headroom is all in other slices but cost is not,
+    the grant is cost only; the process cannot spend it and must not ask the server at every decision."""
+    d = write_policies(tmp_path / "p", tokens=1000, lease="{size: 0.5, ttl_s: 30, sync_ms: 100}")
+    (d / "budgets.yaml").write_text((d / "budgets.yaml").read_text().replace("tokens: 1000}",
+                                                                             "tokens: 1000, cost_usd: 1000000}"))
+    fleet = Fleet(d, redis_server.uri())
+    try:
+        a = fleet.engine()
+        a.decide("L1", model="alpha", estimated_tokens=100_000)  # in flight: A's renewals take the headroom
+        for _ in range(30):
+            fleet.advance(0.2)
+            a.tick()
+        a.store.link.flush()  # type: ignore[attr-defined]
+        assert server_usage(redis_server, fleet.uri)["rt"] == 1000  # every token in A's slice
+        b = fleet.engine()
+        with pytest.raises(NoModelAvailable):
+            b.decide("L1", model="alpha")
+        store: Any = b.store
+        before = store.stats()["round_trips"]
+        for _ in range(50):
+            with pytest.raises(NoModelAvailable):
+                b.decide("L1", model="alpha")
+        assert store.stats()["round_trips"] - before <= 1
+    finally:
+        fleet.close()

@@ -179,7 +179,7 @@ class LeasedLedger(RedisLedger):
         self._gc = float(head[15]) if head[15] else 0.0
         period_end = _INF if self._rolling else self._bounds_at(float(op.key))[1]
         self._slice_end = min(now + self.lease.ttl_s - self._sync_s, period_end)
-        if self._gt <= 0 and self._gc <= 0.0:
+        if not self._room(now):  # no headroom for this process (in any of the budget's limits): ask again later
             self._dry_until = now + self._sync_s
 
     def _tend(self, now: float) -> None:
