@@ -1041,8 +1041,15 @@ class PolicyEngine:
             self._sink.clear()
 
     def close(self) -> None:
-        """Flush and release the store; the engine must not be used afterwards."""
-        self.store.close()
+        """Flush and release the store; the engine must not be used afterwards.
+
+        What the store's last replies carried (a leased budget's final report
+        crossing a threshold) is delivered to the listeners.
+        """
+        self.store.close()  # without the lock: a store may take a snapshot of the engine as it closes
+        with self._lock:
+            self._post([])
+        self._deliver()
 
     def __enter__(self) -> PolicyEngine:
         return self

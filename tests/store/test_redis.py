@@ -813,3 +813,19 @@ def test_an_engine_whose_clock_stepped_back_gives_the_server_the_clocks_own_time
     finally:
         a.close()
         b.close()
+
+
+def test_with_cache_ms_0_a_decision_on_a_model_without_budgets_costs_one_round_trip(
+        redis_server: RedisServer, tmp_path: Path) -> None:  # noqa: F811
+    """No cache: the breaker's state is asked once per decision (and a success once per record), not
+    refreshed ahead of the ask as well."""
+    eng = PolicyEngine.from_path(write_policies(tmp_path / "p"), store=redis_server.uri(cache_ms=0))
+    try:
+        _pairs(eng, 5, "beta")
+        before = eng.store.stats()  # type: ignore[attr-defined]
+        _pairs(eng, 100, "beta")
+        after = eng.store.stats()  # type: ignore[attr-defined]
+        assert after["round_trips"] - before["round_trips"] <= 200
+        assert after["commands"] - before["commands"] <= 200
+    finally:
+        eng.close()

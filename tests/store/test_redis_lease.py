@@ -543,3 +543,154 @@ def test_status_shows_the_slices_processes_hold(fleet: Fleet) -> None:
     a.close()
     fleet.engines.remove(a)
     assert json.loads(status("--format", "json").stdout)["budgets"]["alpha-daily"]["slices"] == 1
+
+
+# -- periods, reloads, partial grants ---------------------------------------------------------
+
+
+def _period_tok(server: RedisServer, uri: str, start: float) -> float:
+    ns = uri.split("namespace=")[1].split("&")[0]
+    raw = server.client().hget(f"{ns}:default:b:alpha-daily:daily@UTC:{start!r}", "tok")
+    return float(raw) if raw is not None else 0.0
+
+
+def test_a_call_decided_before_midnight_and_recorded_after_is_booked_in_the_new_day(
+        fleet: Fleet, redis_server: RedisServer) -> None:  # noqa: F811
+    """Usage settled after the period ended belongs to the new period, as in the exact mode, even when
+    nothing was left unreported at the boundary (the slice's period end must not carry the new usage back)."""
+    a = fleet.engine()
+    fleet.advance(22 * 3600 + 3599.0)  # 23:59:59
+    pair(a, tokens=10)
+    fleet.advance(0.5)
+    pair(a, tokens=20)  # reported: nothing unreported at midnight
+    fleet.advance(0.2)
+    a.tick()
+    d = a.decide("L1")  # 23:59:59.7
+    fleet.advance(0.5)  # 00:00:00.2, the next day
+    a.record(d, Outcome(latency_ms=5.0, input_tokens=20, output_tokens=20))
+    fleet.close()
+    day1, day2 = T0 - 3600.0, T0 - 3600.0 + 86400.0
+    assert _period_tok(redis_server, fleet.uri, day1) == 30
+    assert _period_tok(redis_server, fleet.uri, day2) == 40
+
+
+def test_a_reservation_made_in_exact_mode_is_dropped_when_settled_after_a_reload_to_leased(
+        redis_server: RedisServer, tmp_path: Path) -> None:  # noqa: F811
+    policies = write_policies(tmp_path / "p", lease="")
+    fleet = Fleet(policies, redis_server.uri())
+    try:
+        a = fleet.engine()
+        d = a.decide("L1", estimated_tokens=5000)  # exact: a reservation of 5,000 on the server
+        write_policies(policies)  # leased
+        a.reload()
+        a.record(d, Outcome(latency_ms=5.0, input_tokens=10, output_tokens=10))
+        fleet.close()
+        usage = server_usage(redis_server, fleet.uri)
+        assert usage["tok"] == 20
+        assert usage["rt"] == 0  # the exact reservation went with its settlement
+    finally:
+        fleet.close()
+
+
+def test_a_warning_crossed_by_the_report_close_sends_reaches_the_subscribers(
+        redis_server: RedisServer, tmp_path: Path) -> None:  # noqa: F811
+    """The last report's reply is read by close(): the event it carries is the fleet's only one."""
+    fleet = Fleet(write_policies(tmp_path / "p", tokens=1000, lease="{size: 0.5, ttl_s: 30, sync_ms: 100}"),
+                  redis_server.uri())
+    try:
+        a = fleet.engine()
+        assert pair(a, tokens=900) == "alpha"  # 90 %: reported at once (the slice ran out), reply unread
+        a.close()
+        assert server_usage(redis_server, fleet.uri)["tok"] == 900
+        assert sum(isinstance(e, BudgetWarning) for e in fleet.events) == 1
+    finally:
+        fleet.close()
+
+
+def test_a_limit_lowered_below_the_usage_refuses_at_once_in_leased_mode(
+        redis_server: RedisServer, tmp_path: Path) -> None:  # noqa: F811
+    """A reload that lowers the limit below what is spent exhausts the budget at once, as in the exact
+    mode: the slice leased under the old limit is not spent on."""
+    policies = write_policies(tmp_path / "p", tokens=100_000)  # slices of 1,000
+    fleet = Fleet(policies, redis_server.uri())
+    try:
+        a = fleet.engine()
+        for _ in range(5):
+            assert pair(a, tokens=100) == "alpha"
+            fleet.advance(0.2)  # each reported
+        a.tick()
+        write_policies(policies, tokens=400)  # below the 500 spent
+        a.reload()
+        assert sum(isinstance(e, BudgetExhausted) for e in fleet.events) == 1
+        with pytest.raises(NoModelAvailable):
+            a.decide("L1", model="alpha")
+    finally:
+        fleet.close()
+
+
+def test_a_budget_removed_by_a_reload_gives_its_slice_back_and_is_not_leased_again(
+        redis_server: RedisServer, tmp_path: Path) -> None:  # noqa: F811
+    policies = write_policies(tmp_path / "p", tokens=100_000)
+    fleet = Fleet(policies, redis_server.uri())
+    try:
+        a = fleet.engine()
+        pair(a, tokens=100)
+        pair(a, tokens=50)  # unreported
+        budgets = policies / "budgets.yaml"
+        budgets.write_text(budgets.read_text().replace("alpha-daily: {applies_to: {model: alpha}",
+                                                       "beta-daily: {applies_to: {model: beta}"))
+        assert a.reload() is True
+        assert list(a._ledgers) == ["beta-daily"]
+        for _ in range(5):  # past the slice's ttl_s: a process that goes on deciding (and ticking)
+            fleet.advance(10.0)
+            pair(a, tokens=10)
+            a.tick()
+        a.store.flush()  # type: ignore[attr-defined]
+        usage = server_usage(redis_server, fleet.uri)
+        assert usage["tok"] == 150  # what was settled while the budget existed
+        assert usage["rt"] == 0  # no slice held for a budget no longer in the policy
+    finally:
+        fleet.close()
+
+
+def test_tick_sends_the_batched_successes_of_a_process_that_stopped_deciding(fleet: Fleet) -> None:
+    """Another process's failures are judged against every success the fleet had: a process that stops
+    deciding still sends its batched successes when it ticks."""
+    a, b = fleet.engine(), fleet.engine()
+    pair(a)  # A's breaker state is cached: the next successes are batched
+    for _ in range(8):
+        pair(a)
+    fleet.advance(1.0)
+    a.tick()
+    a.store.link.flush()  # type: ignore[attr-defined]  # read what the tick sent
+    assert b.state("alpha")["breaker"]["calls"] == 9
+
+
+
+def test_a_slice_with_cost_but_no_tokens_refuses_and_asks_again_only_after_sync_ms(
+        redis_server: RedisServer, tmp_path: Path) -> None:  # noqa: F811
+    """A budget with tokens and cost: when the token headroom is all in other slices but cost is not,
+    the grant is cost only; the process cannot spend it and must not ask the server at every decision."""
+    d = write_policies(tmp_path / "p", tokens=1000, lease="{size: 0.5, ttl_s: 30, sync_ms: 100}")
+    (d / "budgets.yaml").write_text((d / "budgets.yaml").read_text().replace("tokens: 1000}",
+                                                                             "tokens: 1000, cost_usd: 1000000}"))
+    fleet = Fleet(d, redis_server.uri())
+    try:
+        a = fleet.engine()
+        a.decide("L1", model="alpha", estimated_tokens=100_000)  # in flight: A's renewals take the headroom
+        for _ in range(30):
+            fleet.advance(0.2)
+            a.tick()
+        a.store.link.flush()  # type: ignore[attr-defined]
+        assert server_usage(redis_server, fleet.uri)["rt"] == 1000  # every token in A's slice
+        b = fleet.engine()
+        with pytest.raises(NoModelAvailable):
+            b.decide("L1", model="alpha")
+        store: Any = b.store
+        before = store.stats()["round_trips"]
+        for _ in range(50):
+            with pytest.raises(NoModelAvailable):
+                b.decide("L1", model="alpha")
+        assert store.stats()["round_trips"] - before <= 1
+    finally:
+        fleet.close()

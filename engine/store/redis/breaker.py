@@ -19,7 +19,7 @@ What each call costs and how exact it is:
                        window holds no failure and no slow call: batched, sent
                        as one ``ok`` command with the next refresh (within
                        ``cache_ms`` while the process decides; before any other
-                       operation of the breaker; at ``close``; at once with
+                       operation of the breaker; at ``tick`` and ``close``; at once with
                        ``cache_ms=0``), pipelined: it cannot cause a transition.
                        Any other result (a
                        failure, a slow call, a probe, or any result once the window
@@ -255,7 +255,7 @@ class RedisBreaker(BreakerSync):
         return [Cmd("breaker", self._keys, self._args(now, op, *args), handle)]
 
     def flush_results(self) -> None:
-        """Send the batched successes now (``close``; pipelined, read by the store's flush)."""
+        """Send the batched successes now (``tick``, ``close``; pipelined, read by the next round trip)."""
         with self._link.lock:
             if self._ok and self._local is None:
                 self._send_ok()

@@ -135,7 +135,7 @@ class BreakerSync:
         ``ok`` (carrying the batched successes) whose reply the next round trip reads; once the cache
         is stale, read it (it has most likely arrived)."""
         v = self._view
-        if v is None or self._local is not None:
+        if v is None or self._local is not None or self._cache_s <= 0.0:  # no cache: each decision asks
             return
         age = time.monotonic() - v.at
         if age * 2.0 > self._cache_s and not self._refreshing:

@@ -266,8 +266,9 @@ class LedgerSync:
     def _period_key(self, now: float) -> str:
         return repr(self._period(now)[0]) if not self._rolling else str(math.floor(now / self._width))
 
-    def _remember(self, now: float, tokens: int, cost: float) -> None:
-        key = self._period_key(now)
+    def _remember(self, now: float, tokens: int, cost: float, key: str = "") -> None:
+        """Count usage this client settled at ``now`` (in period ``key`` if given) for a data-loss re-push."""
+        key = key or self._period_key(now)
         mine = self._mine.setdefault(key, [0, 0.0])
         mine[0] += tokens
         mine[1] += cost

@@ -71,9 +71,9 @@ class LeasedLedger(RedisLedger):
         self._sync_s = lease.sync_ms / 1000.0
         self._gt, self._gc = 0, 0.0  # the slice as the server granted it
         self._slice_end = -_INF  # the slice is void from here (engine time): renewed before the server drops it
-        self._slice_key = ""  # the period the slice belongs to
-        self._period_end = _INF  # when that period ends (a rolling budget's slice has none)
         self._ut, self._uc = 0, 0.0  # settled here, not reported yet
+        self._ukey = ""  # the fixed period that usage was settled in (its start)
+        self._uend = _INF  # when that period ends (a rolling budget's usage has none)
         self._st, self._sc = 0, 0.0  # reported by the renewal in flight
         self._res: dict[int, tuple[int, float]] = {}  # reservations of calls in flight, against the slice
         self._rt, self._rc = 0, 0.0
@@ -86,7 +86,7 @@ class LeasedLedger(RedisLedger):
             # flight is answered to the old ledger first)
             if prev._flying:
                 link.flush()
-            for name in ("_gt", "_gc", "_slice_end", "_slice_key", "_period_end", "_ut", "_uc", "_st", "_sc",
+            for name in ("_gt", "_gc", "_slice_end", "_ukey", "_uend", "_ut", "_uc", "_st", "_sc",
                          "_res", "_rt", "_rc", "_last_now", "_due", "_dry_until"):
                 setattr(self, name, getattr(prev, name))
             prev._ut, prev._uc, prev._gt, prev._gc = 0, 0.0, 0, 0.0
@@ -135,7 +135,7 @@ class LeasedLedger(RedisLedger):
             self._remember(now, tokens, cost)
         if op.seq:
             self._unacked[op.seq] = op
-        self._ut, self._uc = 0, 0.0
+        self._ut, self._uc, self._ukey, self._uend = 0, 0.0, "", _INF
         self._st, self._sc = self._st + tokens, self._sc + cost
         want_t = self._want_t + self._rt if want and self._want_t else 0
         want_c = self._want_c + self._rc if want and self._want_c else 0.0
@@ -177,10 +177,9 @@ class LeasedLedger(RedisLedger):
         head = split(reply, 16)[0]
         self._gt = int(float(head[14])) if head[14] else 0
         self._gc = float(head[15]) if head[15] else 0.0
-        self._slice_key = op.key
-        self._period_end = _INF if self._rolling else self._bounds_at(float(op.key))[1]
-        self._slice_end = min(now + self.lease.ttl_s - self._sync_s, self._period_end)
-        if self._gt <= 0 and self._gc <= 0.0:
+        period_end = _INF if self._rolling else self._bounds_at(float(op.key))[1]
+        self._slice_end = min(now + self.lease.ttl_s - self._sync_s, period_end)
+        if not self._room(now):  # no headroom for this process (in any of the budget's limits): ask again later
             self._dry_until = now + self._sync_s
 
     def _tend(self, now: float) -> None:
@@ -247,6 +246,10 @@ class LeasedLedger(RedisLedger):
     def settle(self, now: float, reservation_id: int | None, tokens: int, cost: float) -> bool:
         _check_amounts(tokens, cost)
         with self._link.lock:
+            if reservation_id is not None and reservation_id in self._rids:
+                # reserved on the server, not against the slice (in the exact mode before a reload, or
+                # during an outage): settled as the exact mode does, so that reservation goes with it
+                return super().settle(now, reservation_id, tokens, cost)
             res = self._res.pop(reservation_id, None) if reservation_id is not None else None
             if res is not None:
                 self._rt, self._rc = self._rt - res[0], self._rc - res[1]
@@ -255,24 +258,30 @@ class LeasedLedger(RedisLedger):
             if self._local is not None:
                 found = super().settle(now, reservation_id, tokens, cost)
                 return found or res is not None
-            if now >= self._period_end:
+            if now >= self._uend:
                 self._roll(now)
+            if not (self._ut or self._uc) and (tokens or cost) and not self._rolling:
+                # the period this usage belongs to: a call settled after its period ended is booked in
+                # the next one, whatever period the slice (or a renewal still in flight) was for
+                start, self._uend = self._period(now)
+                self._ukey = repr(start)
             self._ut, self._uc = self._ut + tokens, self._uc + cost
+            self._last_now = max(self._last_now, now)
             self._tend(now)
             return res is not None
 
     def _roll(self, now: float) -> None:
-        """If the slice's period has ended, book its unreported usage in it (pipelined, applied once)."""
-        if now >= self._period_end and (self._ut or self._uc) and self._slice_key:
+        """If the period of the unreported usage has ended, book the usage in it (pipelined, applied once)."""
+        if now >= self._uend and (self._ut or self._uc) and self._ukey:
             self._close_period()
 
     def _close_period(self) -> None:
-        """Book the unreported usage of the slice's period in that period (pipelined, applied once)."""
-        at = float(self._slice_key)
-        op = Op(at, "", self._ut, self._uc, self._link.next_seq(), self._slice_key)
+        """Book the unreported usage in the period it was settled in (pipelined, applied once)."""
+        at = float(self._ukey)
+        op = Op(at, "", self._ut, self._uc, self._link.next_seq(), self._ukey)
         self._unacked[op.seq] = op
-        self._remember(at, op.tokens, op.cost)
-        self._period_end = _INF
+        self._remember(at, op.tokens, op.cost, op.key)
+        self._ukey, self._uend = "", _INF
         self._ut, self._uc, self._gt, self._gc, self._slice_end = 0, 0.0, 0, 0.0, -_INF
         if not self._send("settle", at, op, quiet=8 | 4, key=op.key):
             self._fallback(at)
@@ -338,6 +347,14 @@ class LeasedLedger(RedisLedger):
                 }  # fmt: skip
             return super().snapshot(now)
 
+    def evaluate(self, now: float) -> None:
+        """Re-judge the thresholds now (after a reload): the usage is reported and the slice renewed under
+        the limits in force, so a slice leased under a higher limit is not spent on (one round trip)."""
+        with self._link.lock:
+            if self._local is None:
+                self._report(now, True)
+            super().evaluate(now)
+
     def tick(self, now: float) -> None:
         """Report usage that is due (an engine's ``tick``): a process that stops deciding still reports."""
         with self._link.lock:
@@ -357,7 +374,7 @@ class LeasedLedger(RedisLedger):
         if self._local is None:
             # the slice is given up; what was settled and not reported is pushed with the outage's backlog
             if self._ut or self._uc:
-                key = self._period_key(now)
+                key = self._ukey or self._period_key(now)
                 agg = self._backlog.get(key)
                 if agg is None:
                     agg = self._backlog[key] = Aggregate(now)
@@ -365,12 +382,13 @@ class LeasedLedger(RedisLedger):
                 agg.tokens += self._ut
                 agg.cost += self._uc
                 agg.count += 1
-                self._remember(now, self._ut, self._uc)
+                self._remember(now, self._ut, self._uc, key)
             v = self._view
             if v is not None:  # decide locally on what the fleet had, this process's usage included
                 v.tok, v.cost = v.tok + self._st + self._ut, v.cost + self._sc + self._uc
                 v.rt, v.rc = max(v.rt - self._gt, 0), max(v.rc - self._gc, 0.0)
             self._ut, self._uc, self._gt, self._gc, self._slice_end = 0, 0.0, 0, 0.0, -_INF
+            self._ukey, self._uend = "", _INF
         return super()._fallback(now)
 
     def recovered(self) -> None:
@@ -382,5 +400,6 @@ class LeasedLedger(RedisLedger):
         super().forked()
         self._gt, self._gc, self._slice_end, self._flying = 0, 0.0, -_INF, 0
         self._ut, self._uc, self._st, self._sc, self._rt, self._rc = 0, 0.0, 0, 0.0, 0, 0.0
+        self._ukey, self._uend = "", _INF
         self._res = {}
         self._dry_until = self._due = -_INF

@@ -319,8 +319,11 @@ class RedisStore(MemoryStore):
             self.link.flush()
 
     def tick(self, now: float) -> None:
-        """Due work at engine wall time ``now`` (``PolicyEngine.tick``): leased budgets report their usage."""
+        """Due work at engine wall time ``now`` (``PolicyEngine.tick``): leased budgets report their usage,
+        breakers send their batched successes (pipelined), so a process that stops deciding still shares them."""
         with self.link.lock:
+            for breaker in self._breakers.values():
+                breaker.flush_results()
             for ledger in self._ledgers.values():
                 if isinstance(ledger, LeasedLedger):
                     ledger.tick(now)
@@ -338,6 +341,16 @@ class RedisStore(MemoryStore):
         except StorageError:
             self.close()
             raise
+        with self.link.lock:
+            keep = {budget_key(self.prefix, spec) for spec in policy.budgets}
+            for key, ledger in list(self._ledgers.items()):
+                if key not in keep and isinstance(ledger, LeasedLedger):
+                    # a budget the policy no longer has (or of another period kind now): its usage is
+                    # reported and its slice given back; an exact ledger keeps what is unconfirmed for
+                    # replay and never leases again
+                    ledger.release()
+                    self._ledgers[key] = RedisLedger(self.link, self.prefix, ledger.spec, ledger._events,
+                                                     self._cache_s, ledger)
 
     def close(self) -> None:
         """Stop the recovery, read the last replies, try once to push what an outage left unsent, disconnect."""
