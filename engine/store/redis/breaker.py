@@ -21,6 +21,8 @@ What each call costs and how exact it is:
                        ``cache_ms`` while the process decides; before any other
                        operation of the breaker; at ``tick`` and ``close``; at once with
                        ``cache_ms=0``), pipelined: it cannot cause a transition.
+                       A batch is booked at the time of its last success (in a
+                       time window, up to ``cache_ms`` later than the first).
                        Any other result (a
                        failure, a slow call, a probe, or any result once the window
                        holds a failure): one round trip, so a trip is decided and
