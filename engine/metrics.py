@@ -12,10 +12,15 @@ plus the newest bucket, without walking the buckets.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from typing import Any
 
 from engine.histogram import LatencyHistogram
+
+_INF = math.inf
+_log = math.log
+_ceil = math.ceil
 
 
 class _Bucket:
@@ -108,7 +113,23 @@ class RollingMetrics:
             b.failures += 1
         if slow:
             b.slow += 1
-        b.latency.add(latency_ms)
+        h = b.latency  # LatencyHistogram.add written out: this runs once per recorded call
+        if 0.0 < latency_ms < _INF:
+            key = _ceil(_log(latency_ms) * h._inv_log_gamma)
+            if key < h._key_min:
+                key = h._key_min
+            elif key > h._key_max:
+                key = h._key_max
+            hb = h._buckets
+            hb[key] = hb.get(key, 0) + 1
+            h._count += 1
+            h._total += latency_ms
+            if latency_ms < h._min:
+                h._min = latency_ms
+            if latency_ms > h._max:
+                h._max = latency_ms
+        else:
+            h.add(latency_ms)  # zero, or a bad value it refuses
         b.tokens_in += tokens_in
         b.tokens_out += tokens_out
         b.cost += cost
