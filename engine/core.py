@@ -38,7 +38,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Collection, Hashable, Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 from engine.breaker import REFUSED, CircuitBreaker
 from engine.budget import BudgetLedger
@@ -123,13 +123,11 @@ class _Model:
         self.metrics: dict[str, RollingMetrics] = {}  # by requested tier; also in engine._metrics
 
 
-class _Pending(NamedTuple):
-    decision: Decision
-    ticket: int
-    reservations: tuple[tuple[BudgetLedger, int], ...]
-    at: float
-    model: _Model  # the incarnation the decision was made under
-    request: bool  # the first attempt of a request (not a retry or a fallback after a failure)
+#: An open decision: ``(decision, ticket, reservations, at, model, request)``, a plain tuple (made once per
+#: decision): the breaker ticket, the budget reservations ``(ledger, id)``, when it was made, the model
+#: incarnation it was made under, and whether it is the first attempt of a request (not a retry or a
+#: fallback after a failure).
+_Pending = tuple[Decision, int, tuple[tuple[BudgetLedger, int], ...], float, _Model, bool]
 
 
 class PolicyEngine:
@@ -242,9 +240,9 @@ class PolicyEngine:
                 models[name] = prev_model
                 carried.append((prev_model, spec, own))
         for key, pending in list(self._pending.items()):
-            if pending.reservations:  # reservations only follow ledgers whose state carried over
-                kept = tuple((moved[id(led)], rid) for led, rid in pending.reservations if id(led) in moved)
-                self._pending[key] = pending._replace(reservations=kept)
+            if pending[2]:  # reservations only follow ledgers whose state carried over
+                kept = tuple((moved[id(led)], rid) for led, rid in pending[2] if id(led) in moved)
+                self._pending[key] = (pending[0], pending[1], kept, pending[3], pending[4], pending[5])
         old_metrics: Mapping[tuple[str, str], RollingMetrics] = getattr(self, "_metrics", {})
         previous: PolicySet | None = getattr(self, "policy", None)
         same_window = previous is not None and previous.monitoring.window_s == policy.monitoring.window_s
@@ -284,9 +282,10 @@ class PolicyEngine:
         self._failed_of[None] = False
         self._chains = {t: self._chain(policy, t) for t in policy.tiers}
         # the same chains with each model's incarnation: what decide() walks
-        self._plans = {t: tuple((tt, models[m]) for tt, m in chain) for t, chain in self._chains.items()}
+        self._chain_plans = {t: tuple((tt, models[m]) for tt, m in chain) for t, chain in self._chains.items()}
         self._revision = policy.revision
         self._scored = frozenset(t for t, spec in policy.tiers.items() if spec.strategy == "score")
+        self._plans = {t: plan for t, plan in self._chain_plans.items() if t not in self._scored}
         self._ranked: dict[str, tuple[float, tuple[str, ...]]] = {}
         self._monitor = monitor
         bind = getattr(self.store, "bind_policy", None)
@@ -449,8 +448,8 @@ class PolicyEngine:
         with no ``exclude``, ``reason`` or ``retry_of`` starts one. A new
         request that finds no model emits :class:`RequestRefused`.
         """
-        plan = self._plans.get(tier)
-        if plan is None:
+        plan = self._plans.get(tier)  # None for a score-ranked tier (ranked when deciding) or an unknown one
+        if plan is None and tier not in self._scored:
             raise KeyError(f"unknown tier {tier!r}; expected one of {', '.join(self.policy.tier_order)}")
         if estimated_tokens is not None and (problem := token_problem("estimated_tokens", estimated_tokens)):
             raise ValueError(problem)
@@ -461,7 +460,7 @@ class PolicyEngine:
         if model is not None and model not in self._models:
             raise KeyError(f"unknown model {model!r}")
         simple = not exclude and min_context is None  # a candidate may then be judged on its state alone
-        events: list[Event] = []
+        events: list[Event] | None = None  # made when there is one: most decisions have none
         skipped: list[tuple[str, str]] | None = None  # made at the first skip: most decisions skip none
         decision: Decision | None = None
         lock = self._lock
@@ -477,8 +476,8 @@ class PolicyEngine:
                 order: Sequence[tuple[str, _Model]] = ((retry_of.tier, self._models[retry_of.model]),)
             elif model is not None:
                 pinned = self._models[model]
-                order = (next((c for c in plan if c[1] is pinned), (pinned.spec.tier, pinned)),)
-            elif tier in self._scored:
+                order = (next((c for c in self._chain_plans[tier] if c[1] is pinned), (pinned.spec.tier, pinned)),)
+            elif plan is None:
                 models = self._models
                 order = [(t, models[name]) for t, name in self._order(tier, now)]
             else:
@@ -488,7 +487,7 @@ class PolicyEngine:
                 # _admit written out for a candidate that is enabled, in rotation and below its limit
                 if simple and st.in_flight < st.limit and st.out_until <= now and st.enabled:
                     ticket = st.breaker.try_acquire(now)
-                    if ticket == REFUSED:
+                    if not ticket:  # REFUSED
                         why, ticket, reservations, recovers = self._refused(st, now)
                     elif not st.ledgers:
                         why, reservations = None, ()
@@ -521,6 +520,7 @@ class PolicyEngine:
                 else:
                     is_fallback = skipped is not None or t != tier or reason is not None
                     if is_fallback:
+                        events = []
                         if self._sink:  # what the candidates' checks emitted happened first
                             self._take_events(events)
                         events.append(FallbackTriggered(
@@ -530,13 +530,19 @@ class PolicyEngine:
                 did = next(self._ids)
                 decision = _new(Decision, (st.name, t, is_fallback, tuple(skipped) if skipped else (),
                                            did, now, self._revision, tier, estimated_tokens, self))
-                self._pending[did] = _new(_Pending, (decision, ticket, reservations, now, st, new_request))
+                self._pending[did] = (decision, ticket, reservations, now, st, new_request)
                 if now >= self._monitor.next_at:
+                    if events is None:
+                        events = []
                     self._tick(now, events)
                 break
             if decision is None and new_request:
+                if events is None:
+                    events = []
                 events.append(RequestRefused(now, tier, tuple(skipped or ()), retry_at))
             if self._sink:
+                if events is None:
+                    events = []
                 self._take_events(events)
             if events:
                 self._outbox.extend(events)
@@ -627,11 +633,11 @@ class PolicyEngine:
         classes = self._classes
         if type(outcome) is Outcome:
             latency, tin, tout, error = outcome.latency_ms, outcome.input_tokens, outcome.output_tokens, outcome.error
-            ttft = outcome.ttft_ms
+            ttft, cached = outcome.ttft_ms, outcome.cached_input_tokens
             # Outcome.problem's common case written out (the hot path); anything else asks it
             if not (type(latency) is float and 0.0 <= latency < _INF and type(tin) is int and 0 <= tin < MAX_TOKENS
                     and type(tout) is int and 0 <= tout < MAX_TOKENS and outcome.retry_after_s is None
-                    and ttft is None and outcome.cached_input_tokens == 0
+                    and ttft is None and cached == 0
                     and (error is None or (type(error) is str and error in classes))):
                 problem = outcome.problem(classes)
                 if problem is not None:
@@ -641,41 +647,44 @@ class PolicyEngine:
             if problem is not None:
                 raise ValueError(problem)
             latency, tin, tout, error = outcome.latency_ms, outcome.input_tokens, outcome.output_tokens, outcome.error
-            ttft = outcome.ttft_ms
+            ttft, cached = outcome.ttft_ms, outcome.cached_input_tokens
         else:
             raise ValueError(f"expected an Outcome, got {type(outcome).__name__}")
-        events: list[Event] = []
+        events: list[Event] | None = None  # made when there is one: most records have none
         lock = self._lock
         if not lock.try_acquire(False):
             lock.acquire()
         try:
+            pending_of = self._pending
+            did = decision.id
             try:
-                pending = self._pending.get(decision.id)
+                pending = pending_of.get(did)
             except TypeError:  # an unhashable id: not one this engine handed out
                 raise ValueError(self._mismatch(decision)) from None
             if pending is None:
-                raise ValueError(f"decision {decision.id} ({decision.model}) was already recorded or has expired")
-            if pending.decision is not decision:  # settle only what was handed out, as it was handed out
-                if pending.decision != decision:
+                raise ValueError(f"decision {did} ({decision.model}) was already recorded or has expired")
+            handed, ticket, reservations, _, st, request = pending
+            if handed is not decision:  # settle only what was handed out, as it was handed out
+                if handed != decision:
                     raise ValueError(self._mismatch(decision))
-                decision = pending.decision
+                decision = handed
             if self._classes is not classes:  # a reload changed the error classes since the check above
                 problem = outcome.problem(self._classes)
                 if problem is not None:
                     raise ValueError(problem)
-            del self._pending[decision.id]
+            del pending_of[did]
             raw = self._clock()  # engine time, inlined from _now()
             if raw < self._raw:
                 self._stepped_back(raw)
             self._raw = raw
             now = raw + self._skew
-            _, ticket, reservations, _, st, request = pending
             st.in_flight -= 1
             if st.removed:  # the model left the policy set in a reload: settle what still exists
                 self._settle_gone(decision, pending, outcome, now)
             else:
-                failed = self._failed_of[error]  # True, False, or None for an ignored class
-                judged = ttft if st.slow_on_ttft and ttft is not None else latency
+                # True, False, or None for an ignored class
+                failed = False if error is None else self._failed_of[error]
+                judged = latency if ttft is None or not st.slow_on_ttft else ttft
                 result = st.result
                 if result is not None:
                     result(now, failed, judged, ticket)
@@ -685,10 +694,10 @@ class PolicyEngine:
                     until = now + self._take_out[error]
                     if until > st.out_until:
                         st.out_until = until
-                        events.append(ModelTakenOut(now, decision.model, error, until))
+                        events = [ModelTakenOut(now, decision.model, error, until)]
                 cost = tin * st.price_in + tout * st.price_out
-                if outcome.cached_input_tokens:
-                    cost -= outcome.cached_input_tokens * (st.price_in - st.price_cached)
+                if cached:
+                    cost -= cached * (st.price_in - st.price_cached)
                 if st.ledgers:
                     wall = now + self._wall_shift
                     if reservations:
@@ -712,8 +721,12 @@ class PolicyEngine:
                                               failed is True, slow, tin, tout, cost, decision.is_fallback,
                                               request, ttft)
             if now >= self._monitor.next_at:
+                if events is None:
+                    events = []
                 self._tick(now, events)
             if self._sink:
+                if events is None:
+                    events = []
                 self._take_events(events)
             if events:
                 self._outbox.extend(events)
@@ -747,13 +760,13 @@ class PolicyEngine:
         Its breaker, metrics and model budgets went with it; a model of the same
         name added back since is another incarnation and is not touched.
         """
-        gone = pending.model
+        _, _, reservations, _, gone, _ = pending
         tokens = outcome.input_tokens + outcome.output_tokens
         cost = outcome.input_tokens * gone.price_in + outcome.output_tokens * gone.price_out
         cost -= outcome.cached_input_tokens * (gone.price_in - gone.price_cached)
         wall = now + self._wall_shift
-        if pending.reservations:
-            for ledger, rid in pending.reservations:
+        if reservations:
+            for ledger, rid in reservations:
                 ledger.settle(wall, rid, tokens, cost)
             return
         for ledger in self._ledgers.values():
@@ -843,10 +856,10 @@ class PolicyEngine:
 
     def _tick(self, now: float, events: list[Event]) -> None:
         """Expire decisions never recorded; run the anomaly rules if due, adding their events (lock held)."""
-        stale = [p for p in self._pending.values() if now - p.at > DECISION_TTL_S]
+        stale = [p for p in self._pending.values() if now - p[3] > DECISION_TTL_S]
         for p in stale:
-            del self._pending[p.decision.id]
-            p.model.in_flight -= 1
+            del self._pending[p[0].id]
+            p[4].in_flight -= 1
         if not self._monitor.due(now):
             return
         found = self._monitor.evaluate(now, {"model": self._models, "tier": self.policy.tiers},

@@ -78,7 +78,7 @@ class _Bucket:
 class RollingMetrics:
     """Calls, outcomes, latency, tokens and cost over a sliding time window."""
 
-    __slots__ = ("window_s", "width", "buckets", "total_calls", "total_errors", "retired", "_done", "_head",
+    __slots__ = ("window_s", "width", "buckets", "retired", "_done", "_head",
                  "_current")
 
     def __init__(self, window_s: float = 300.0, buckets: int = 30) -> None:
@@ -90,8 +90,6 @@ class RollingMetrics:
         self._done = _Bucket()  # the sum of the live buckets before the newest
         self._head = -1  # the newest bucket's index
         self._current = self.buckets[0]  # the newest bucket
-        self.total_calls = 0  # since creation, never reset by the window
-        self.total_errors = 0
         self.retired = _Bucket()  # every bucket that left the window, summed: with the live ones, since creation
 
     def record(self, now: float, latency_ms: float, error: str | None, failed: bool, slow: bool,
@@ -108,7 +106,6 @@ class RollingMetrics:
             b.successes += 1
         else:
             b.errors[error] = b.errors.get(error, 0) + 1
-            self.total_errors += 1
         if failed:
             b.failures += 1
         if slow:
@@ -137,7 +134,17 @@ class RollingMetrics:
             b.fallbacks += 1
         if request:
             b.requests += 1
-        self.total_calls += 1
+
+    @property
+    def total_calls(self) -> int:
+        """Calls recorded since creation, never reset by the window: the retired, older and newest buckets."""
+        return self.retired.calls + self._done.calls + self._current.calls
+
+    @property
+    def total_errors(self) -> int:
+        """Errors recorded since creation."""
+        return sum(self.retired.errors.values()) + sum(self._done.errors.values()) + sum(
+            self._current.errors.values())
 
     def _rotate(self, index: int) -> None:
         """Make ``index`` the newest bucket: the one before joins the total, expired ones leave it."""
