@@ -95,6 +95,7 @@ class CircuitBreaker:
         "_slow_ms",
         "_sr_limit",
         "_state",
+        "_trips_at_zero",
         "_used",
         "_window",
         "name",
@@ -108,7 +109,7 @@ class CircuitBreaker:
             raise ValueError(f"expected half_open_permits >= 1, got {spec.half_open_permits}")
         self.name = name
         self.spec = spec
-        self._slow_ms, self._fr_limit, self._sr_limit = spec.slow_call_ms, spec.failure_rate, spec.slow_call_rate
+        self._limits(spec)
         self._lock = YieldingLock()
         self._events: list[Event] = events if events is not None else []
         self._window: CountWindow | TimeWindow = window_for(spec)
@@ -189,7 +190,8 @@ class CircuitBreaker:
         if state == "closed":  # the healthy path: no transition due, no probe
             if failed is not None:
                 calls, failures, slow = self._window.add(now, failed, latency_ms > self._slow_ms)
-                if calls >= self._min_calls:  # _check_trip, written out
+                # _check_trip, written out; with no failed or slow call both rates are 0.0, under positive limits
+                if calls >= self._min_calls and (failures or slow or self._trips_at_zero):
                     fr, sr = 100.0 * failures / calls, 100.0 * slow / calls
                     if fr >= self._fr_limit:
                         self._open(now, "failure_rate", fr, sr, calls, failures, slow)
@@ -224,7 +226,7 @@ class CircuitBreaker:
         with self._lock:
             old = self.spec
             self.spec = spec
-            self._slow_ms, self._fr_limit, self._sr_limit = spec.slow_call_ms, spec.failure_rate, spec.slow_call_rate
+            self._limits(spec)
             if (old.window, old.window_size, old.window_s, old.window_buckets) != (
                     spec.window, spec.window_size, spec.window_s, spec.window_buckets) and not self._probe_window:
                 self._window = window_for(spec)  # an episode window keeps; the next close builds the new kind
@@ -358,6 +360,11 @@ class CircuitBreaker:
             return events
 
     # -- internals (called with the lock held) --------------------------------
+
+    def _limits(self, spec: BreakerSpec) -> None:
+        """The spec's thresholds, as the closed breaker's result path reads them."""
+        self._slow_ms, self._fr_limit, self._sr_limit = spec.slow_call_ms, spec.failure_rate, spec.slow_call_rate
+        self._trips_at_zero = not (spec.failure_rate > 0.0 and spec.slow_call_rate > 0.0)
 
     def _tick(self, now: float) -> None:
         if self._state == "open" and now >= self._open_until:
