@@ -658,7 +658,7 @@ class PolicyEngine:
             pending_of = self._pending
             did = decision.id
             try:
-                pending = pending_of.get(did)
+                pending = pending_of.pop(did, None)  # put back below if it is not settled after all
             except TypeError:  # an unhashable id: not one this engine handed out
                 raise ValueError(self._mismatch(decision)) from None
             if pending is None:
@@ -666,13 +666,14 @@ class PolicyEngine:
             handed, ticket, reservations, _, st, request = pending
             if handed is not decision:  # settle only what was handed out, as it was handed out
                 if handed != decision:
+                    pending_of[did] = pending
                     raise ValueError(self._mismatch(decision))
                 decision = handed
             if self._classes is not classes:  # a reload changed the error classes since the check above
                 problem = outcome.problem(self._classes)
                 if problem is not None:
+                    pending_of[did] = pending
                     raise ValueError(problem)
-            del pending_of[did]
             raw = self._clock()  # engine time, inlined from _now()
             if raw < self._raw:
                 self._stepped_back(raw)
