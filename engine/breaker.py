@@ -76,6 +76,7 @@ class CircuitBreaker:
     __slots__ = (
         "_consecutive_opens",
         "_events",
+        "_fr_limit",
         "_in_flight",
         "_lock",
         "_min_calls",
@@ -91,7 +92,10 @@ class CircuitBreaker:
         "_seq",
         "_slot_deadline",
         "_slot_ticket",
+        "_slow_ms",
+        "_sr_limit",
         "_state",
+        "_trips_at_zero",
         "_used",
         "_window",
         "name",
@@ -105,6 +109,7 @@ class CircuitBreaker:
             raise ValueError(f"expected half_open_permits >= 1, got {spec.half_open_permits}")
         self.name = name
         self.spec = spec
+        self._limits(spec)
         self._lock = YieldingLock()
         self._events: list[Event] = events if events is not None else []
         self._window: CountWindow | TimeWindow = window_for(spec)
@@ -166,27 +171,46 @@ class CircuitBreaker:
         A call is slow when ``latency_ms > spec.slow_call_ms``; a slow failure
         counts in both rates. ``latency_ms`` is trusted (validated upstream).
         """
-        slow = latency_ms > self.spec.slow_call_ms
         lock = self._lock
         if not lock.try_acquire(False):  # the uncontended path without a Python-level __enter__
             lock.acquire()
         try:
-            state = self._state
-            if state != "closed":
-                self._tick(now)
-                slot = self._probe_slot(ticket)
-                if slot >= 0:
-                    self._probe_result(now, slot, failed, slow)
-                    return
-                state = self._state
-                if state == "disabled" or state == "half_open":
-                    return  # half-open metrics hold this episode's probes only
-            if failed is not None:
-                self._window.record(now, failed, slow)
-                if state == "closed":
-                    self._check_trip(now)
+            self.on_result_held(now, failed, latency_ms, ticket)
         finally:
             lock.release()
+
+    def on_result_held(self, now: float, failed: bool | None, latency_ms: float, ticket: int) -> None:
+        """:meth:`on_result` without taking the breaker's lock.
+
+        For an owner that already serialises every call on this breaker
+        under a lock of its own (the engine: its breakers are used only with
+        the engine's lock held); anyone else calls :meth:`on_result`.
+        """
+        state = self._state
+        if state == "closed":  # the healthy path: no transition due, no probe
+            if failed is not None:
+                calls, failures, slow = self._window.add(now, failed, latency_ms > self._slow_ms)
+                # _check_trip, written out; with no failed or slow call both rates are 0.0, under positive limits
+                if calls >= self._min_calls and (failures or slow or self._trips_at_zero):
+                    fr, sr = 100.0 * failures / calls, 100.0 * slow / calls
+                    if fr >= self._fr_limit:
+                        self._open(now, "failure_rate", fr, sr, calls, failures, slow)
+                    elif sr >= self._sr_limit:
+                        self._open(now, "slow_call_rate", fr, sr, calls, failures, slow)
+            return
+        is_slow = latency_ms > self._slow_ms
+        self._tick(now)
+        slot = self._probe_slot(ticket)
+        if slot >= 0:
+            self._probe_result(now, slot, failed, is_slow)
+            return
+        state = self._state
+        if state == "disabled" or state == "half_open":
+            return  # half-open metrics hold this episode's probes only
+        if failed is not None:
+            self._window.record(now, failed, is_slow)
+            if state == "closed":
+                self._check_trip(now)
 
     def reconfigure(self, spec: BreakerSpec, now: float) -> None:
         """Apply a reloaded spec, keeping the state.
@@ -202,6 +226,7 @@ class CircuitBreaker:
         with self._lock:
             old = self.spec
             self.spec = spec
+            self._limits(spec)
             if (old.window, old.window_size, old.window_s, old.window_buckets) != (
                     spec.window, spec.window_size, spec.window_s, spec.window_buckets) and not self._probe_window:
                 self._window = window_for(spec)  # an episode window keeps; the next close builds the new kind
@@ -335,6 +360,11 @@ class CircuitBreaker:
             return events
 
     # -- internals (called with the lock held) --------------------------------
+
+    def _limits(self, spec: BreakerSpec) -> None:
+        """The spec's thresholds, as the closed breaker's result path reads them."""
+        self._slow_ms, self._fr_limit, self._sr_limit = spec.slow_call_ms, spec.failure_rate, spec.slow_call_rate
+        self._trips_at_zero = not (spec.failure_rate > 0.0 and spec.slow_call_rate > 0.0)
 
     def _tick(self, now: float) -> None:
         if self._state == "open" and now >= self._open_until:

@@ -216,7 +216,9 @@ class BudgetLedger:
             self._ring_tok[slot] += tokens
             self._ring_cost[slot] += cost
         self._touched = True
-        if self._spent() >= self._alarm:
+        f = self._tok_used / self._tok_limit  # _spent() written out: this runs once per recorded call
+        c = self._cost_used / self._cost_limit
+        if (f if f >= c else c) >= self._alarm:
             self._check(now)
         return found
 

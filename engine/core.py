@@ -38,7 +38,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Collection, Hashable, Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 from engine.breaker import REFUSED, CircuitBreaker
 from engine.budget import BudgetLedger
@@ -56,7 +56,7 @@ from engine.events import (
 from engine.locks import YieldingLock
 from engine.metrics import RollingMetrics, summarize, summarize_live
 from engine.monitor import Monitor, health
-from engine.outcome import Decision, Outcome, token_problem
+from engine.outcome import MAX_TOKENS, Decision, Outcome, token_problem
 from engine.policy.loader import check, load_policies
 from engine.policy.model import ModelSpec, PolicySet
 from engine.store.base import Store, open_store
@@ -74,6 +74,7 @@ IN_FLIGHT_RETRY_S = 0.05
 DECISION_TTL_S = 3600.0
 _METRIC_BUCKETS = 30
 _new = tuple.__new__
+_INF = math.inf
 
 
 @functools.lru_cache(maxsize=1024)
@@ -93,10 +94,13 @@ class _Model:
     """
 
     __slots__ = ("spec", "breaker", "ledgers", "in_flight", "limit", "price_in", "price_out", "price_cached", "slow_ms",
-                 "metrics", "removed", "refused", "out_until", "slow_on_ttft")
+                 "metrics", "removed", "refused", "out_until", "slow_on_ttft", "result", "name", "enabled")
 
     def __init__(self, spec: ModelSpec, ledgers: tuple[BudgetLedger, ...], breaker: CircuitBreaker) -> None:
         self.breaker = breaker
+        # the engine's lock guards every use of an in-process breaker: its result is recorded without its own
+        self.result: Callable[[float, bool | None, float, int], None] | None = (
+            breaker.on_result_held if type(breaker) is CircuitBreaker else None)
         self.in_flight = 0
         self.removed = False  # set when a reload takes the model out of the set
         self.refused: tuple[str | None, float | None, str] = (None, None, "")  # (state, until, why) last refused
@@ -105,6 +109,8 @@ class _Model:
     def update(self, spec: ModelSpec, ledgers: tuple[BudgetLedger, ...]) -> None:
         """Take a reloaded spec and budgets; in-flight count and breaker stay."""
         self.spec = spec
+        self.name = spec.name
+        self.enabled = spec.enabled
         self.ledgers = ledgers
         self.limit = spec.max_in_flight or 1 << 62
         self.price_in = spec.price.input_per_1m / 1e6  # USD per token, for record()
@@ -117,13 +123,11 @@ class _Model:
         self.metrics: dict[str, RollingMetrics] = {}  # by requested tier; also in engine._metrics
 
 
-class _Pending(NamedTuple):
-    decision: Decision
-    ticket: int
-    reservations: tuple[tuple[BudgetLedger, int], ...]
-    at: float
-    model: _Model  # the incarnation the decision was made under
-    request: bool  # the first attempt of a request (not a retry or a fallback after a failure)
+#: An open decision: ``(decision, ticket, reservations, at, model, request)``, a plain tuple (made once per
+#: decision): the breaker ticket, the budget reservations ``(ledger, id)``, when it was made, the model
+#: incarnation it was made under, and whether it is the first attempt of a request (not a retry or a
+#: fallback after a failure).
+_Pending = tuple[Decision, int, tuple[tuple[BudgetLedger, int], ...], float, _Model, bool]
 
 
 class PolicyEngine:
@@ -236,9 +240,9 @@ class PolicyEngine:
                 models[name] = prev_model
                 carried.append((prev_model, spec, own))
         for key, pending in list(self._pending.items()):
-            if pending.reservations:  # reservations only follow ledgers whose state carried over
-                kept = tuple((moved[id(led)], rid) for led, rid in pending.reservations if id(led) in moved)
-                self._pending[key] = pending._replace(reservations=kept)
+            if pending[2]:  # reservations only follow ledgers whose state carried over
+                kept = tuple((moved[id(led)], rid) for led, rid in pending[2] if id(led) in moved)
+                self._pending[key] = (pending[0], pending[1], kept, pending[3], pending[4], pending[5])
         old_metrics: Mapping[tuple[str, str], RollingMetrics] = getattr(self, "_metrics", {})
         previous: PolicySet | None = getattr(self, "policy", None)
         same_window = previous is not None and previous.monitoring.window_s == policy.monitoring.window_s
@@ -277,7 +281,11 @@ class PolicyEngine:
             name: verdicts[c.breaker] for name, c in policy.error_classes.items()}
         self._failed_of[None] = False
         self._chains = {t: self._chain(policy, t) for t in policy.tiers}
+        # the same chains with each model's incarnation: what decide() walks
+        self._chain_plans = {t: tuple((tt, models[m]) for tt, m in chain) for t, chain in self._chains.items()}
+        self._revision = policy.revision
         self._scored = frozenset(t for t, spec in policy.tiers.items() if spec.strategy == "score")
+        self._plans = {t: plan for t, plan in self._chain_plans.items() if t not in self._scored}
         self._ranked: dict[str, tuple[float, tuple[str, ...]]] = {}
         self._monitor = monitor
         bind = getattr(self.store, "bind_policy", None)
@@ -440,7 +448,8 @@ class PolicyEngine:
         with no ``exclude``, ``reason`` or ``retry_of`` starts one. A new
         request that finds no model emits :class:`RequestRefused`.
         """
-        if tier not in self._chains:
+        plan = self._plans.get(tier)  # None for a score-ranked tier (ranked when deciding) or an unknown one
+        if plan is None and tier not in self._scored:
             raise KeyError(f"unknown tier {tier!r}; expected one of {', '.join(self.policy.tier_order)}")
         if estimated_tokens is not None and (problem := token_problem("estimated_tokens", estimated_tokens)):
             raise ValueError(problem)
@@ -450,8 +459,9 @@ class PolicyEngine:
             new_request = retry_of is None and not exclude and reason is None
         if model is not None and model not in self._models:
             raise KeyError(f"unknown model {model!r}")
-        events: list[Event] = []
-        skipped: list[tuple[str, str]] = []
+        simple = not exclude and min_context is None  # a candidate may then be judged on its state alone
+        events: list[Event] | None = None  # made when there is one: most decisions have none
+        skipped: list[tuple[str, str]] | None = None  # made at the first skip: most decisions skip none
         decision: Decision | None = None
         lock = self._lock
         if not lock.try_acquire(False):
@@ -463,20 +473,44 @@ class PolicyEngine:
             self._raw = raw
             now = raw + self._skew
             if retry_of is not None:
-                order: Sequence[tuple[str, str]] = ((retry_of.tier, retry_of.model),)
+                order: Sequence[tuple[str, _Model]] = ((retry_of.tier, self._models[retry_of.model]),)
             elif model is not None:
-                home = (self._models[model].spec.tier, model)
-                order = (next((c for c in self._chains[tier] if c[1] == model), home),)
-            elif tier in self._scored:
-                order = self._order(tier, now)
+                pinned = self._models[model]
+                order = (next((c for c in self._chain_plans[tier] if c[1] is pinned), (pinned.spec.tier, pinned)),)
+            elif plan is None:
+                models = self._models
+                order = [(t, models[name]) for t, name in self._order(tier, now)]
             else:
-                order = self._chains[tier]
+                order = plan
             retry_at: float | None = None
-            for t, name in order:
-                st = self._models[name]
-                why, ticket, reservations, recovers = self._admit(st, now, estimated_tokens, exclude, min_context)
+            for t, st in order:
+                # _admit written out for a candidate that is enabled, in rotation and below its limit
+                if simple and st.in_flight < st.limit and st.out_until <= now and st.enabled:
+                    ticket = st.breaker.try_acquire(now)
+                    if not ticket:  # REFUSED
+                        why, ticket, reservations, recovers = self._refused(st, now)
+                    elif not st.ledgers:
+                        why, reservations = None, ()
+                    else:
+                        wall = now + self._wall_shift
+                        for ledger in st.ledgers:
+                            if ledger.refusal(wall) is not None:
+                                why, ticket, reservations, recovers = self._budgets(st, now, ticket, estimated_tokens)
+                                break
+                        else:
+                            why = None
+                            if estimated_tokens:
+                                cost = st.spec.price.cost(0, estimated_tokens)  # priced as output: an upper bound
+                                reservations = tuple((ledger, ledger.reserve(wall, estimated_tokens, cost))
+                                                     for ledger in st.ledgers)
+                            else:
+                                reservations = ()
+                else:
+                    why, ticket, reservations, recovers = self._admit(st, now, estimated_tokens, exclude, min_context)
                 if why is not None:
-                    skipped.append((name, why))
+                    if skipped is None:
+                        skipped = []
+                    skipped.append((st.name, why))
                     if recovers is not None and (retry_at is None or recovers < retry_at):
                         retry_at = recovers
                     continue
@@ -484,23 +518,31 @@ class PolicyEngine:
                 if retry_of is not None:
                     is_fallback = retry_of.is_fallback
                 else:
-                    is_fallback = bool(skipped) or t != tier or reason is not None
+                    is_fallback = skipped is not None or t != tier or reason is not None
                     if is_fallback:
+                        events = []
                         if self._sink:  # what the candidates' checks emitted happened first
                             self._take_events(events)
                         events.append(FallbackTriggered(
-                            now, tier, skipped[0][0] if skipped else None, name, t,
+                            now, tier, skipped[0][0] if skipped else None, st.name, t,
                             reason or (skipped[0][1] if skipped else "degraded")))
                 # tuple.__new__ builds the named tuples without their Python-level __new__ (the hot path)
-                decision = _new(Decision, (name, t, is_fallback, tuple(skipped), next(self._ids), now,
-                                           self.policy.revision, tier, estimated_tokens, self))
-                self._pending[decision.id] = _new(_Pending, (decision, ticket, reservations, now, st, new_request))
+                did = next(self._ids)
+                decision = _new(Decision, (st.name, t, is_fallback, tuple(skipped) if skipped else (),
+                                           did, now, self._revision, tier, estimated_tokens, self))
+                self._pending[did] = (decision, ticket, reservations, now, st, new_request)
                 if now >= self._monitor.next_at:
+                    if events is None:
+                        events = []
                     self._tick(now, events)
                 break
             if decision is None and new_request:
-                events.append(RequestRefused(now, tier, tuple(skipped), retry_at))
+                if events is None:
+                    events = []
+                events.append(RequestRefused(now, tier, tuple(skipped or ()), retry_at))
             if self._sink:
+                if events is None:
+                    events = []
                 self._take_events(events)
             if events:
                 self._outbox.extend(events)
@@ -509,7 +551,7 @@ class PolicyEngine:
         if events:
             self._deliver()
         if decision is None:
-            raise NoModelAvailable(tier, skipped, retry_at,
+            raise NoModelAvailable(tier, skipped or [], retry_at,
                                    None if retry_at is None else retry_at + self._wall_shift)
         return decision
 
@@ -532,6 +574,12 @@ class PolicyEngine:
             return self._refused(st, now)
         if not st.ledgers:
             return None, ticket, (), None
+        return self._budgets(st, now, ticket, estimated)
+
+    def _budgets(self, st: _Model, now: float, ticket: int, estimated: int | None
+                 ) -> tuple[str | None, int, tuple[tuple[BudgetLedger, int], ...], float | None]:
+        """:meth:`_admit`'s budgets, once the breaker gave ``ticket``: reserve, or give it back and say why not."""
+        why: str | None = None
         wall = now + self._wall_shift
         resets: float | None = None
         for ledger in st.ledgers:  # every budget is judged before any reservation is made
@@ -582,61 +630,79 @@ class PolicyEngine:
         """Settle one decision with the call's outcome; raises ValueError on bad input."""
         if type(decision) is not Decision or decision.owner is not self:
             raise ValueError("decision was not made by this engine")
-        if not isinstance(outcome, Outcome):
-            raise ValueError(f"expected an Outcome, got {type(outcome).__name__}")
         classes = self._classes
-        problem = outcome.problem(classes)
-        if problem is not None:
-            raise ValueError(problem)
-        events: list[Event] = []
+        if type(outcome) is Outcome:
+            latency, tin, tout, error = outcome.latency_ms, outcome.input_tokens, outcome.output_tokens, outcome.error
+            ttft, cached = outcome.ttft_ms, outcome.cached_input_tokens
+            # Outcome.problem's common case written out (the hot path); anything else asks it
+            if not (type(latency) is float and 0.0 <= latency < _INF and type(tin) is int and 0 <= tin < MAX_TOKENS
+                    and type(tout) is int and 0 <= tout < MAX_TOKENS and outcome.retry_after_s is None
+                    and ttft is None and cached == 0
+                    and (error is None or (type(error) is str and error in classes))):
+                problem = outcome.problem(classes)
+                if problem is not None:
+                    raise ValueError(problem)
+        elif isinstance(outcome, Outcome):
+            problem = outcome.problem(classes)
+            if problem is not None:
+                raise ValueError(problem)
+            latency, tin, tout, error = outcome.latency_ms, outcome.input_tokens, outcome.output_tokens, outcome.error
+            ttft, cached = outcome.ttft_ms, outcome.cached_input_tokens
+        else:
+            raise ValueError(f"expected an Outcome, got {type(outcome).__name__}")
+        events: list[Event] | None = None  # made when there is one: most records have none
         lock = self._lock
         if not lock.try_acquire(False):
             lock.acquire()
         try:
+            pending_of = self._pending
+            did = decision.id
             try:
-                pending = self._pending.get(decision.id)
+                pending = pending_of.pop(did, None)  # put back below if it is not settled after all
             except TypeError:  # an unhashable id: not one this engine handed out
                 raise ValueError(self._mismatch(decision)) from None
             if pending is None:
-                raise ValueError(f"decision {decision.id} ({decision.model}) was already recorded or has expired")
-            if pending.decision is not decision:  # settle only what was handed out, as it was handed out
-                if pending.decision != decision:
+                raise ValueError(f"decision {did} ({decision.model}) was already recorded or has expired")
+            handed, ticket, reservations, _, st, request = pending
+            if handed is not decision:  # settle only what was handed out, as it was handed out
+                if handed != decision:
+                    pending_of[did] = pending
                     raise ValueError(self._mismatch(decision))
-                decision = pending.decision
+                decision = handed
             if self._classes is not classes:  # a reload changed the error classes since the check above
                 problem = outcome.problem(self._classes)
                 if problem is not None:
+                    pending_of[did] = pending
                     raise ValueError(problem)
-            del self._pending[decision.id]
             raw = self._clock()  # engine time, inlined from _now()
             if raw < self._raw:
                 self._stepped_back(raw)
             self._raw = raw
             now = raw + self._skew
-            st = pending.model
             st.in_flight -= 1
             if st.removed:  # the model left the policy set in a reload: settle what still exists
                 self._settle_gone(decision, pending, outcome, now)
             else:
-                error = outcome.error
-                failed = self._failed_of[error]  # True, False, or None for an ignored class
-                latency = outcome.latency_ms
-                ttft = outcome.ttft_ms
-                judged = ttft if st.slow_on_ttft and ttft is not None else latency
-                st.breaker.on_result(now, failed, judged, ticket=pending.ticket)
+                # True, False, or None for an ignored class
+                failed = False if error is None else self._failed_of[error]
+                judged = latency if ttft is None or not st.slow_on_ttft else ttft
+                result = st.result
+                if result is not None:
+                    result(now, failed, judged, ticket)
+                else:
+                    st.breaker.on_result(now, failed, judged, ticket=ticket)
                 if error is not None and error in self._take_out:
                     until = now + self._take_out[error]
                     if until > st.out_until:
                         st.out_until = until
-                        events.append(ModelTakenOut(now, decision.model, error, until))
-                tin, tout = outcome.input_tokens, outcome.output_tokens
+                        events = [ModelTakenOut(now, decision.model, error, until)]
                 cost = tin * st.price_in + tout * st.price_out
-                if outcome.cached_input_tokens:
-                    cost -= outcome.cached_input_tokens * (st.price_in - st.price_cached)
+                if cached:
+                    cost -= cached * (st.price_in - st.price_cached)
                 if st.ledgers:
                     wall = now + self._wall_shift
-                    if pending.reservations:
-                        for ledger, rid in pending.reservations:
+                    if reservations:
+                        for ledger, rid in reservations:
                             ledger.settle(wall, rid, tin + tout, cost)
                     else:
                         for ledger in st.ledgers:
@@ -650,14 +716,18 @@ class PolicyEngine:
                     metrics = st.metrics[tier] = self._metrics[(tier, decision.model)] = RollingMetrics(
                         self.policy.monitoring.window_s, _METRIC_BUCKETS)
                 metrics.record(now, latency, error, failed is True, slow, tin, tout, cost, decision.is_fallback,
-                               pending.request)
+                               request)
                 if self._history is not None:
                     self._history.record_call(now + self._wall_shift, tier, decision.model, latency, error,
                                               failed is True, slow, tin, tout, cost, decision.is_fallback,
-                                              pending.request, ttft)
+                                              request, ttft)
             if now >= self._monitor.next_at:
+                if events is None:
+                    events = []
                 self._tick(now, events)
             if self._sink:
+                if events is None:
+                    events = []
                 self._take_events(events)
             if events:
                 self._outbox.extend(events)
@@ -691,13 +761,13 @@ class PolicyEngine:
         Its breaker, metrics and model budgets went with it; a model of the same
         name added back since is another incarnation and is not touched.
         """
-        gone = pending.model
+        _, _, reservations, _, gone, _ = pending
         tokens = outcome.input_tokens + outcome.output_tokens
         cost = outcome.input_tokens * gone.price_in + outcome.output_tokens * gone.price_out
         cost -= outcome.cached_input_tokens * (gone.price_in - gone.price_cached)
         wall = now + self._wall_shift
-        if pending.reservations:
-            for ledger, rid in pending.reservations:
+        if reservations:
+            for ledger, rid in reservations:
                 ledger.settle(wall, rid, tokens, cost)
             return
         for ledger in self._ledgers.values():
@@ -790,10 +860,10 @@ class PolicyEngine:
         tick = getattr(self.store, "tick", None)
         if tick is not None:  # a shared store's due work (leased budgets report their usage)
             tick(now + self._wall_shift)
-        stale = [p for p in self._pending.values() if now - p.at > DECISION_TTL_S]
+        stale = [p for p in self._pending.values() if now - p[3] > DECISION_TTL_S]
         for p in stale:
-            del self._pending[p.decision.id]
-            p.model.in_flight -= 1
+            del self._pending[p[0].id]
+            p[4].in_flight -= 1
         if not self._monitor.due(now):
             return
         found = self._monitor.evaluate(now, {"model": self._models, "tier": self.policy.tiers},

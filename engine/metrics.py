@@ -12,10 +12,15 @@ plus the newest bucket, without walking the buckets.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from typing import Any
 
 from engine.histogram import LatencyHistogram
+
+_INF = math.inf
+_log = math.log
+_ceil = math.ceil
 
 
 class _Bucket:
@@ -73,7 +78,7 @@ class _Bucket:
 class RollingMetrics:
     """Calls, outcomes, latency, tokens and cost over a sliding time window."""
 
-    __slots__ = ("window_s", "width", "buckets", "total_calls", "total_errors", "retired", "_done", "_head",
+    __slots__ = ("window_s", "width", "buckets", "retired", "_done", "_head",
                  "_current")
 
     def __init__(self, window_s: float = 300.0, buckets: int = 30) -> None:
@@ -85,8 +90,6 @@ class RollingMetrics:
         self._done = _Bucket()  # the sum of the live buckets before the newest
         self._head = -1  # the newest bucket's index
         self._current = self.buckets[0]  # the newest bucket
-        self.total_calls = 0  # since creation, never reset by the window
-        self.total_errors = 0
         self.retired = _Bucket()  # every bucket that left the window, summed: with the live ones, since creation
 
     def record(self, now: float, latency_ms: float, error: str | None, failed: bool, slow: bool,
@@ -103,12 +106,27 @@ class RollingMetrics:
             b.successes += 1
         else:
             b.errors[error] = b.errors.get(error, 0) + 1
-            self.total_errors += 1
         if failed:
             b.failures += 1
         if slow:
             b.slow += 1
-        b.latency.add(latency_ms)
+        h = b.latency  # LatencyHistogram.add written out: this runs once per recorded call
+        if 0.0 < latency_ms < _INF:
+            key = _ceil(_log(latency_ms) * h._inv_log_gamma)
+            if key < h._key_min:
+                key = h._key_min
+            elif key > h._key_max:
+                key = h._key_max
+            hb = h._buckets
+            hb[key] = hb.get(key, 0) + 1
+            h._count += 1
+            h._total += latency_ms
+            if latency_ms < h._min:
+                h._min = latency_ms
+            if latency_ms > h._max:
+                h._max = latency_ms
+        else:
+            h.add(latency_ms)  # zero, or a bad value it refuses
         b.tokens_in += tokens_in
         b.tokens_out += tokens_out
         b.cost += cost
@@ -116,7 +134,17 @@ class RollingMetrics:
             b.fallbacks += 1
         if request:
             b.requests += 1
-        self.total_calls += 1
+
+    @property
+    def total_calls(self) -> int:
+        """Calls recorded since creation, never reset by the window: the retired, older and newest buckets."""
+        return self.retired.calls + self._done.calls + self._current.calls
+
+    @property
+    def total_errors(self) -> int:
+        """Errors recorded since creation."""
+        return sum(self.retired.errors.values()) + sum(self._done.errors.values()) + sum(
+            self._current.errors.values())
 
     def _rotate(self, index: int) -> None:
         """Make ``index`` the newest bucket: the one before joins the total, expired ones leave it."""

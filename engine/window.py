@@ -40,6 +40,8 @@ class OutcomeWindow(Protocol):
 
     def record(self, now: float, failed: bool, slow: bool) -> None: ...
 
+    def add(self, now: float, failed: bool, slow: bool) -> tuple[int, int, int]: ...
+
     def counts(self, now: float) -> tuple[int, int, int]: ...
 
     def calls(self, now: float) -> int: ...
@@ -86,6 +88,23 @@ class CountWindow:
         self._slow += code >> 1
         pos += 1
         self._pos = 0 if pos == self.size else pos
+
+    def add(self, now: float, failed: bool, slow: bool) -> tuple[int, int, int]:
+        """:meth:`record`, then ``counts(now)``, in one call (a breaker's result while closed)."""
+        code = (1 if failed else 0) | (2 if slow else 0)
+        pos = self._pos
+        if self._calls == self.size:
+            old = self._ring[pos]
+            self._failures -= old & 1
+            self._slow -= old >> 1
+        else:
+            self._calls += 1
+        self._ring[pos] = code
+        self._failures += code & 1
+        self._slow += code >> 1
+        pos += 1
+        self._pos = 0 if pos == self.size else pos
+        return self._calls, self._failures, self._slow
 
     def counts(self, now: float) -> tuple[int, int, int]:
         """``(calls, failures, slow_calls)`` in one call."""
@@ -188,6 +207,28 @@ class TimeWindow:
         if slow:
             self._b_slow[slot] += 1
             self._slow += 1
+
+    def add(self, now: float, failed: bool, slow: bool) -> tuple[int, int, int]:
+        """:meth:`record`, then ``counts(now)``, in one call (a breaker's result while closed).
+
+        After a record the window is at ``now``'s bucket, or ahead of a stale
+        ``now``, where ``counts`` reads the totals as they are.
+        """
+        epoch = _floor(now / self.width)
+        if epoch != self._epoch:
+            epoch = self._advance(now)
+            if epoch <= self._epoch - self.buckets:
+                return self._calls, self._failures, self._slow
+        slot = epoch % self.buckets
+        self._b_calls[slot] += 1
+        self._calls += 1
+        if failed:
+            self._b_failures[slot] += 1
+            self._failures += 1
+        if slow:
+            self._b_slow[slot] += 1
+            self._slow += 1
+        return self._calls, self._failures, self._slow
 
     def counts(self, now: float) -> tuple[int, int, int]:
         """``(calls, failures, slow_calls)`` at ``now`` in one call."""
