@@ -694,3 +694,24 @@ def test_a_slice_with_cost_but_no_tokens_refuses_and_asks_again_only_after_sync_
         assert store.stats()["round_trips"] - before <= 1
     finally:
         fleet.close()
+
+
+def test_calls_in_flight_against_the_slice_count_in_the_local_ledger_of_an_outage(
+        fresh_redis: RedisServer, tmp_path: Path) -> None:  # noqa: F811
+    fleet = Fleet(write_policies(tmp_path / "p", tokens=1000, lease="{size: 0.5, ttl_s: 30, sync_ms: 100}"),
+                  fresh_redis.uri(retry_ms=60000, max_retry_ms=60000))
+    try:
+        a = fleet.engine()
+        held = [a.decide("L1", estimated_tokens=50) for _ in range(8)]  # 400 in flight, not recorded
+        assert {d.model for d in held} == {"alpha"}
+        fresh_redis.kill()
+        admitted = 0
+        while a.decide("L1", estimated_tokens=50).model == "alpha":  # never recorded either
+            admitted += 1
+            assert admitted < 100
+        # 1,000 tokens: 8 calls held, so 12 more; the local ledger of the outage counts the 8
+        assert admitted == 12
+        for d in held:
+            a.record(d, Outcome(latency_ms=5.0, input_tokens=20, output_tokens=30))
+    finally:
+        fleet.close()

@@ -170,8 +170,8 @@ class LeasedLedger(RedisLedger):
         self._st, self._sc = max(self._st - tokens, 0), self._sc - cost
         if self._sc < 1e-12:  # a float residue
             self._sc = 0.0
-        if reply is None:
-            self._gt, self._gc, self._slice_end = 0, 0.0, -_INF
+        if reply is None:  # the slice is unusable from here; its size stays known, as the last view counts it
+            self._slice_end = -_INF
             return
         self._take(reply, now, sent, opno, op.seq)
         head = split(reply, 16)[0]
@@ -389,6 +389,11 @@ class LeasedLedger(RedisLedger):
                 v.rt, v.rc = max(v.rt - self._gt, 0), max(v.rc - self._gc, 0.0)
             self._ut, self._uc, self._gt, self._gc, self._slice_end = 0, 0.0, 0, 0.0, -_INF
             self._ukey, self._uend = "", _INF
+            if self._res:  # calls in flight against the slice: the local ledger holds their reservations
+                expires, key = now + self.spec.reservation_ttl_s, self._period_key(now)
+                for rid, (tokens, cost) in self._res.items():
+                    self._rids[rid] = ("", tokens, cost, expires, key)
+                self._res, self._rt, self._rc = {}, 0, 0.0
         return super()._fallback(now)
 
     def recovered(self) -> None:
