@@ -99,6 +99,16 @@ def fleet(redis_server: RedisServer, tmp_path: Path) -> Iterator[Fleet]:  # noqa
         made.close()
 
 
+class _Monotonic:
+    """Stands in for the ``time`` module of the breaker's cache: a monotonic clock the test moves."""
+
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def monotonic(self) -> float:
+        return self.t
+
+
 def pair(eng: PolicyEngine, tokens: int = 100, estimate: int | None = None) -> str:
     d = eng.decide("L1", estimated_tokens=estimate)
     eng.record(d, Outcome(latency_ms=5.0, input_tokens=tokens // 2, output_tokens=tokens - tokens // 2))
@@ -151,16 +161,23 @@ def test_exact_budgets_keep_their_fingerprint(tmp_path: Path) -> None:
 # -- one process ----------------------------------------------------------------------
 
 
-def test_a_process_at_steady_state_sends_a_command_per_sync_not_per_call(fleet: Fleet) -> None:
+def test_a_process_at_steady_state_sends_a_command_per_sync_not_per_call(
+        fleet: Fleet, monkeypatch: pytest.MonkeyPatch) -> None:
+    import engine.store.redis.breaker_sync as breaker_sync
+
+    fake = _Monotonic()  # the breaker's cache ages with the engine's clock, however slow this machine is
+    monkeypatch.setattr(breaker_sync, "time", fake)
     eng = fleet.engine()
     for _ in range(200):  # warm: a slice, a refreshed breaker
         pair(eng)
         fleet.advance(0.001)
+        fake.t += 0.001
     store: Any = eng.store
     before = store.stats()
-    for _ in range(5000):  # 5 s of engine time at 1,000 pairs/s: 50 reports of sync_ms 100
+    for _ in range(5000):  # 5 s at 1,000 pairs/s: 50 reports of sync_ms 100, a breaker refresh per ~50 ms
         assert pair(eng) == "alpha"
         fleet.advance(0.001)
+        fake.t += 0.001
     after = store.stats()
     commands = after["commands"] - before["commands"]
     waits = after["round_trips"] - before["round_trips"]
@@ -383,16 +400,6 @@ def test_usage_made_while_a_renewal_is_in_flight_stays_backed_by_the_slice(
         assert 10_000 <= spent <= 10_000 + 3 * 50
     finally:
         fleet.close()
-
-
-class _Monotonic:
-    """Stands in for the ``time`` module of the breaker's cache: a monotonic clock the test moves."""
-
-    def __init__(self) -> None:
-        self.t = 1000.0
-
-    def monotonic(self) -> float:
-        return self.t
 
 
 def test_an_open_breaker_is_seen_within_cache_ms_without_a_round_trip_per_decision(
