@@ -58,6 +58,31 @@ def write_policies(directory: Path, tokens: int = 100_000, lease: str = "{size: 
     return directory
 
 
+class _Monotonic:
+    """Stands in for the ``time`` module of the breaker's cache: a monotonic clock the test moves."""
+
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def monotonic(self) -> float:
+        return self.t
+
+
+_BREAKER_CLOCK: _Monotonic | None = None
+
+
+@pytest.fixture(autouse=True)
+def breaker_clock(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The breakers' cache ages with the fleet's clocks (Fleet.advance), not with how fast the machine runs."""
+    import engine.store.redis.breaker_sync as breaker_sync
+
+    global _BREAKER_CLOCK
+    _BREAKER_CLOCK = _Monotonic()
+    monkeypatch.setattr(breaker_sync, "time", _BREAKER_CLOCK)
+    yield
+    _BREAKER_CLOCK = None
+
+
 @pytest.fixture(autouse=True)
 def redis_backend(monkeypatch: pytest.MonkeyPatch) -> None:
     for scheme in ("redis", "redis+cluster"):
@@ -84,6 +109,8 @@ class Fleet:
     def advance(self, seconds: float) -> None:
         for clock in self.clocks:
             clock.advance(seconds)
+        if _BREAKER_CLOCK is not None:
+            _BREAKER_CLOCK.t += seconds
 
     def close(self) -> None:
         for eng in self.engines:
@@ -97,16 +124,6 @@ def fleet(redis_server: RedisServer, tmp_path: Path) -> Iterator[Fleet]:  # noqa
         yield made
     finally:
         made.close()
-
-
-class _Monotonic:
-    """Stands in for the ``time`` module of the breaker's cache: a monotonic clock the test moves."""
-
-    def __init__(self) -> None:
-        self.t = 1000.0
-
-    def monotonic(self) -> float:
-        return self.t
 
 
 def pair(eng: PolicyEngine, tokens: int = 100, estimate: int | None = None) -> str:
@@ -161,23 +178,16 @@ def test_exact_budgets_keep_their_fingerprint(tmp_path: Path) -> None:
 # -- one process ----------------------------------------------------------------------
 
 
-def test_a_process_at_steady_state_sends_a_command_per_sync_not_per_call(
-        fleet: Fleet, monkeypatch: pytest.MonkeyPatch) -> None:
-    import engine.store.redis.breaker_sync as breaker_sync
-
-    fake = _Monotonic()  # the breaker's cache ages with the engine's clock, however slow this machine is
-    monkeypatch.setattr(breaker_sync, "time", fake)
+def test_a_process_at_steady_state_sends_a_command_per_sync_not_per_call(fleet: Fleet) -> None:
     eng = fleet.engine()
     for _ in range(200):  # warm: a slice, a refreshed breaker
         pair(eng)
         fleet.advance(0.001)
-        fake.t += 0.001
     store: Any = eng.store
     before = store.stats()
     for _ in range(5000):  # 5 s at 1,000 pairs/s: 50 reports of sync_ms 100, a breaker refresh per ~50 ms
         assert pair(eng) == "alpha"
         fleet.advance(0.001)
-        fake.t += 0.001
     after = store.stats()
     commands = after["commands"] - before["commands"]
     waits = after["round_trips"] - before["round_trips"]
