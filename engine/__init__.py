@@ -47,6 +47,10 @@ def __getattr__(name: str) -> typing.Any:
         from engine.core import PolicyEngine
 
         return PolicyEngine
+    if name == "COMPILED":  # True in the optional mypyc build of the leaf modules (README, "Compiled build")
+        from engine import breaker
+
+        return not breaker.__file__.endswith(".py")
     raise AttributeError(f"module 'engine' has no attribute {name!r}")
 
 __all__ = [
@@ -56,6 +60,7 @@ __all__ = [
     "BudgetReset",
     "BudgetWarning",
     "CODES",
+    "COMPILED",
     "CircuitClosed",
     "CircuitHalfOpened",
     "CircuitOpened",

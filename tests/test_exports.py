@@ -18,3 +18,13 @@ def test_every_code_is_documented() -> None:
 
     documented = re.findall(r"^\| `([a-z0-9-]+)` \|", (ROOT / "docs" / "codes.md").read_text(), re.M)
     assert documented == list(engine.CODES)
+
+
+def test_compiled_says_whether_the_leaf_modules_are_the_mypyc_build() -> None:
+    import engine.breaker
+    import engine.core
+    import engine.window
+
+    assert engine.COMPILED is (not engine.breaker.__file__.endswith(".py"))
+    assert engine.COMPILED is (not engine.window.__file__.endswith(".py"))
+    assert engine.core.__file__.endswith(".py")  # the engine itself stays Python in both builds

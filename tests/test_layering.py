@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.conftest import PACKAGE
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -24,7 +26,7 @@ def test_every_layering_contract_is_kept() -> None:
 
 
 def test_a_forbidden_import_breaks_a_contract_with_its_chain_named(tmp_path: Path) -> None:
-    shutil.copytree(ROOT / "engine", tmp_path / "engine", ignore=shutil.ignore_patterns("__pycache__", "data"))
+    shutil.copytree(PACKAGE, tmp_path / "engine", ignore=shutil.ignore_patterns("__pycache__", "data"))
     shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
     model = tmp_path / "engine" / "policy" / "model.py"
     # policy loading must not reach the runtime, not even through another module of its own

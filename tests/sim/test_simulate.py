@@ -18,6 +18,7 @@ from engine.policy.resources import resource_dir
 from engine.sim.scenarios import SCENARIOS, Scenario
 from engine.sim.simulate import SimOptions, map_tiers, simulate
 from engine.sim.workload import Load, Request
+from tests.conftest import PACKAGE
 
 ROOT = Path(__file__).resolve().parents[2]
 SIMULATE = "import sys; from engine.cli.sim import main_simulate; sys.exit(main_simulate(sys.argv[1:]))"
@@ -216,7 +217,10 @@ def test_a_failing_report_is_said_and_exits_1_after_the_complete_summary(tmp_pat
 
 def test_a_clone_without_the_shared_traces_simulates_on_the_shipped_workload(tmp_path: Path) -> None:
     clone = tmp_path / "clone"
-    for folder in ("engine", "policies", "schemas", "templates"):
+    # the package under test, laid out as in a clone: an installed one's _data/ (the wheel's copy of the folders
+    # below) stays behind, and a compiled build's modules load mypyc's shared library from where it was installed
+    shutil.copytree(PACKAGE, clone / "engine", ignore=shutil.ignore_patterns("__pycache__", "_data"))
+    for folder in ("policies", "schemas", "templates"):
         shutil.copytree(ROOT / folder, clone / folder, ignore=shutil.ignore_patterns("__pycache__"))
     assert not (clone.parent / "shared").exists()
     done = subprocess.run([sys.executable, "-c", SIMULATE, *SHORT, "--history", "none", "--json", "-q"],

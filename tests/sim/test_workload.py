@@ -28,6 +28,7 @@ from engine.sim.workload import (
     local_epoch,
 )
 from engine.sim.world import World
+from tests.conftest import PACKAGE
 
 ROOT = Path(__file__).resolve().parents[2]
 SHARED = ROOT.parent / "shared" / "traces"
@@ -47,8 +48,8 @@ def policy():  # type: ignore[no-untyped-def]
 
 # -- the file ------------------------------------------------------------------------------
 def test_the_workload_ships_inside_the_package_with_its_notices() -> None:
-    assert DEFAULT_WORKLOAD == ROOT / "engine" / "data" / "workload.json"
-    notice = (ROOT / "engine" / "data" / "NOTICE.md").read_text(encoding="utf-8")
+    assert DEFAULT_WORKLOAD == PACKAGE / "data" / "workload.json"
+    notice = (PACKAGE / "data" / "NOTICE.md").read_text(encoding="utf-8")
     assert "CC-BY-4.0" in notice and "Apache-2.0" in notice and "Changes made" in notice
     assert "Attribution 4.0 International" in (ROOT / "LICENSES" / "CC-BY-4.0.txt").read_text(encoding="utf-8-sig")
     assert "Apache License" in (ROOT / "LICENSES" / "Apache-2.0.txt").read_text(encoding="utf-8")
@@ -80,7 +81,8 @@ def test_the_workload_keeps_the_trace_figures_the_readme_cites(wl) -> None:  # t
 
 @pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/traces is not here: nothing to derive from")
 def test_the_shipped_file_is_what_the_script_derives_from_the_traces() -> None:
-    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "derive_workload.py"), "--check"],
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "derive_workload.py"), "--check",
+                           "--out", str(DEFAULT_WORKLOAD)],
                           capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "up to date" in done.stdout
