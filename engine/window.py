@@ -75,19 +75,7 @@ class CountWindow:
 
     def record(self, now: float, failed: bool, slow: bool) -> None:
         """Add one call, evicting the oldest once ``size`` calls are held."""
-        code = (1 if failed else 0) | (2 if slow else 0)
-        pos = self._pos
-        if self._calls == self.size:
-            old = self._ring[pos]
-            self._failures -= old & 1
-            self._slow -= old >> 1
-        else:
-            self._calls += 1
-        self._ring[pos] = code
-        self._failures += code & 1
-        self._slow += code >> 1
-        pos += 1
-        self._pos = 0 if pos == self.size else pos
+        self.add(now, failed, slow)
 
     def add(self, now: float, failed: bool, slow: bool) -> tuple[int, int, int]:
         """:meth:`record`, then ``counts(now)``, in one call (a breaker's result while closed)."""
@@ -193,20 +181,7 @@ class TimeWindow:
 
     def record(self, now: float, failed: bool, slow: bool) -> None:
         """Add one call at ``now``."""
-        epoch = _floor(now / self.width)
-        if epoch != self._epoch:  # another bucket than the head: age out first (or find it stale)
-            epoch = self._advance(now)
-            if epoch <= self._epoch - self.buckets:
-                return  # a stale ``now`` whose bucket has already left the window
-        slot = epoch % self.buckets
-        self._b_calls[slot] += 1
-        self._calls += 1
-        if failed:
-            self._b_failures[slot] += 1
-            self._failures += 1
-        if slow:
-            self._b_slow[slot] += 1
-            self._slow += 1
+        self.add(now, failed, slow)
 
     def add(self, now: float, failed: bool, slow: bool) -> tuple[int, int, int]:
         """:meth:`record`, then ``counts(now)``, in one call (a breaker's result while closed).
@@ -215,9 +190,9 @@ class TimeWindow:
         ``now``, where ``counts`` reads the totals as they are.
         """
         epoch = _floor(now / self.width)
-        if epoch != self._epoch:
+        if epoch != self._epoch:  # another bucket than the head: age out first (or find it stale)
             epoch = self._advance(now)
-            if epoch <= self._epoch - self.buckets:
+            if epoch <= self._epoch - self.buckets:  # a stale ``now`` whose bucket has already left the window
                 return self._calls, self._failures, self._slow
         slot = epoch % self.buckets
         self._b_calls[slot] += 1

@@ -298,6 +298,17 @@ local function drop(ids)
 end
 if #dead > 0 then drop(dead) end
 if recount or rt < 0 or rc < -1e-6 then recounted() end
+-- settled usage: the period's totals (and a rolling window's current bucket)
+local function book()
+  tok, cst, touched, dirty = tok + tokens, cst + cost, true, true
+  if rolling then
+    local v = redis.call('HMGET', B, 't' .. k, 'c' .. k)
+    local bt, bc = amount(v[1], true), amount(v[2], false)
+    if v[1] and bt == nil then bad(B, 't' .. k, v[1]) end
+    if v[2] and bc == nil then bad(B, 'c' .. k, v[2]) end
+    redis.call('HSET', B, 't' .. k, f17((bt or 0) + tokens), 'c' .. k, f17((bc or 0) + cost))
+  end
+end
 local found = 0
 if not dup then
   if op == 'hold' or (op == 'reserve' and frac(tok + rt, cst + rc) < exh_at) then
@@ -311,25 +322,9 @@ if not dup then
       found = drop(ids)
       if recount then recounted() end
     end
-    tok, cst, touched, dirty = tok + tokens, cst + cost, true, true
-    if rolling then
-      local v = redis.call('HMGET', B, 't' .. k, 'c' .. k)
-      local bt, bc = amount(v[1], true), amount(v[2], false)
-      if v[1] and bt == nil then bad(B, 't' .. k, v[1]) end
-      if v[2] and bc == nil then bad(B, 'c' .. k, v[2]) end
-      redis.call('HSET', B, 't' .. k, f17((bt or 0) + tokens), 'c' .. k, f17((bc or 0) + cost))
-    end
+    book()
   end
-  if op == 'lease' then
-    tok, cst, touched, dirty = tok + tokens, cst + cost, true, true
-    if rolling then
-      local v = redis.call('HMGET', B, 't' .. k, 'c' .. k)
-      local bt, bc = amount(v[1], true), amount(v[2], false)
-      if v[1] and bt == nil then bad(B, 't' .. k, v[1]) end
-      if v[2] and bc == nil then bad(B, 'c' .. k, v[2]) end
-      redis.call('HSET', B, 't' .. k, f17((bt or 0) + tokens), 'c' .. k, f17((bc or 0) + cost))
-    end
-  end
+  if op == 'lease' then book() end  -- the usage reported with a lease
   if current and (op == 'settle' or op == 'eval' or op == 'lease') then
     local sp = frac(tok, cst)
     if sp >= warn_at and not w then
