@@ -732,3 +732,44 @@ def test_calls_in_flight_against_the_slice_count_in_the_local_ledger_of_an_outag
             a.record(d, Outcome(latency_ms=5.0, input_tokens=20, output_tokens=30))
     finally:
         fleet.close()
+
+
+def test_a_leased_budget_follows_its_slot_to_another_master(redis_cluster: RedisCluster,  # noqa: F811
+                                                             tmp_path: Path) -> None:
+    from engine.store.redis.cluster import slot_of
+    from tests.store.test_redis_cluster import _until, reshard
+
+    uri = redis_cluster.uri(timeout_ms=1000, retry_ms=50, max_retry_ms=100, degrade_window_ms=60000)
+    fleet = Fleet(write_policies(tmp_path / "p", tokens=10_000_000), uri)
+    try:
+        a = fleet.engine()
+        store: Any = a.store
+        recorded = 0
+
+        def pairs(n: int) -> bool:
+            nonlocal recorded
+            for _ in range(n):
+                assert pair(a, tokens=10) == "alpha"
+                recorded += 10
+                fleet.advance(0.02)
+            return False
+
+        pairs(50)
+        slot = slot_of(store.prefix)
+        source = redis_cluster.owner(slot)
+        target = next(n.port for n in redis_cluster.nodes if n.port != source)
+        for _ in reshard(redis_cluster, slot, target):
+            pass
+        assert _until(lambda: pairs(5) or store.stats()["redirects"].get("moved", 0) > 0)
+        assert _until(lambda: pairs(5) or not store.link.disrupted)
+        pairs(50)
+        fleet.close()
+        assert store.stats()["node"] == f"127.0.0.1:{target}"
+        client = redis_cluster.client(target)
+        meta = f"{store.prefix}:b:alpha-daily:daily@UTC"
+        period = client.hget(meta, "cur").decode()
+        assert float(client.hget(f"{meta}:{period}", "tok")) == recorded  # exactly once each, on the new master
+        assert float(client.hget(f"{meta}:{period}", "rt")) == 0  # the slice given back there
+        assert not any(type(e).__name__ == "StorageDegraded" for e in fleet.events)
+    finally:
+        fleet.close()
