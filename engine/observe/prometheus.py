@@ -182,7 +182,16 @@ class EngineCollector:
         exhausted = gauge(f"{p}_budget_exhausted", "1 when the budget is exhausted", labels=("budget",))
         resets = gauge(f"{p}_budget_resets_timestamp_seconds", "When the budget's period ends (epoch seconds)",
                        labels=("budget",))
+        lease_tokens = gauge(f"{p}_budget_lease_tokens", "Tokens of a shared budget this process holds as its "
+                             "leased slice (budgets with lease: on a Redis store)", labels=("budget",))
+        lease_cost = gauge(f"{p}_budget_lease_usd", "US dollars of a shared budget this process holds as its "
+                           "leased slice", labels=("budget",))
         for name, b in sorted(snap["budgets"].items()):
+            if "lease_tokens" in b:
+                if b["tokens_limit"] is not None:
+                    lease_tokens.add_metric((name,), b["lease_tokens"])
+                if b["cost_limit"] is not None:
+                    lease_cost.add_metric((name,), b["lease_cost"])
             ratio.add_metric((name, b["period"]), b["used_fraction"])
             if b["tokens_limit"] is not None:
                 tokens.add_metric((name,), max(0, b["tokens_limit"] - b["tokens_used"] - b["tokens_reserved"]))
@@ -191,7 +200,7 @@ class EngineCollector:
             exhausted.add_metric((name,), 1.0 if b["exhausted"] else 0.0)
             if b["resets_at"] is not None:
                 resets.add_metric((name,), b["resets_at"])
-        yield from (ratio, tokens, cost, exhausted, resets)
+        yield from (ratio, tokens, cost, exhausted, resets, lease_tokens, lease_cost)
 
     def _policy(self, snap: dict[str, Any], gauge: Any, counter: Any, info: Any) -> Iterator[Metric]:
         p = self.prefix

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -773,3 +774,31 @@ def test_a_leased_budget_follows_its_slot_to_another_master(redis_cluster: Redis
         assert not any(type(e).__name__ == "StorageDegraded" for e in fleet.events)
     finally:
         fleet.close()
+
+
+def test_prometheus_shows_the_slice_each_process_holds(fleet: Fleet) -> None:
+    pytest.importorskip("prometheus_client")
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from engine.observe.prometheus import exposition, registry_for
+
+    a = fleet.engine()
+    for _ in range(10):
+        pair(a, tokens=100)
+        fleet.advance(0.01)
+    registry, _ = registry_for(a)
+    text = exposition(registry)[0].decode()
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for family in text_string_to_metric_families(text) for s in family.samples}
+    # the scrape reports the usage and tops the slice up: 1% of 10,000,000 tokens
+    assert samples[("llm_policy_budget_lease_tokens", (("budget", "alpha-daily"),))] == 100_000
+    assert not any(name == "llm_policy_budget_lease_usd" for name, _ in samples)  # a token-only budget
+
+
+def test_the_engine_snapshot_reads_a_shared_breakers_open_until(fleet: Fleet) -> None:
+    a, b = fleet.engine(), fleet.engine()
+    pair(a)
+    assert a.snapshot()["models"]["alpha"]["open_until"] is None
+    b.force("alpha", "open")
+    fleet.advance(0.2)  # past cache_ms: a reads the shared state
+    assert a.snapshot()["models"]["alpha"]["open_until"] == math.inf

@@ -185,6 +185,19 @@ class RedisBreaker(BreakerSync):
                 return self._engine(v.mind, now)
             return None
 
+    @property
+    def open_until(self) -> float | None:
+        """When an open breaker may half-open (``inf`` if forced open), in engine time; ``None`` otherwise.
+
+        As :attr:`CircuitBreaker.open_until`, from the state last read (call :meth:`state` first for a
+        fresh one, as the engine's ``metrics_snapshot`` does).
+        """
+        with self._link.lock:
+            v = self._view
+            if self._local is not None or v is None:
+                return self._local.open_until if self._local is not None else None
+            return self._until(v, self._last_now)
+
     def snapshot(self, now: float) -> dict[str, Any]:
         """State and shared window metrics at ``now`` (one round trip)."""
         with self._link.lock:
