@@ -93,20 +93,22 @@ class LeasedLedger(RedisLedger):
 
     # -- the slice ---------------------------------------------------------------
 
+    def _left(self) -> tuple[float, float]:
+        """Tokens and cost left in the slice: what was granted less what is reported, settled and reserved."""
+        return (self._gt - self._st - self._ut - self._rt, self._gc - self._sc - self._uc - self._rc)
+
     def _room(self, now: float) -> bool:
         """True while the slice has room for one more call at ``now``."""
         if now >= self._slice_end:  # expired, or its period ended
             return False
-        used_t = self._st + self._ut + self._rt
-        used_c = self._sc + self._uc + self._rc
-        return (not self._want_t or used_t < self._gt) and (not self._want_c or used_c < self._gc)
+        left_t, left_c = self._left()
+        return (not self._want_t or left_t > 0) and (not self._want_c or left_c > 0)
 
     def _low(self, now: float) -> bool:
         """True once less than half a slice is left (or none)."""
         if not self._room(now):
             return True
-        left_t = self._gt - self._st - self._ut - self._rt
-        left_c = self._gc - self._sc - self._uc - self._rc
+        left_t, left_c = self._left()
         return (bool(self._want_t) and left_t * 2 < self._want_t) or (bool(self._want_c) and left_c * 2 < self._want_c)
 
     def _lease_args(self, now: float, op: Op, want_t: int, want_c: float) -> tuple[Any, ...]:
@@ -233,9 +235,11 @@ class LeasedLedger(RedisLedger):
     def reserve(self, now: float, tokens: int, cost: float) -> int:
         _check_amounts(tokens, cost)
         with self._link.lock:
-            if self._local is not None or not self._ensure(now):
-                if self._local is not None:
-                    return super().reserve(now, tokens, cost)
+            # refusal() has just judged the slice for this decision: ask the server only if it is full now
+            admitted = self._local is None and (self._room(now) or self._ensure(now))
+            if self._local is not None:  # down, or went down while asking
+                return super().reserve(now, tokens, cost)
+            if not admitted:
                 return 0
             rid = self._next_rid
             self._next_rid = rid + 1
